@@ -1,0 +1,76 @@
+// `minga generate`: a prompt in, new text out, on this machine (or, with --bootstrap, through a swarm).
+import { existsSync, statSync } from 'node:fs'
+import { InvalidArgumentError, type Command } from 'commander'
+import { createLocalModel, type GenerationResult } from '@minga/engine'
+import type { CliIo } from '../index.ts'
+import { addSamplingOptions, integer, quantization, userPath } from '../options.ts'
+
+interface GenerateFlags {
+  model: string
+  prompt: string
+  maxNewTokens: number
+  temperature: number
+  topK: number
+  topP: number
+  seed?: number
+  repetitionPenalty: number
+  stop: string[]
+  quant: 'none' | 'int8' | 'int4'
+  spans?: Array<[number, number]>
+  threads?: number
+  json?: boolean
+}
+
+export function registerGenerate (program: Command, io: CliIo): void {
+  const command = program.command('generate')
+    .description('generate text from a prompt')
+    .requiredOption('--model <dir>', 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)')
+    .requiredOption('--prompt <text>', 'the prompt')
+  addSamplingOptions(command)
+    .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
+    .option('--spans <list>', 'run the layers as chained spans, e.g. 0:2,2:5 (default: one span)', parseSpans)
+    .option('--threads <n>', 'onnxruntime threads per span (default: all cores)', integer(1))
+    .option('--json', 'print one JSON object with ids, text and timings instead of streaming text')
+    .action(async (flags: GenerateFlags) => { await generateLocally(flags, io) })
+}
+
+async function generateLocally (flags: GenerateFlags, io: CliIo): Promise<void> {
+  const modelDir = userPath(flags.model)
+  if (!existsSync(modelDir) || !statSync(modelDir).isDirectory()) throw new Error(`model directory ${modelDir} does not exist`)
+  const model = await createLocalModel({ modelDir, quant: flags.quant, spans: flags.spans, threads: flags.threads })
+  let result: GenerationResult
+  try {
+    const stream = model.generate(flags.prompt, {
+      maxNewTokens: flags.maxNewTokens,
+      temperature: flags.temperature,
+      topK: flags.topK,
+      topP: flags.topP,
+      seed: flags.seed,
+      repetitionPenalty: flags.repetitionPenalty,
+      stop: flags.stop
+    })
+    let step = await stream.next()
+    while (step.done !== true) {
+      if (flags.json !== true) io.stdout.write(step.value.text)
+      step = await stream.next()
+    }
+    result = step.value
+  } finally {
+    await model.close()
+  }
+  if (flags.json === true) {
+    const { promptIds, ids, text, tokensPerSecond, prefillMs } = result
+    io.stdout.write(JSON.stringify({ promptIds, ids, text, tokensPerSecond, prefillMs }) + '\n')
+  } else {
+    io.stdout.write('\n')
+    io.stderr.write(`minga: ${result.ids.length} tokens (${result.stopReason}), prefill ${result.prefillMs.toFixed(1)} ms, ${result.tokensPerSecond.toFixed(1)} tokens/s\n`)
+  }
+}
+
+function parseSpans (value: string): Array<[number, number]> {
+  return value.split(',').map(part => {
+    const match = /^(\d+):(\d+)$/.exec(part.trim())
+    if (match == null || Number(match[1]) >= Number(match[2])) throw new InvalidArgumentError('expected START:END pairs separated by commas, e.g. 0:2,2:5.')
+    return [Number(match[1]), Number(match[2])]
+  })
+}

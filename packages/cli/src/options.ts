@@ -1,0 +1,47 @@
+// Flag parsers shared by the commands: each rejects a bad value with a message naming the flag's rule.
+import { isAbsolute, resolve } from 'node:path'
+import { InvalidArgumentError, type Command } from 'commander'
+import { QUANTIZATIONS, type Quantization } from '@minga/engine'
+
+export function integer (min: number, max = Number.MAX_SAFE_INTEGER) {
+  return (value: string): number => {
+    const n = Number(value)
+    if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`expected an integer from ${min}${max < Number.MAX_SAFE_INTEGER ? ` to ${max}` : ''}.`)
+    return n
+  }
+}
+
+export function number (min: number, max: number, { minExclusive = false } = {}) {
+  return (value: string): number => {
+    const n = Number(value)
+    if (value.trim() === '' || !Number.isFinite(n) || n > max || (minExclusive ? n <= min : n < min)) {
+      throw new InvalidArgumentError(`expected a number ${minExclusive ? '>' : '≥'} ${min}${Number.isFinite(max) ? ` and ≤ ${max}` : ''}.`)
+    }
+    return n
+  }
+}
+
+export function quantization (value: string): Quantization {
+  if (!(QUANTIZATIONS as string[]).includes(value)) throw new InvalidArgumentError(`expected one of ${QUANTIZATIONS.join(', ')}.`)
+  return value as Quantization
+}
+
+export function collect (value: string, previous: string[] = []): string[] {
+  return [...previous, value]
+}
+
+/** Paths on the command line are relative to where the user ran it, even through `pnpm minga`. */
+export function userPath (path: string): string {
+  return isAbsolute(path) ? path : resolve(process.env.INIT_CWD ?? process.cwd(), path)
+}
+
+export function addSamplingOptions (command: Command): Command {
+  return command
+    .option('--max-new-tokens <n>', 'most tokens to generate', integer(1), 128)
+    .option('--temperature <t>', 'sampling temperature; 0 picks the most likely token', number(0, Infinity), 0)
+    .option('--top-k <k>', 'sample among the k most likely tokens (0: all)', integer(0), 0)
+    .option('--top-p <p>', 'sample among the most likely tokens that reach probability p', number(0, 1, { minExclusive: true }), 1)
+    .option('--seed <s>', 'random seed: the same seed gives the same output', integer(0))
+    .option('--repetition-penalty <r>', 'discourage tokens already seen (> 1)', number(0, Infinity, { minExclusive: true }), 1)
+    .option('--stop <text>', 'stop when the output contains this text (repeatable)', collect, [])
+}

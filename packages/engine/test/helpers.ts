@@ -1,0 +1,51 @@
+// Shared by the engine's tests: where the real test model is, its reference output, and small drivers.
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { ClientHead, SpanExecutor } from '../src/index.ts'
+
+export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '../../..')
+export const STORIES = join(REPO_ROOT, '../shared/models/stories260k')
+export const STORIES_PROMPT = 'Once upon a time'
+export const STORIES_PROMPT_IDS = [1, 403, 407, 261, 378]
+/** llama2.c's own greedy continuation (../shared/models/README.md). */
+export const STORIES_REFERENCE_IDS = [432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426, 385, 328, 432, 358, 394, 261, 370, 432, 352, 266, 268, 388, 426]
+
+export function tempDir (label: string): { path: string, remove: () => void } {
+  const path = mkdtempSync(join(tmpdir(), `minga-${label}-`))
+  return { path, remove: () => { rmSync(path, { recursive: true, force: true }) } }
+}
+
+/** Runs `ids` through the spans in order within one session; returns the last span's hidden states. */
+export async function forwardThrough (spans: SpanExecutor[], sessionId: string, hidden: Float32Array, tokens: number): Promise<Float32Array> {
+  for (const span of spans) hidden = await span.forward(sessionId, hidden, { tokens })
+  return hidden
+}
+
+/** Logits for every position of `ids`, computed by a fresh session through `spans` in one prefill. */
+export async function logitsOf (head: ClientHead, spans: SpanExecutor[], ids: number[], sessionId: string): Promise<Float32Array[]> {
+  for (const span of spans) await span.openSession(sessionId, ids.length)
+  try {
+    const hidden = await forwardThrough(spans, sessionId, await head.embed(ids), ids.length)
+    return rows(await head.logits(hidden, ids.length), head.config.vocabSize)
+  } finally {
+    for (const span of spans) await span.closeSession(sessionId)
+  }
+}
+
+export function rows (flat: Float32Array, width: number): Float32Array[] {
+  return Array.from({ length: flat.length / width }, (_, i) => flat.slice(i * width, (i + 1) * width))
+}
+
+export function maxAbsDiff (a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let max = 0
+  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]))
+  return max
+}
+
+export function maxAbs (a: ArrayLike<number>): number {
+  let max = 0
+  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]))
+  return max
+}
