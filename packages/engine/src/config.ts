@@ -42,7 +42,7 @@ const SUPPORTED: ModelType[] = ['llama', 'mistral', 'qwen2']
 export function loadModelConfig (modelDir: string): ModelConfig {
   const raw = readJson(join(modelDir, 'config.json'), true)
   const generation = readJson(join(modelDir, 'generation_config.json'), false) ?? {}
-  return parseModelConfig(raw, generation)
+  return parseModelConfig(raw!, generation)
 }
 
 export function parseModelConfig (raw: Record<string, any>, generation: Record<string, any> = {}): ModelConfig {

@@ -118,7 +118,7 @@ async function forward ({ sessionId, hidden, tokens, position }: ForwardArgs): P
     [SPAN_IO.seqlensK]: new ort.Tensor('int32', Int32Array.of(past + tokens - 1), [1]),
     [SPAN_IO.totalLength]: new ort.Tensor('int32', Int32Array.of(past + tokens), [])
   }
-  let current = new ort.Tensor('float32', hidden, [1, tokens, hiddenSize])
+  let current: ort.Tensor = new ort.Tensor('float32', hidden, [1, tokens, hiddenSize])
   for (const graph of graphs) {
     const feeds: Record<string, ort.Tensor> = { ...shared, [SPAN_IO.hidden]: current }
     for (const layer of graph.layers) {
