@@ -1,5 +1,5 @@
 export { loadModelConfig, parseModelConfig, type ModelConfig, type ModelType, type RopeScaling } from './config.ts'
-export { createSpanExecutor, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type SpanStats } from './span-executor.ts'
+export { createSpanExecutor, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type OpenSessionOptions, type SpanStats } from './span-executor.ts'
 export { createClientHead, type ClientHead, type ClientHeadInit } from './client-head.ts'
 export { createLocalModel, type LocalModel, type LocalModelInit } from './local-model.ts'
 export { generateTokens, planGeneration, type GenerateOptions, type GeneratedToken, type GenerationPlan, type GenerationResult, type LayerChain } from './generate.ts'

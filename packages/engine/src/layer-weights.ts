@@ -41,12 +41,6 @@ export function readLayerWeights (checkpoint: SafetensorsCheckpoint, config: Mod
   }
 }
 
-/** Approximate size of a layer's weights in f32, to split large spans into graphs under protobuf's 2 GiB. */
-export function layerBytes (config: ModelConfig): number {
-  const { hiddenSize: h, intermediateSize: ffn, numHeads, numKvHeads, headDim } = config
-  return 4 * (h * (numHeads + 2 * numKvHeads) * headDim + numHeads * headDim * h + 3 * h * ffn + 2 * h)
-}
-
 function concat (parts: Float32Array[]): Float32Array {
   const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0))
   let offset = 0

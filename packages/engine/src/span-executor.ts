@@ -28,6 +28,12 @@ export interface ForwardOptions {
   position?: number
 }
 
+export interface OpenSessionOptions {
+  /** Run only layers [start, end) of the span in this session (default: all of it). */
+  start?: number
+  end?: number
+}
+
 export interface SpanExecutor {
   readonly config: ModelConfig
   readonly start: number
@@ -37,7 +43,7 @@ export interface SpanExecutor {
   readonly bytesRead: number
   /** Longest session the model's position tables allow. */
   readonly maxPositions: number
-  openSession (sessionId: string, maxLength: number): Promise<SpanStats>
+  openSession (sessionId: string, maxLength: number, options?: OpenSessionOptions): Promise<SpanStats>
   /** Runs new tokens' hidden states through the span. `hidden`'s buffer is handed to the worker. */
   forward (sessionId: string, hidden: Float32Array, options: ForwardOptions): Promise<Float32Array>
   closeSession (sessionId: string): Promise<SpanStats>
@@ -66,7 +72,7 @@ export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanE
       quant,
       bytesRead: loaded.bytesRead,
       maxPositions: loaded.maxPositions,
-      openSession: async (sessionId, maxLength) => await worker.call('open', { sessionId, maxLength }),
+      openSession: async (sessionId, maxLength, options = {}) => await worker.call('open', { sessionId, maxLength, ...options }),
       forward: async (sessionId, hidden, { tokens, position }) => {
         const own = ownBuffer(hidden)
         return await worker.call('forward', { sessionId, hidden: own, tokens, position }, [own.buffer])

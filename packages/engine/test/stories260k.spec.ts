@@ -88,3 +88,24 @@ describe('stories260k', () => {
     expect(new Set(penalized.ids).size).toBeGreaterThan(new Set(plain.ids).size)
   })
 })
+
+describe('sub-spans', () => {
+  it('a session can run part of a span: [0,3) of [0,5) then [3,5) of [2,5) equals the whole model', async () => {
+    const { createClientHead, createSpanExecutor } = await import('../src/index.ts')
+    const head = await createClientHead({ modelDir: STORIES })
+    const first = await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5 })
+    const second = await createSpanExecutor({ modelDir: STORIES, start: 2, end: 5 })
+    try {
+      await first.openSession('s', 8, { start: 0, end: 3 })
+      await second.openSession('s', 8, { start: 3, end: 5 })
+      await first.openSession('whole', 8)
+      const ids = STORIES_PROMPT_IDS
+      const split = await second.forward('s', await first.forward('s', await head.embed(ids), { tokens: ids.length }), { tokens: ids.length })
+      const whole = await first.forward('whole', await head.embed(ids), { tokens: ids.length })
+      expect(Array.from(split)).toEqual(Array.from(whole))
+      await expect(first.openSession('bad', 8, { start: 1, end: 7 })).rejects.toThrow('layers [1, 7) are not within this span [0, 5)')
+    } finally {
+      await Promise.all([head.close(), first.close(), second.close()])
+    }
+  })
+})

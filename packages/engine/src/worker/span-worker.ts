@@ -3,7 +3,7 @@ import * as ort from 'onnxruntime-node'
 import { loadModelConfig, type ModelConfig } from '../config.ts'
 import { ContextLengthError, InvalidArgumentError, PositionError, SessionLimitError, ShapeError, UnknownSessionError } from '../errors.ts'
 import { buildSpanGraph, SPAN_IO } from '../graph/span-graph.ts'
-import { layerBytes, readLayerWeights } from '../layer-weights.ts'
+import { readLayerWeights } from '../layer-weights.ts'
 import type { Quantization } from '../quantize.ts'
 import { rotaryTables } from '../rope.ts'
 import { SafetensorsCheckpoint } from '../safetensors.ts'
@@ -21,18 +21,20 @@ export interface SpanLoadArgs {
   maxCacheTokens?: number
 }
 
-export interface SpanLoadResult { config: ModelConfig, bytesRead: number, graphs: number, maxPositions: number }
+export interface SpanLoadResult { config: ModelConfig, bytesRead: number, maxPositions: number }
+
+export interface OpenArgs { sessionId: string, maxLength: number, start?: number, end?: number }
 
 export interface ForwardArgs { sessionId: string, hidden: Float32Array, tokens: number, position?: number }
 
 export interface SpanStats { sessions: number, cacheTokens: number, freeSessions: number, freeCacheTokens: number }
 
-// protobuf caps a ModelProto at 2 GiB: larger spans become several graphs run one after another.
-const GRAPH_BYTES = 1.5 * 2 ** 30
-
 interface LayerCache { key: ort.Tensor, value: ort.Tensor, keyData: Float32Array, valueData: Float32Array }
 
 interface Session {
+  /** The part of the span this session runs, fixed when it opens. */
+  start: number
+  end: number
   capacity: number
   length: number
   caches: Map<number, LayerCache>
@@ -40,8 +42,8 @@ interface Session {
 
 let config: ModelConfig
 let limits: { maxSessions: number, maxCacheTokens: number, maxPositions: number }
-let graphs: Array<{ session: ort.InferenceSession, layers: number[], fetches: string[] }> = []
-let layers: number[] = []
+let span: { start: number, end: number }
+const graphs = new Map<number, { session: ort.InferenceSession, fetches: string[] }>()
 const sessions = new Map<string, Session>()
 
 async function load (args: SpanLoadArgs): Promise<SpanLoadResult> {
@@ -50,32 +52,29 @@ async function load (args: SpanLoadArgs): Promise<SpanLoadResult> {
     throw new InvalidArgumentError(`span [${args.start}, ${args.end}) is not within the model's ${config.numLayers} layers`)
   }
   const maxPositions = config.maxPositionEmbeddings
+  span = { start: args.start, end: args.end }
   limits = { maxSessions: args.maxSessions, maxCacheTokens: args.maxCacheTokens ?? 16 * maxPositions, maxPositions }
   const rotary = { ...rotaryTables(config, maxPositions), positions: maxPositions }
   const checkpoint = new SafetensorsCheckpoint(args.modelDir)
   try {
-    layers = range(args.start, args.end)
-    const perGraph = Math.max(1, Math.floor(GRAPH_BYTES / layerBytes(config)))
-    for (let i = 0; i < layers.length; i += perGraph) {
-      const group = layers.slice(i, i + perGraph)
-      const bytes = buildSpanGraph({
-        config,
-        quant: args.quant,
-        rotary,
-        layers: group.map(index => ({ index, weights: readLayerWeights(checkpoint, config, index) }))
-      })
+    // One graph per layer, so that a client can use any part of the span (routes over overlapping
+    // spans need that); the per-run overhead is small next to a layer's work.
+    for (const index of range(args.start, args.end)) {
+      const bytes = buildSpanGraph({ config, quant: args.quant, rotary, layers: [{ index, weights: readLayerWeights(checkpoint, config, index) }] })
       const session = await ort.InferenceSession.create(bytes, sessionOptions(args.threads))
-      const fetches = [SPAN_IO.hiddenOut, ...group.flatMap(l => [SPAN_IO.newKey(l), SPAN_IO.newValue(l)])]
-      graphs.push({ session, layers: group, fetches })
+      graphs.set(index, { session, fetches: [SPAN_IO.hiddenOut, SPAN_IO.newKey(index), SPAN_IO.newValue(index)] })
     }
-    return { config, bytesRead: checkpoint.bytesRead, graphs: graphs.length, maxPositions }
+    return { config, bytesRead: checkpoint.bytesRead, maxPositions }
   } finally {
     checkpoint.close()
   }
 }
 
-function open ({ sessionId, maxLength }: { sessionId: string, maxLength: number }): SpanStats {
+function open ({ sessionId, maxLength, start = span.start, end = span.end }: OpenArgs): SpanStats {
   if (sessions.has(sessionId)) throw new InvalidArgumentError(`session ${sessionId} is already open`)
+  if (!(Number.isInteger(start) && Number.isInteger(end) && span.start <= start && start < end && end <= span.end)) {
+    throw new InvalidArgumentError(`layers [${start}, ${end}) are not within this span [${span.start}, ${span.end})`)
+  }
   if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > limits.maxPositions) {
     throw new ContextLengthError(`session length ${maxLength} must be between 1 and the model's context of ${limits.maxPositions} tokens`)
   }
@@ -87,12 +86,12 @@ function open ({ sessionId, maxLength }: { sessionId: string, maxLength: number 
   const { numKvHeads, headDim } = config
   const dims = [1, numKvHeads, maxLength, headDim]
   const caches = new Map<number, LayerCache>()
-  for (const layer of layers) {
+  for (let layer = start; layer < end; layer++) {
     const keyData = new Float32Array(numKvHeads * maxLength * headDim)
     const valueData = new Float32Array(numKvHeads * maxLength * headDim)
     caches.set(layer, { keyData, valueData, key: new ort.Tensor('float32', keyData, dims), value: new ort.Tensor('float32', valueData, dims) })
   }
-  sessions.set(sessionId, { capacity: maxLength, length: 0, caches })
+  sessions.set(sessionId, { start, end, capacity: maxLength, length: 0, caches })
   return stats()
 }
 
@@ -103,35 +102,33 @@ async function forward ({ sessionId, hidden, tokens, position }: ForwardArgs): P
   if (!Number.isInteger(tokens) || tokens < 1 || hidden.length !== tokens * hiddenSize) {
     throw new ShapeError(`hidden states of ${hidden.length} values do not match ${tokens} tokens × hidden size ${hiddenSize}`)
   }
-  if (position != null && position !== session.length) {
-    throw new PositionError(`position ${position} does not match the session's ${session.length} cached tokens`)
-  }
   const past = session.length
+  if (position != null && position !== past) {
+    throw new PositionError(`position ${position} does not match the session's ${past} cached tokens`)
+  }
   if (past + tokens > session.capacity) {
     throw new ContextLengthError(`${past} cached + ${tokens} new tokens exceed the session's length of ${session.capacity}`)
   }
 
   const positions = new BigInt64Array(tokens)
   for (let i = 0; i < tokens; i++) positions[i] = BigInt(past + i)
-  const shared: Record<string, ort.Tensor> = {
+  const feeds: Record<string, ort.Tensor> = {
     [SPAN_IO.positions]: new ort.Tensor('int64', positions, [1, tokens]),
     [SPAN_IO.seqlensK]: new ort.Tensor('int32', Int32Array.of(past + tokens - 1), [1]),
     [SPAN_IO.totalLength]: new ort.Tensor('int32', Int32Array.of(past + tokens), [])
   }
   let current: ort.Tensor = new ort.Tensor('float32', hidden, [1, tokens, hiddenSize])
-  for (const graph of graphs) {
-    const feeds: Record<string, ort.Tensor> = { ...shared, [SPAN_IO.hidden]: current }
-    for (const layer of graph.layers) {
-      const cache = session.caches.get(layer)!
-      feeds[SPAN_IO.pastKey(layer)] = cache.key
-      feeds[SPAN_IO.pastValue(layer)] = cache.value
-    }
+  for (let layer = session.start; layer < session.end; layer++) {
+    const graph = graphs.get(layer)!
+    const cache = session.caches.get(layer)!
+    feeds[SPAN_IO.hidden] = current
+    feeds[SPAN_IO.pastKey(layer)] = cache.key
+    feeds[SPAN_IO.pastValue(layer)] = cache.value
     const out = await graph.session.run(feeds, graph.fetches)
-    for (const layer of graph.layers) {
-      const cache = session.caches.get(layer)!
-      appendToCache(cache.keyData, out[SPAN_IO.newKey(layer)].data as Float32Array, session.capacity, past, tokens)
-      appendToCache(cache.valueData, out[SPAN_IO.newValue(layer)].data as Float32Array, session.capacity, past, tokens)
-    }
+    delete feeds[SPAN_IO.pastKey(layer)]
+    delete feeds[SPAN_IO.pastValue(layer)]
+    appendToCache(cache.keyData, out[SPAN_IO.newKey(layer)].data as Float32Array, session.capacity, past, tokens)
+    appendToCache(cache.valueData, out[SPAN_IO.newValue(layer)].data as Float32Array, session.capacity, past, tokens)
     current = out[SPAN_IO.hiddenOut]
   }
   session.length += tokens
@@ -157,7 +154,8 @@ function close ({ sessionId }: { sessionId: string }): SpanStats {
 
 function stats (): SpanStats {
   let cacheTokens = 0
-  for (const s of sessions.values()) cacheTokens += s.capacity
+  // Budgeted in tokens of the whole span, so that a session of a few layers counts for less.
+  for (const s of sessions.values()) cacheTokens += Math.ceil(s.capacity * (s.end - s.start) / (span.end - span.start))
   return {
     sessions: sessions.size,
     cacheTokens,
