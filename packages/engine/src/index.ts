@@ -1,3 +1,4 @@
+export { computeModelId } from './model-id.ts'
 export { loadModelConfig, parseModelConfig, type ModelConfig, type ModelType, type RopeScaling } from './config.ts'
 export { createSpanExecutor, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type OpenSessionOptions, type SpanStats } from './span-executor.ts'
 export { createClientHead, type ClientHead, type ClientHeadInit } from './client-head.ts'

@@ -30,3 +30,17 @@ it('reads only the tensors of its layers (plus safetensors headers)', async () =
     await span.close()
   }
 })
+
+it('derives a model id from config and weights: same checkpoint, same id; other weights, other id', async () => {
+  const { computeModelId } = await import('../src/index.ts')
+  const other = tempDir('model-id')
+  try {
+    await makeRandomModel(other.path, { ...spec, seed: 4 })
+    const id = computeModelId(dir.path)
+    expect(id).toMatch(/^[0-9a-f]{24}$/)
+    expect(computeModelId(dir.path)).toBe(id)
+    expect(computeModelId(other.path)).not.toBe(id)
+  } finally {
+    other.remove()
+  }
+})
