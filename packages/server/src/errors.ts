@@ -1,0 +1,3 @@
+export class ServerConfigError extends Error {
+  override readonly name = 'ServerConfigError'
+}
