@@ -1,6 +1,9 @@
 // The minga command line. Each command lives in its own file under commands/.
 import { Command, CommanderError } from 'commander'
+import { registerBootstrap } from './commands/bootstrap.ts'
 import { registerGenerate } from './commands/generate.ts'
+import { registerServe } from './commands/serve.ts'
+import { registerStatus } from './commands/status.ts'
 
 export interface CliIo {
   stdout: NodeJS.WritableStream
@@ -15,6 +18,9 @@ export async function runCli (argv: string[], io: CliIo = { stdout: process.stdo
     .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
     .showSuggestionAfterError(true)
   registerGenerate(program, io)
+  registerServe(program, io)
+  registerStatus(program, io)
+  registerBootstrap(program, io)
   try {
     await program.parseAsync(argv)
     return 0

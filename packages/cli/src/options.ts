@@ -1,4 +1,5 @@
 // Flag parsers shared by the commands: each rejects a bad value with a message naming the flag's rule.
+import { existsSync, statSync } from 'node:fs'
 import { isAbsolute, resolve } from 'node:path'
 import { InvalidArgumentError, type Command } from 'commander'
 import { QUANTIZATIONS, type Quantization } from '@minga/engine'
@@ -44,4 +45,24 @@ export function addSamplingOptions (command: Command): Command {
     .option('--seed <s>', 'random seed: the same seed gives the same output', integer(0))
     .option('--repetition-penalty <r>', 'discourage tokens already seen (> 1)', number(0, Infinity, { minExclusive: true }), 1)
     .option('--stop <text>', 'stop when the output contains this text (repeatable)', collect, [])
+}
+
+/** The model directory named on the command line, which must exist. */
+export function existingModelDir (path: string): string {
+  const dir = userPath(path)
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`model directory ${dir} does not exist`)
+  return dir
+}
+
+/** Resolves on SIGINT or SIGTERM, with the signal's name. */
+export async function untilSignal (): Promise<NodeJS.Signals> {
+  return await new Promise(resolve => {
+    const stop = (signal: NodeJS.Signals): void => {
+      process.off('SIGINT', stop)
+      process.off('SIGTERM', stop)
+      resolve(signal)
+    }
+    process.on('SIGINT', stop)
+    process.on('SIGTERM', stop)
+  })
 }

@@ -10,7 +10,8 @@ import {
 import { createMingaNode, findSpans, openChannel, type Channel, type MingaNode, type ServerEntry } from '@minga/p2p'
 import { SwarmError } from './errors.ts'
 import { RemoteSession } from './remote-session.ts'
-import { planRoute, uncoveredBlocks, type RouteHop } from './routing.ts'
+import { planRoute, type RouteHop } from './routing.ts'
+import { statusOf, type SwarmStatus } from './status.ts'
 
 export interface ClientInit {
   /** The model directory: the client runs the tokenizer, embeddings and LM head itself. */
@@ -23,26 +24,6 @@ export interface ClientInit {
   requestTimeoutMs?: number
   privateKey?: PrivateKey
   threads?: number
-}
-
-export interface SwarmServer {
-  peerId: string
-  addrs: string[]
-  start: number
-  end: number
-  throughput: number
-  freeSessions: number
-  freeCacheTokens: number
-  version: string
-  rttMs?: number
-}
-
-export interface SwarmStatus {
-  modelId: string
-  numBlocks: number
-  servers: SwarmServer[]
-  /** For each block, how many servers hold it and their summed throughput. */
-  coverage: Array<{ block: number, servers: number, throughput: number }>
 }
 
 export interface SwarmGenerationResult extends GenerationResult {
@@ -108,17 +89,7 @@ class SwarmClient implements MingaClient {
   async status (): Promise<SwarmStatus> {
     const servers = await this.findServers()
     await this.measureRoundTrips(servers)
-    const numBlocks = this.config.numLayers
-    const coverage = Array.from({ length: numBlocks }, (_, block) => {
-      const holders = servers.filter(s => s.start <= block && block < s.end)
-      return { block, servers: holders.length, throughput: holders.reduce((sum, s) => sum + s.throughput, 0) }
-    })
-    return {
-      modelId: this.modelId,
-      numBlocks,
-      servers: servers.map(s => ({ ...s, rttMs: this.rtt.get(s.peerId) })),
-      coverage
-    }
+    return statusOf(this.modelId, this.config.numLayers, servers, this.rtt)
   }
 
   async close (): Promise<void> {
@@ -127,17 +98,14 @@ class SwarmClient implements MingaClient {
     await this.node.stop()
   }
 
-  private async findServers (): Promise<SwarmServer[]> {
-    const entries = await findSpans(this.node, this.modelId, this.config.numLayers)
-    const servers = entries.map(toServer)
-    const missing = uncoveredBlocks(this.config.numLayers, servers)
+  private async findServers (): Promise<ServerEntry[]> {
+    const servers = await findSpans(this.node, this.modelId, this.config.numLayers)
     if (servers.length === 0) throw new SwarmError(`no server in the swarm announces model ${this.modelId} (is the bootstrap node on the same swarm, and do the servers run the same checkpoint?)`)
-    if (missing.length > 0) this.rtt.clear() // a stale view: measure again next time
     return servers
   }
 
   /** Round trips by libp2p ping, measured once per server and reused. */
-  private async measureRoundTrips (servers: SwarmServer[]): Promise<void> {
+  private async measureRoundTrips (servers: ServerEntry[]): Promise<void> {
     await Promise.all(servers.filter(s => !this.rtt.has(s.peerId)).map(async s => {
       for (const addr of s.addrs) {
         try {
@@ -148,7 +116,7 @@ class SwarmClient implements MingaClient {
     }))
   }
 
-  private async channelTo (server: SwarmServer): Promise<Channel> {
+  private async channelTo (server: ServerEntry): Promise<Channel> {
     let channel = this.channels.get(server.peerId)
     const usable = channel != null && !(await channel.then(c => c.closed, () => true))
     if (!usable) {
@@ -158,7 +126,7 @@ class SwarmClient implements MingaClient {
     return await channel!
   }
 
-  private async dial (server: SwarmServer): Promise<Channel> {
+  private async dial (server: ServerEntry): Promise<Channel> {
     let lastError: unknown
     for (const addr of server.addrs) {
       try {
@@ -169,10 +137,6 @@ class SwarmClient implements MingaClient {
     }
     throw new SwarmError(`cannot reach server ${server.peerId}: ${(lastError as Error)?.message ?? 'no address'}`)
   }
-}
-
-function toServer (e: ServerEntry): SwarmServer {
-  return { peerId: e.peerId, addrs: e.addrs, start: e.start, end: e.end, throughput: e.throughput, freeSessions: e.freeSessions, freeCacheTokens: e.freeCacheTokens, version: e.version }
 }
 
 function describeHop (hop: RouteHop): { peerId: string, blocks: [number, number] } {

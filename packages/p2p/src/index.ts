@@ -38,3 +38,5 @@ export {
 } from './rpc.ts'
 
 export { LpReader, writeMessage, type LpReaderOptions, type OversizeMessage } from './wire.ts'
+
+export { INFO_PROTOCOL, fetchInfo, serveInfo, type NodeInfo } from './info.ts'

@@ -65,6 +65,8 @@ export interface SpanInfo {
   freeCacheTokens: number
   /** minga version, for compatibility checks. */
   version: string
+  /** A public name chosen by the operator, shown by `minga status`. */
+  name?: string
   /** Multiaddrs to reach the server; default: the node's addresses (with /p2p/). */
   addrs?: string[]
 }
@@ -81,6 +83,7 @@ export interface ServerEntry {
   freeSessions: number
   freeCacheTokens: number
   version: string
+  name?: string
   /** ms epoch when signed; for one peer the newest entry wins. */
   issued: number
   /** ms epoch after which the entry is ignored. */
@@ -101,7 +104,7 @@ export interface BlockRecord {
   entries: ServerEntry[]
 }
 
-const ENTRY_KEYS = new Set(['v', 'modelId', 'peerId', 'addrs', 'start', 'end', 'throughput', 'freeSessions', 'freeCacheTokens', 'version', 'issued', 'expires', 'withdrawn', 'pubKey', 'sig'])
+const ENTRY_KEYS = new Set(['v', 'modelId', 'peerId', 'addrs', 'start', 'end', 'throughput', 'freeSessions', 'freeCacheTokens', 'version', 'name', 'issued', 'expires', 'withdrawn', 'pubKey', 'sig'])
 const RECORD_KEYS = new Set(['v', 'modelId', 'block', 'entries'])
 
 // ---- keys -----------------------------------------------------------------------------------
@@ -149,7 +152,7 @@ function checkModelId (modelId: string): void {
 export function canonicalEntryBytes (e: Omit<ServerEntry, 'pubKey' | 'sig'>): Uint8Array {
   return utf8.encode(JSON.stringify([
     SIGNING_DOMAIN, e.v, e.modelId, e.peerId, e.addrs, e.start, e.end, e.throughput,
-    e.freeSessions, e.freeCacheTokens, e.version, e.issued, e.expires, e.withdrawn === true
+    e.freeSessions, e.freeCacheTokens, e.version, e.issued, e.expires, e.withdrawn === true, e.name ?? null
   ]))
 }
 
@@ -166,6 +169,7 @@ export async function signEntry (privateKey: PrivateKey, fields: Omit<ServerEntr
     freeSessions: fields.freeSessions,
     freeCacheTokens: fields.freeCacheTokens,
     version: fields.version,
+    ...(fields.name != null ? { name: fields.name } : {}),
     issued: fields.issued,
     expires: fields.expires,
     ...(fields.withdrawn === true ? { withdrawn: true as const } : {})
@@ -209,6 +213,7 @@ function checkEntryShape (e: unknown, now: number): asserts e is ServerEntry {
   if (typeof o.throughput !== 'number' || !Number.isFinite(o.throughput) || o.throughput < 0) throw new InvalidRecordError('entry throughput must be a finite number ≥ 0')
   if (!isInt(o.freeSessions, 0, 2 ** 31) || !isInt(o.freeCacheTokens, 0, 2 ** 40)) throw new InvalidRecordError('entry freeSessions/freeCacheTokens must be integers ≥ 0')
   if (!isShortString(o.version, 0, 64)) throw new InvalidRecordError('entry version must be a string of at most 64 characters')
+  if (o.name !== undefined && !isShortString(o.name, 0, 64)) throw new InvalidRecordError('entry name must be a string of at most 64 characters')
   if (!isInt(o.issued, 0, Number.MAX_SAFE_INTEGER) || !isInt(o.expires, 0, Number.MAX_SAFE_INTEGER)) throw new InvalidRecordError('entry issued/expires must be integer ms timestamps')
   if (o.expires <= o.issued) throw new InvalidRecordError('entry expires before it was issued')
   if (o.expires - o.issued > MAX_TTL_MS) throw new InvalidRecordError(`entry lives ${o.expires - o.issued} ms, more than ${MAX_TTL_MS}`)
@@ -481,6 +486,7 @@ export async function announceSpan (node: MingaNode, info: SpanInfo, ttlMs = DEF
     freeSessions: info.freeSessions,
     freeCacheTokens: info.freeCacheTokens,
     version: info.version,
+    name: info.name,
     issued,
     expires: issued + ttlMs
   })

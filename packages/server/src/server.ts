@@ -3,7 +3,7 @@
 import type { PrivateKey } from '@libp2p/interface'
 import { computeModelId, createSpanExecutor, loadModelConfig, type Quantization, type SpanExecutor } from '@minga/engine'
 import {
-  createMingaNode, findSpans, handleChannel, INFERENCE_PROTOCOL, startAnnouncer,
+  createMingaNode, findSpans, handleChannel, INFERENCE_PROTOCOL, serveInfo, startAnnouncer,
   type Announcer, type ChannelServer, type MingaNode, type SpanInfo
 } from '@minga/p2p'
 import { chooseBlocks } from './block-selection.ts'
@@ -91,6 +91,10 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     channels = await handleChannel(node, INFERENCE_PROTOCOL, sessions.onFrame, {
       onError: (err: any) => { log(`request failed: ${err?.message ?? err}`) }
     })
+    await serveInfo(node, () => ({
+      modelId, modelType: config.modelType, numLayers: config.numLayers, start: blocks.start, end: blocks.end, version: MINGA_VERSION,
+      ...(init.publicName != null ? { name: init.publicName } : {})
+    }))
     const span = executor
     const info = async (): Promise<SpanInfo> => {
       const stats = await span.stats()
@@ -102,7 +106,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
         freeSessions: sessions.accepting ? stats.freeSessions : 0,
         freeCacheTokens: stats.freeCacheTokens,
         version: MINGA_VERSION,
-        ...(init.publicName != null ? { name: init.publicName } : {})
+        name: init.publicName
       }
     }
     const ttlMs = init.announceTtlMs ?? 60_000

@@ -1,9 +1,9 @@
-// `minga generate`: a prompt in, new text out, on this machine (or, with --bootstrap, through a swarm).
-import { existsSync, statSync } from 'node:fs'
+// `minga generate`: a prompt in, new text out, on this machine or, with --bootstrap, through a swarm.
 import { InvalidArgumentError, type Command } from 'commander'
-import { createLocalModel, type GenerationResult } from '@minga/engine'
+import { createLocalModel, type GenerateOptions, type GenerationResult } from '@minga/engine'
+import { createClient, type SwarmGenerationResult } from '@minga/client'
 import type { CliIo } from '../index.ts'
-import { addSamplingOptions, integer, quantization, userPath } from '../options.ts'
+import { addSamplingOptions, existingModelDir, integer, quantization } from '../options.ts'
 
 interface GenerateFlags {
   model: string
@@ -18,6 +18,7 @@ interface GenerateFlags {
   quant: 'none' | 'int8' | 'int4'
   spans?: Array<[number, number]>
   threads?: number
+  bootstrap?: string[]
   json?: boolean
 }
 
@@ -30,25 +31,29 @@ export function registerGenerate (program: Command, io: CliIo): void {
     .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
     .option('--spans <list>', 'run the layers as chained spans, e.g. 0:2,2:5 (default: one span)', parseSpans)
     .option('--threads <n>', 'onnxruntime threads per span (default: all cores)', integer(1))
+    .option('--bootstrap <multiaddr...>', 'generate through the swarm these nodes belong to')
     .option('--json', 'print one JSON object with ids, text and timings instead of streaming text')
-    .action(async (flags: GenerateFlags) => { await generateLocally(flags, io) })
+    .action(async (flags: GenerateFlags) => { await generate(flags, io) })
 }
 
-async function generateLocally (flags: GenerateFlags, io: CliIo): Promise<void> {
-  const modelDir = userPath(flags.model)
-  if (!existsSync(modelDir) || !statSync(modelDir).isDirectory()) throw new Error(`model directory ${modelDir} does not exist`)
-  const model = await createLocalModel({ modelDir, quant: flags.quant, spans: flags.spans, threads: flags.threads })
-  let result: GenerationResult
+async function generate (flags: GenerateFlags, io: CliIo): Promise<void> {
+  const modelDir = existingModelDir(flags.model)
+  const options: GenerateOptions = {
+    maxNewTokens: flags.maxNewTokens,
+    temperature: flags.temperature,
+    topK: flags.topK,
+    topP: flags.topP,
+    seed: flags.seed,
+    repetitionPenalty: flags.repetitionPenalty,
+    stop: flags.stop
+  }
+  const swarm = flags.bootstrap != null && flags.bootstrap.length > 0
+  const model = swarm
+    ? await createClient({ modelDir, bootstrap: flags.bootstrap!, threads: flags.threads })
+    : await createLocalModel({ modelDir, quant: flags.quant, spans: flags.spans, threads: flags.threads })
+  let result: GenerationResult & { route?: SwarmGenerationResult['route'] }
   try {
-    const stream = model.generate(flags.prompt, {
-      maxNewTokens: flags.maxNewTokens,
-      temperature: flags.temperature,
-      topK: flags.topK,
-      topP: flags.topP,
-      seed: flags.seed,
-      repetitionPenalty: flags.repetitionPenalty,
-      stop: flags.stop
-    })
+    const stream = model.generate(flags.prompt, options)
     let step = await stream.next()
     while (step.done !== true) {
       if (flags.json !== true) io.stdout.write(step.value.text)
@@ -59,9 +64,10 @@ async function generateLocally (flags: GenerateFlags, io: CliIo): Promise<void> 
     await model.close()
   }
   if (flags.json === true) {
-    const { promptIds, ids, text, tokensPerSecond, prefillMs } = result
-    io.stdout.write(JSON.stringify({ promptIds, ids, text, tokensPerSecond, prefillMs }) + '\n')
+    const { promptIds, ids, text, tokensPerSecond, prefillMs, route } = result
+    io.stdout.write(JSON.stringify({ promptIds, ids, text, tokensPerSecond, prefillMs, ...(route != null ? { route } : {}) }) + '\n')
   } else {
+    if (result.route != null) io.stderr.write(`minga: route ${result.route.map(h => `${h.peerId.slice(-8)}[${h.blocks[0]},${h.blocks[1]})`).join(' → ')}\n`)
     io.stdout.write('\n')
     io.stderr.write(`minga: ${result.ids.length} tokens (${result.stopReason}), prefill ${result.prefillMs.toFixed(1)} ms, ${result.tokensPerSecond.toFixed(1)} tokens/s\n`)
   }

@@ -1,0 +1,79 @@
+// `minga serve`: host a span of a model's layers for the swarm until SIGINT/SIGTERM.
+import { InvalidArgumentError, type Command } from 'commander'
+import { loadOrCreateIdentity } from '@minga/p2p'
+import { createServer } from '@minga/server'
+import type { CliIo } from '../index.ts'
+import { existingModelDir, integer, number, quantization, userPath, untilSignal } from '../options.ts'
+
+interface ServeFlags {
+  model: string
+  blocks: { start: number, end: number } | 'auto'
+  numBlocks?: number
+  listen: string[]
+  bootstrap?: string[]
+  publicName?: string
+  maxSessions: number
+  cacheTokens?: number
+  quant: 'none' | 'int8' | 'int4'
+  identity?: string
+  throughput?: number
+  announceTtl: number
+  sessionIdle: number
+  threads?: number
+  json?: boolean
+}
+
+export function registerServe (program: Command, io: CliIo): void {
+  program.command('serve')
+    .description('host a span of a model\'s layers for the swarm')
+    .requiredOption('--model <dir>', 'Hugging Face model directory')
+    .requiredOption('--blocks <start:end|auto>', 'layers to host, e.g. 0:2, or auto to fill the swarm\'s gaps', parseBlocks)
+    .option('--num-blocks <n>', 'with --blocks auto: how many consecutive layers (default: all)', integer(1))
+    .option('--listen <multiaddr...>', 'addresses to listen on', ['/ip4/127.0.0.1/tcp/0'])
+    .option('--bootstrap <multiaddr...>', 'join the swarm through these nodes (none: start a new swarm)')
+    .option('--public-name <name>', 'a name shown by `minga status`')
+    .option('--max-sessions <n>', 'inference sessions open at once', integer(1), 16)
+    .option('--cache-tokens <n>', 'KV cache budget in tokens, summed over sessions (default: 16 × context)', integer(1))
+    .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
+    .option('--identity <file>', 'keep this node\'s peer id in a key file (created if missing)')
+    .option('--throughput <tokens/s>', 'announce this speed instead of measuring it', number(0, Infinity, { minExclusive: true }))
+    .option('--announce-ttl <seconds>', 'lifetime of the DHT announcement (renewed every third)', integer(2, 3600), 60)
+    .option('--session-idle <seconds>', 'close sessions idle this long', integer(1), 300)
+    .option('--threads <n>', 'onnxruntime threads (default: all cores)', integer(1))
+    .option('--json', 'print one JSON line when serving; logs go to stderr')
+    .action(async (flags: ServeFlags) => { await serve(flags, io) })
+}
+
+async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
+  const log = (message: string): void => { io.stderr.write(`minga serve: ${message}\n`) }
+  const server = await createServer({
+    modelDir: existingModelDir(flags.model),
+    blocks: flags.blocks,
+    numBlocks: flags.numBlocks,
+    listen: flags.listen,
+    bootstrap: flags.bootstrap,
+    publicName: flags.publicName,
+    maxSessions: flags.maxSessions,
+    cacheTokens: flags.cacheTokens,
+    quant: flags.quant,
+    privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined,
+    throughput: flags.throughput,
+    announceTtlMs: flags.announceTtl * 1000,
+    sessionIdleMs: flags.sessionIdle * 1000,
+    threads: flags.threads,
+    log
+  })
+  const ready = { peerId: server.peerId, addrs: server.addrs(), blocks: [server.start, server.end] }
+  if (flags.json === true) io.stdout.write(JSON.stringify(ready) + '\n')
+  else io.stdout.write(`serving blocks [${server.start}, ${server.end}) of model ${server.modelId}\n${server.addrs().map(a => `  ${a}`).join('\n')}\n`)
+  const signal = await untilSignal()
+  log(`${signal}: withdrawing the span and closing sessions`)
+  await server.stop()
+}
+
+function parseBlocks (value: string): { start: number, end: number } | 'auto' {
+  if (value === 'auto') return 'auto'
+  const match = /^(\d+):(\d+)$/.exec(value)
+  if (match == null || Number(match[1]) >= Number(match[2])) throw new InvalidArgumentError('expected START:END with START < END (e.g. 0:2), or auto.')
+  return { start: Number(match[1]), end: Number(match[2]) }
+}

@@ -1,0 +1,37 @@
+// `minga status`: the swarm's nodes, their spans, speed and free capacity, and per-block coverage.
+import type { Command } from 'commander'
+import { computeModelId, loadModelConfig } from '@minga/engine'
+import { getSwarmStatus, type SwarmStatus } from '@minga/client'
+import type { CliIo } from '../index.ts'
+import { existingModelDir } from '../options.ts'
+
+export function registerStatus (program: Command, io: CliIo): void {
+  program.command('status')
+    .description('show the swarm: nodes, spans, throughput, free capacity and coverage')
+    .requiredOption('--bootstrap <multiaddr...>', 'any node of the swarm')
+    .option('--model <dir>', 'only this model (default: every model the swarm serves)')
+    .option('--json', 'print one JSON object')
+    .action(async (flags: { bootstrap: string[], model?: string, json?: boolean }) => {
+      let model: { modelId: string, numBlocks: number } | undefined
+      if (flags.model != null) {
+        const dir = existingModelDir(flags.model)
+        model = { modelId: computeModelId(dir), numBlocks: loadModelConfig(dir).numLayers }
+      }
+      const models = await getSwarmStatus({ bootstrap: flags.bootstrap, model })
+      io.stdout.write(flags.json === true ? JSON.stringify({ models }) + '\n' : models.map(formatStatus).join('\n') || 'no model is served in this swarm\n')
+    })
+}
+
+function formatStatus (status: SwarmStatus): string {
+  const lines = [`model ${status.modelId} (${status.numBlocks} blocks)`]
+  const rows = [['peer', 'name', 'blocks', 'tokens/s', 'free sessions', 'free cache tokens']]
+  for (const s of status.servers) {
+    rows.push([s.peerId, s.name ?? '', `${s.start}:${s.end}`, s.throughput.toFixed(1), String(s.freeSessions), String(s.freeCacheTokens)])
+  }
+  const widths = rows[0].map((_, c) => Math.max(...rows.map(r => r[c].length)))
+  for (const row of rows) lines.push('  ' + row.map((cell, c) => cell.padEnd(widths[c])).join('  ').trimEnd())
+  lines.push('  coverage: ' + status.coverage.map(c => `${c.block}:${c.servers}`).join(' ') + '  (block:servers)')
+  const missing = status.coverage.filter(c => c.servers === 0).map(c => c.block)
+  if (missing.length > 0) lines.push(`  no server holds block${missing.length > 1 ? 's' : ''} ${missing.join(', ')}`)
+  return lines.join('\n') + '\n'
+}
