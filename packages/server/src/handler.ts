@@ -3,7 +3,7 @@
 import type { PeerId } from '@libp2p/interface'
 import type { SpanExecutor } from '@minga/engine'
 import {
-  DType, ErrorCode, FrameType, ProtocolError, f16ToF32, f32ToF16, sessionIdToHex,
+  DType, ErrorCode, FrameType, ProtocolError, f16ToF32, f32ToF16, frameTypeName, sessionIdToHex,
   type Frame, type FrameContext, type FrameInit
 } from '@minga/p2p'
 
@@ -38,7 +38,7 @@ export class SessionHandler {
       case FrameType.OPEN_SESSION: return await this.open(frame, ctx)
       case FrameType.FORWARD: return await this.forward(frame)
       case FrameType.CLOSE_SESSION: return await this.close(frame)
-      default: throw new ProtocolError(ErrorCode.BAD_FRAME, `a server does not accept ${frame.type} frames here`)
+      default: throw new ProtocolError(ErrorCode.BAD_FRAME, `a server does not accept ${frameTypeName(frame.type)} frames`)
     }
   }
 

@@ -1,0 +1,101 @@
+// Bad frames, unknown sessions, wrong shapes and positions get a clear error with the right code,
+// and the node keeps serving other sessions exactly.
+import { afterAll, beforeAll, expect, it } from 'vitest'
+import { createClient } from '@minga/client'
+import { createLocalModel } from '@minga/engine'
+import { createMingaNode, DType, ErrorCode, FrameType, INFERENCE_PROTOCOL, newSessionId, openChannel, type Channel, type FrameInit, type MingaNode } from '@minga/p2p'
+import { createServer, type MingaServer } from '../src/index.ts'
+import { STORIES } from '../../engine/test/helpers.ts'
+
+let server: MingaServer
+let peer: MingaNode
+let channel: Channel
+const HIDDEN = 64
+
+beforeAll(async () => {
+  server = await createServer({ modelDir: STORIES, blocks: { start: 1, end: 4 }, throughput: 100, maxSessions: 3, cacheTokens: 600, sessionIdleMs: 1500 })
+  peer = await createMingaNode({ bootstrap: server.addrs() })
+  channel = await openChannel(peer, server.addrs()[0], INFERENCE_PROTOCOL)
+})
+afterAll(async () => {
+  await channel?.close()
+  await peer?.stop()
+  await server?.stop()
+})
+
+const tensor = (tokens: number, hidden = HIDDEN): Uint8Array => new Uint8Array(new Float32Array(tokens * hidden).fill(0.5).buffer)
+const open = (sessionId: Uint8Array, maxLength = 16, startBlock = 1, endBlock = 4): FrameInit => ({ type: FrameType.OPEN_SESSION, sessionId, startBlock, endBlock, maxLength })
+const forward = (sessionId: Uint8Array, over: Partial<FrameInit> = {}): FrameInit => ({
+  type: FrameType.FORWARD, sessionId, dtype: DType.F32, startBlock: 1, endBlock: 4, position: 0, tokens: 1, hiddenSize: HIDDEN, payload: tensor(1), ...over
+})
+async function rejection (frame: FrameInit): Promise<{ code: number, message: string }> {
+  const err: any = await channel.request(frame).then(() => { throw new Error('expected an error reply') }, e => e)
+  expect(err.name).toBe('RemoteError')
+  return { code: err.code, message: err.message }
+}
+
+it('answers each kind of bad request with its error code and a clear message', async () => {
+  const id = newSessionId()
+  expect(await rejection(forward(id))).toMatchObject({ code: ErrorCode.UNKNOWN_SESSION, message: expect.stringMatching(/unknown session [0-9a-f]{32}/) })
+  expect((await channel.request(open(id))).type).toBe(FrameType.ACK)
+  expect(await rejection(forward(id, { hiddenSize: 32, payload: tensor(1, 32) }))).toMatchObject({ code: ErrorCode.WRONG_SHAPE, message: expect.stringMatching(/hidden size 32 does not match the model's 64/) })
+  expect(await rejection(forward(id, { position: 5 }))).toMatchObject({ code: ErrorCode.WRONG_POSITION, message: expect.stringMatching(/position 5 does not match the session's 0 cached tokens/) })
+  expect(await rejection(forward(id, { startBlock: 0, endBlock: 4 }))).toMatchObject({ code: ErrorCode.WRONG_SHAPE, message: expect.stringMatching(/runs blocks \[1, 4\), not \[0, 4\)/) })
+  // Well-formed frames of a kind a server does not take (malformed bytes are test/fuzz.spec.ts's job).
+  expect(await rejection({ ...forward(id), type: FrameType.RESULT })).toMatchObject({ code: ErrorCode.BAD_FRAME, message: expect.stringMatching(/does not accept/) })
+  expect(await rejection(open(newSessionId(), 16, 0, 4))).toMatchObject({ code: ErrorCode.BAD_FRAME, message: expect.stringMatching(/layers \[0, 4\) are not within this span \[1, 4\)/) })
+  expect(await rejection(open(newSessionId(), 100_000))).toMatchObject({ code: ErrorCode.TOO_LARGE, message: expect.stringMatching(/between 1 and the model's context of 512/) })
+  expect(await rejection(forward(id, { tokens: 20, payload: tensor(20) }))).toMatchObject({ code: ErrorCode.TOO_LARGE, message: expect.stringMatching(/exceed the session's length of 16/) })
+  // The session survived all of that: a correct step still works.
+  const reply = await channel.request(forward(id))
+  expect(reply.type).toBe(FrameType.RESULT)
+  expect(reply.tokens).toBe(1)
+})
+
+it('refuses sessions beyond its limits with "busy"', async () => {
+  // One session is still open from the previous test.
+  const ids = [newSessionId(), newSessionId()]
+  for (const id of ids) await channel.request(open(id, 100))
+  expect(await rejection(open(newSessionId(), 100))).toMatchObject({ code: ErrorCode.BUSY, message: expect.stringMatching(/busy: all 3 sessions are in use/) })
+  for (const id of ids) await channel.request({ type: FrameType.CLOSE_SESSION, sessionId: id })
+  const big = newSessionId()
+  await channel.request(open(big, 500))
+  expect(await rejection(open(newSessionId(), 100))).toMatchObject({ code: ErrorCode.BUSY, message: expect.stringMatching(/busy: a cache of 100 tokens does not fit \(84 of 600 free\)/) })
+  await channel.request({ type: FrameType.CLOSE_SESSION, sessionId: big })
+})
+
+it('expires idle sessions', async () => {
+  const id = newSessionId()
+  await channel.request(open(id))
+  await new Promise(resolve => setTimeout(resolve, 2500))
+  expect(await rejection(forward(id))).toMatchObject({ code: ErrorCode.EXPIRED, message: expect.stringMatching(/expired: session [0-9a-f]+ was idle/) })
+})
+
+it('frees a session when the stream that opened it closes', async () => {
+  const other = await openChannel(peer, server.addrs()[0], INFERENCE_PROTOCOL)
+  const id = newSessionId()
+  await other.request(open(id))
+  await other.close()
+  await new Promise(resolve => setTimeout(resolve, 300))
+  expect(await rejection(forward(id))).toMatchObject({ code: ErrorCode.UNKNOWN_SESSION })
+})
+
+it('keeps serving a normal client exactly after all of the above', async () => {
+  const full = await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: server.addrs(), throughput: 100 })
+  try {
+    const local = await createLocalModel({ modelDir: STORIES })
+    const client = await createClient({ modelDir: STORIES, bootstrap: server.addrs() })
+    try {
+      const run = async (stream: AsyncGenerator<unknown, { ids: number[] }>): Promise<number[]> => {
+        let step = await stream.next()
+        while (step.done !== true) step = await stream.next()
+        return step.value.ids
+      }
+      expect(await run(client.generate('Once upon a time', { maxNewTokens: 20 }))).toEqual(await run(local.generate('Once upon a time', { maxNewTokens: 20 })))
+    } finally {
+      await Promise.all([client.close(), local.close()])
+    }
+  } finally {
+    await full.stop()
+  }
+})

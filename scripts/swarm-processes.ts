@@ -1,0 +1,79 @@
+// Starts minga CLI nodes (bootstrap, serve) as separate processes and waits for their JSON ready line.
+// Shared by the demo and the cross-package tests.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
+
+export interface NodeProcess {
+  readonly label: string
+  readonly child: ChildProcess
+  /** The node's ready line: `{ peerId, addrs, blocks? }`. */
+  readonly ready: { peerId: string, addrs: string[], blocks?: [number, number] }
+  /** Everything the node wrote to stderr so far. */
+  log (): string
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves with the exit code or signal. */
+  stop (graceMs?: number): Promise<number | string>
+  kill (): Promise<number | string>
+}
+
+export interface StartOptions {
+  label: string
+  /** Called with each stderr line (e.g. to show logs). */
+  onLog?: (line: string) => void
+  timeoutMs?: number
+  env?: NodeJS.ProcessEnv
+}
+
+/** Runs `minga <args> --json` and resolves once it prints its ready line. */
+export async function startNode (args: string[], options: StartOptions): Promise<NodeProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'packages/cli/src/bin.ts'), ...args, '--json'], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...options.env }
+  })
+  let stderr = ''
+  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr += chunk
+    if (options.onLog != null) for (const line of chunk.split('\n')) if (line !== '') options.onLog(line)
+  })
+  const exited = new Promise<number | string>(resolve => child.once('exit', (code, signal) => resolve(code ?? signal ?? -1)))
+  const ready = await new Promise<NodeProcess['ready']>((resolve, reject) => {
+    let stdout = ''
+    const timer = setTimeout(() => fail(new Error(`${options.label} did not become ready in ${options.timeoutMs ?? 60_000} ms`)), options.timeoutMs ?? 60_000)
+    const fail = (err: Error): void => {
+      clearTimeout(timer)
+      child.kill('SIGKILL')
+      reject(new Error(`${err.message}\n${stderr}`))
+    }
+    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+      stdout += chunk
+      const newline = stdout.indexOf('\n')
+      if (newline < 0) return
+      clearTimeout(timer)
+      try {
+        resolve(JSON.parse(stdout.slice(0, newline)))
+      } catch (err) {
+        fail(err as Error)
+      }
+    })
+    void exited.then(code => fail(new Error(`${options.label} exited (${code}) before it was ready`)))
+  })
+  const stop = async (graceMs = 10_000): Promise<number | string> => {
+    if (child.exitCode == null && child.signalCode == null) {
+      child.kill('SIGTERM')
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs)
+      void exited.then(() => clearTimeout(timer))
+    }
+    return await exited
+  }
+  return {
+    label: options.label,
+    child,
+    ready,
+    log: () => stderr,
+    stop,
+    kill: async () => { child.kill('SIGKILL'); return await exited }
+  }
+}
