@@ -34,6 +34,11 @@ export interface ServerInit {
   /** Sessions idle this long are closed. Default 5 min. */
   sessionIdleMs?: number
   threads?: number
+  /**
+   * An executor to serve instead of loading one (its span is the server's). Lets an embedder wrap
+   * the engine, e.g. tests that need a server which corrupts its outputs.
+   */
+  executor?: SpanExecutor
   log?: (message: string) => void
 }
 
@@ -67,14 +72,16 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     await node.stop()
   }
   try {
-    const blocks = init.blocks === 'auto'
+    const blocks = init.executor != null
+      ? { start: init.executor.start, end: init.executor.end }
+      : init.blocks === 'auto'
       ? chooseBlocks(config.numLayers, init.numBlocks ?? config.numLayers, (init.bootstrap?.length ?? 0) > 0 ? await findSpans(node, modelId, config.numLayers) : [])
       : init.blocks
     if (!(blocks.start >= 0 && blocks.start < blocks.end && blocks.end <= config.numLayers)) {
       throw new ServerConfigError(`--blocks ${blocks.start}:${blocks.end} is not within the model's ${config.numLayers} layers`)
     }
     log(`model ${modelId}: hosting blocks [${blocks.start}, ${blocks.end}) of ${config.numLayers}`)
-    executor = await createSpanExecutor({
+    executor = init.executor ?? await createSpanExecutor({
       modelDir: init.modelDir,
       start: blocks.start,
       end: blocks.end,
