@@ -380,16 +380,36 @@ function dhtSignal (opts: DhtOptions): AbortSignal {
  */
 async function getAllValues (node: MingaNode, key: Uint8Array, opts: DhtOptions): Promise<Uint8Array[]> {
   const values: Uint8Array[] = []
-  try {
-    for await (const ev of node.libp2p.services.dht.get(key, { signal: dhtSignal(opts) })) {
-      if (ev.name === 'VALUE') values.push(ev.value)
-      else if (ev.name === 'PEER_RESPONSE' && ev.record != null) values.push(ev.record.value)
+  const signal = dhtSignal(opts)
+  await untilAborted(signal, async () => {
+    try {
+      for await (const ev of node.libp2p.services.dht.get(key, { signal })) {
+        if (ev.name === 'VALUE') values.push(ev.value)
+        else if (ev.name === 'PEER_RESPONSE' && ev.record != null) values.push(ev.record.value)
+      }
+    } catch {
+      // a timeout, or kad-dht failing to push its "correction" to a stale holder: keep what we got
     }
-  } catch (err) {
-    // a timeout, or kad-dht failing to push its "correction" to a stale holder: keep what we got
-    if (opts.signal?.aborted === true) throw err
+  })
+  if (opts.signal?.aborted === true) throw opts.signal.reason
+  return [...values]
+}
+
+/**
+ * Runs a DHT query, but returns by the time `signal` aborts even if the query does not: kad-dht
+ * does not always notice the abort (seen with a peer that died mid-query), and a caller must not
+ * hang on it. What the query gathered until then is kept.
+ */
+async function untilAborted (signal: AbortSignal, query: () => Promise<void>): Promise<void> {
+  if (signal.aborted) return
+  let onAbort = (): void => {}
+  const aborted = new Promise<void>(resolve => { onAbort = resolve })
+  signal.addEventListener('abort', onAbort, { once: true })
+  try {
+    await Promise.race([query(), aborted])
+  } finally {
+    signal.removeEventListener('abort', onAbort)
   }
-  return values
 }
 
 /** All valid, unexpired entries (tombstones included) for one block, merged over every value found. */
@@ -427,15 +447,18 @@ async function putBlock (node: MingaNode, modelId: string, block: number, entrie
   const value = encodeBlockRecord({ v: 1, modelId, block, entries: list })
   let stored = 0
   let failed = 0
-  try {
-    for await (const ev of node.libp2p.services.dht.put(blockKey(modelId, block), value, { signal: dhtSignal(opts) })) {
-      if (ev.name === 'PEER_RESPONSE' && ev.messageName === 'PUT_VALUE') stored++
-      else if (ev.name === 'QUERY_ERROR') failed++
+  const signal = dhtSignal(opts)
+  await untilAborted(signal, async () => {
+    try {
+      for await (const ev of node.libp2p.services.dht.put(blockKey(modelId, block), value, { signal })) {
+        if (ev.name === 'PEER_RESPONSE' && ev.messageName === 'PUT_VALUE') stored++
+        else if (ev.name === 'QUERY_ERROR') failed++
+      }
+    } catch {
+      failed++
     }
-  } catch (err) {
-    if (opts.signal?.aborted === true) throw err
-    failed++
-  }
+  })
+  if (opts.signal?.aborted === true) throw opts.signal.reason
   return { block, stored, failed }
 }
 

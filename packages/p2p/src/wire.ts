@@ -126,17 +126,22 @@ export class LpReader {
     }
   }
 
-  async #waitFor (n: number): Promise<void> {
-    while (this.#buffered < n) {
-      if (this.#ended) {
-        if (this.#error != null) throw new ChannelClosedError(`stream closed: ${this.#error.message}`)
-        throw new ChannelClosedError(`stream ended with ${this.#buffered} of ${n} bytes of a message`)
-      }
+  /** Waits until n bytes are buffered or the stream has ended (never throws). */
+  async #fill (n: number): Promise<void> {
+    while (this.#buffered < n && !this.#ended) {
       this.#need = n
       // resuming a paused stream may deliver the bytes synchronously: re-check before sleeping
       this.#flow()
       if (this.#buffered >= n || this.#ended) continue
       await new Promise<void>(resolve => { this.#wake = resolve })
+    }
+  }
+
+  async #waitFor (n: number): Promise<void> {
+    await this.#fill(n)
+    if (this.#buffered < n) {
+      if (this.#error != null) throw new ChannelClosedError(`stream closed: ${this.#error.message}`)
+      throw new ChannelClosedError(`stream ended with ${this.#buffered} of ${n} bytes of a message`)
     }
   }
 
@@ -215,7 +220,8 @@ export class LpReader {
           if (this.#buffered === 0) throw new ChannelClosedError(`stream closed: ${this.#error?.message ?? 'unknown'}`)
           throw new ChannelClosedError('stream ended inside a length prefix')
         }
-        await this.#waitFor(this.#buffered + 1)
+        // an end here, between messages, is the clean end of the stream: the checks above sort it out
+        await this.#fill(this.#buffered + 1)
       }
       const [length, prefixBytes] = prefix
       this.#consume(prefixBytes)
