@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander'
 import { registerBootstrap } from './commands/bootstrap.ts'
 import { registerGenerate } from './commands/generate.ts'
+import { registerKeygen } from './commands/keygen.ts'
 import { registerServe } from './commands/serve.ts'
 import { registerStatus } from './commands/status.ts'
 
@@ -21,6 +22,7 @@ export async function runCli (argv: string[], io: CliIo = { stdout: process.stdo
   registerServe(program, io)
   registerStatus(program, io)
   registerBootstrap(program, io)
+  registerKeygen(program, io)
   try {
     await program.parseAsync(argv)
     return 0

@@ -3,6 +3,7 @@ import { existsSync, statSync } from 'node:fs'
 import { isAbsolute, resolve } from 'node:path'
 import { InvalidArgumentError, type Command } from 'commander'
 import { QUANTIZATIONS, type Quantization } from '@minga/engine'
+import { loadSwarmKey } from '@minga/p2p'
 
 export function integer (min: number, max = Number.MAX_SAFE_INTEGER) {
   return (value: string): number => {
@@ -54,15 +55,37 @@ export function existingModelDir (path: string): string {
   return dir
 }
 
-/** Resolves on SIGINT or SIGTERM, with the signal's name. */
-export async function untilSignal (): Promise<NodeJS.Signals> {
+/** The swarm key named by --swarm-key (checked: a missing or malformed file is a one-line error). */
+export async function swarmKeyOption (path: string | undefined): Promise<Uint8Array | undefined> {
+  return path != null ? await loadSwarmKey(userPath(path)) : undefined
+}
+
+/**
+ * Resolves on SIGINT or SIGTERM, with the signal's name, or when the process named by
+ * MINGA_PARENT_PID is gone: nodes started by a test or the demo never outlive their starter.
+ */
+export async function untilSignal (): Promise<string> {
   return await new Promise(resolve => {
-    const stop = (signal: NodeJS.Signals): void => {
+    const parent = Number(process.env.MINGA_PARENT_PID)
+    const watch = Number.isInteger(parent) && parent > 0
+      ? setInterval(() => { if (!alive(parent)) stop('parent process exited') }, 1000)
+      : undefined
+    const stop = (reason: string): void => {
       process.off('SIGINT', stop)
       process.off('SIGTERM', stop)
-      resolve(signal)
+      clearInterval(watch)
+      resolve(reason)
     }
     process.on('SIGINT', stop)
     process.on('SIGTERM', stop)
   })
+}
+
+function alive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err: any) {
+    return err.code === 'EPERM'
+  }
 }

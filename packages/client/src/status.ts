@@ -29,10 +29,12 @@ export interface SwarmStatusInit {
   /** Only this model (else every model the reachable peers serve). */
   model?: { modelId: string, numBlocks: number }
   timeoutMs?: number
+  /** The swarm's pre-shared key (a key file's bytes) if the swarm is private. */
+  swarmKey?: Uint8Array
 }
 
 export async function getSwarmStatus (init: SwarmStatusInit): Promise<SwarmStatus[]> {
-  const node = await createMingaNode({ listen: [], bootstrap: init.bootstrap })
+  const node = await createMingaNode({ listen: [], bootstrap: init.bootstrap, swarmKey: init.swarmKey })
   try {
     const models = init.model != null ? [init.model] : await discoverModels(node, init.timeoutMs ?? 5000)
     return await Promise.all(models.map(async ({ modelId, numBlocks }) => statusOf(modelId, numBlocks, await findSpans(node, modelId, numBlocks))))

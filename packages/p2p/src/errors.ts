@@ -62,3 +62,8 @@ export class IdentityError extends Error {
 export class InvalidArgumentError extends Error {
   override readonly name = 'InvalidArgumentError'
 }
+
+/** A swarm key file is missing, unreadable or not in the libp2p pre-shared key format. */
+export class SwarmKeyError extends Error {
+  override readonly name = 'SwarmKeyError'
+}

@@ -3,11 +3,13 @@ import './polyfill.ts'
 
 export {
   BootstrapError, ChannelClosedError, FrameError, FrameTooLargeError, IdentityError, InvalidArgumentError,
-  InvalidRecordError, ProtocolError, RemoteError, TimeoutError
+  InvalidRecordError, ProtocolError, RemoteError, SwarmKeyError, TimeoutError
 } from './errors.ts'
 
+export { generateSwarmKey, loadSwarmKey, parseSwarmKey, writeSwarmKey } from './swarm-key.ts'
+
 export {
-  DEFAULT_BOOTSTRAP_TIMEOUT_MS, DEFAULT_LISTEN, DHT_PROTOCOL, createMingaNode, loadOrCreateIdentity,
+  DEFAULT_BOOTSTRAP_TIMEOUT_MS, DEFAULT_LISTEN, DHT_PROTOCOL, createMingaNode, loadOrCreateIdentity, parsePeerId,
   type MingaLibp2p, type MingaNode, type MingaNodeInit, type MingaServices
 } from './node.ts'
 

@@ -10,14 +10,16 @@ import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@
 import { identify, type Identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
 import { ping, type Ping } from '@libp2p/ping'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
-import type { Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
+import type { ConnectionProtector, Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
 import { BootstrapError, IdentityError, InvalidArgumentError } from './errors.ts'
 import { DEFAULT_MAX_FRAME_BYTES } from './frames.ts'
 import { recordSelectors, recordValidators } from './records.ts'
+import { parseSwarmKey } from './swarm-key.ts'
 
 /** Protocol id of minga's DHT: a private DHT, never mixed with the IPFS one. */
 export const DHT_PROTOCOL = '/minga/kad/1.0.0'
@@ -46,7 +48,10 @@ export interface MingaNodeInit {
   privateKey?: PrivateKey
   /** Largest inference frame the node will handle; sizes the muxer buffers. Default 64 MiB. */
   maxFrameBytes?: number
-  /** Optional pre-shared swarm key (libp2p pnet format) to make the network private. */
+  /**
+   * A pre-shared swarm key (the libp2p pnet key file's bytes, see loadSwarmKey): connections are
+   * encrypted with it before anything else, so only peers holding the same key can connect at all.
+   */
   swarmKey?: Uint8Array
   /** DHT protocol id. Default '/minga/kad/1.0.0'. */
   dhtProtocol?: string
@@ -90,19 +95,78 @@ async function sleep (ms: number, signal?: AbortSignal): Promise<void> {
   })
 }
 
-async function bootstrapTo (libp2p: MingaLibp2p, addrs: string[], timeoutMs: number): Promise<void> {
+/** Progress event a dial reports once its TCP connection is up and the pnet handshake starts. */
+const PNET_HANDSHAKE_EVENT = 'minga:pnet-handshake'
+/** Dial progress events that mean the transport connected and the connection upgrade began. */
+const HANDSHAKE_EVENTS = new Set([PNET_HANDSHAKE_EVENT, 'upgrader:encrypt-outbound-connection'])
+
+/**
+ * preSharedKey's protector, reporting to the dial when it starts: a dial that fails after that
+ * reached the peer and failed in the handshake, which is what a swarm key mismatch looks like.
+ */
+function reportingProtector (psk: Uint8Array): () => ConnectionProtector {
+  const factory = preSharedKey({ psk })
+  return () => {
+    const inner = factory()
+    return {
+      [Symbol.toStringTag]: '@libp2p/pnet',
+      protect: async (connection, options) => {
+        // the upgrader hands the dial's options (onProgress included) to the protector
+        const onProgress = (options as { onProgress?: (evt: { type: string, detail: unknown }) => void } | undefined)?.onProgress
+        onProgress?.({ type: PNET_HANDSHAKE_EVENT, detail: undefined })
+        return await inner.protect(connection, options)
+      }
+    } satisfies ConnectionProtector & { [Symbol.toStringTag]: string }
+  }
+}
+
+interface DialFailure { addr: string, reason: string, handshake: boolean }
+
+function describeDialError (err: unknown): string {
+  const e = err as Error | undefined
+  if (e?.name === 'TimeoutError' || e?.name === 'AbortError' || /aborted due to timeout/.test(e?.message ?? '')) return 'timed out'
+  const name = e?.name != null && e.name !== 'Error' ? `${e.name}: ` : ''
+  return `${name}${e?.message ?? String(err)}`
+}
+
+/**
+ * The bootstrap error for dials that all failed. A failure after the TCP connection was up is a
+ * failed handshake: with pnet that is what a different key, or a key on one side only, looks like
+ * (the other side reads noise and resets or stalls), though any handshake failure looks the same.
+ */
+function bootstrapFailure (failures: DialFailure[], timeoutMs: number, hasSwarmKey: boolean): BootstrapError {
+  const handshake = failures.filter(f => f.handshake)
+  if (handshake.length === 0) {
+    return new BootstrapError(`could not reach any bootstrap peer within ${timeoutMs} ms — ${failures.map(f => `${f.addr}: ${f.reason}`).join('; ')}`)
+  }
+  const what = hasSwarmKey ? 'the private-network handshake' : 'the handshake'
+  const hint = hasSwarmKey
+    ? 'do both sides use the same --swarm-key? (this node has a swarm key; the other side may have a different one or none)'
+    : 'if that swarm is private, this node needs its key (--swarm-key FILE)'
+  const parts = failures.map(f => f.handshake ? `the connection failed during ${what} (${f.reason})` : `unreachable (${f.reason})`)
+  if (failures.length === 1) return new BootstrapError(`cannot join the swarm through ${failures[0].addr}: ${parts[0]} — ${hint}`)
+  return new BootstrapError(`cannot join the swarm through any bootstrap address — ${failures.map((f, i) => `${f.addr}: ${parts[i]}`).join('; ')} — ${hint}`)
+}
+
+async function bootstrapTo (libp2p: MingaLibp2p, addrs: string[], timeoutMs: number, hasSwarmKey: boolean): Promise<void> {
   if (addrs.length === 0) return
-  const targets = addrs.map(a => ({ addr: a, ma: parseBootstrap(a) }))
+  const targets = addrs.map(a => ({ addr: a, ma: parseBootstrap(a), handshake: false }))
   const deadline = Date.now() + timeoutMs
   const signal = AbortSignal.timeout(timeoutMs)
   const self = libp2p.peerId.toString()
-  const results = await Promise.allSettled(targets.map(async ({ ma }) => {
-    if (ma.getComponents().find(c => c.name === 'p2p')?.value === self) throw new Error('that is this node itself')
-    return await libp2p.dial(ma, { signal })
+  const results = await Promise.allSettled(targets.map(async (target) => {
+    if (target.ma.getComponents().find(c => c.name === 'p2p')?.value === self) throw new Error('that is this node itself')
+    return await libp2p.dial(target.ma, {
+      signal,
+      onProgress: (evt: { type: string }) => { if (HANDSHAKE_EVENTS.has(evt.type)) target.handshake = true }
+    })
   }))
-  const failures = results.map((r, i) => r.status === 'rejected' ? `${targets[i].addr}: ${(r.reason as Error)?.message ?? String(r.reason)}` : undefined)
   if (results.every(r => r.status === 'rejected')) {
-    throw new BootstrapError(`could not reach any bootstrap peer within ${timeoutMs} ms — ${failures.filter(Boolean).join('; ')}`)
+    throw bootstrapFailure(results.map((r, i) => ({
+      addr: targets[i].addr,
+      reason: describeDialError((r as PromiseRejectedResult).reason),
+      handshake: targets[i].handshake
+    })), timeoutMs, hasSwarmKey)
   }
   while (routingTableSize(libp2p.services.dht) === 0) {
     if (Date.now() >= deadline) {
@@ -117,8 +181,9 @@ async function bootstrapTo (libp2p: MingaLibp2p, addrs: string[], timeoutMs: num
 export async function createMingaNode (init: MingaNodeInit = {}): Promise<MingaNode> {
   const privateKey = init.privateKey ?? await generateKeyPair('Ed25519')
   const maxFrameBytes = init.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
-  // Validate bootstrap addresses before starting anything.
+  // Validate bootstrap addresses and the swarm key before starting anything.
   for (const a of init.bootstrap ?? []) parseBootstrap(a)
+  const swarmKey = init.swarmKey !== undefined ? parseSwarmKey(init.swarmKey) : undefined
 
   const libp2p = await createLibp2p<MingaServices>({
     privateKey,
@@ -146,7 +211,7 @@ export async function createMingaNode (init: MingaNodeInit = {}): Promise<MingaN
         inactivityTimeout: 30 * 60 * 1000
       }
     })],
-    ...(init.swarmKey !== undefined ? { connectionProtector: preSharedKey({ psk: init.swarmKey }) } : {}),
+    ...(swarmKey !== undefined ? { connectionProtector: reportingProtector(swarmKey) } : {}),
     services: {
       identify: identify(),
       ping: ping(),
@@ -169,7 +234,7 @@ export async function createMingaNode (init: MingaNodeInit = {}): Promise<MingaN
     privateKey,
     addrs: () => libp2p.getMultiaddrs().map(ma => ma.toString()),
     bootstrap: async (addrs, timeoutMs = init.bootstrapTimeoutMs ?? DEFAULT_BOOTSTRAP_TIMEOUT_MS) => {
-      await bootstrapTo(libp2p, addrs, timeoutMs)
+      await bootstrapTo(libp2p, addrs, timeoutMs, swarmKey !== undefined)
     },
     dhtPeers: () => routingTableSize(libp2p.services.dht),
     stop: async () => { await libp2p.stop() }
@@ -184,6 +249,15 @@ export async function createMingaNode (init: MingaNodeInit = {}): Promise<MingaN
     }
   }
   return node
+}
+
+/** A peer id from its string form (12D3Koo…, Qm…); InvalidArgumentError naming the value if it is not one. */
+export function parsePeerId (value: string): PeerId {
+  try {
+    return peerIdFromString(value)
+  } catch (err) {
+    throw new InvalidArgumentError(`"${value}" is not a peer id (${(err as Error).message})`)
+  }
 }
 
 /**

@@ -1,6 +1,8 @@
 // The wire handlers: inference frames in, span executor calls, frames out. Sessions belong to the
-// stream that opened them and are freed when it closes or when they sit idle too long.
-import type { PeerId } from '@libp2p/interface'
+// stream that opened them and are freed when it closes or when they sit idle too long. Who may open
+// sessions (an allow list) and how many one peer may hold are checked here too, and so is the
+// shutdown: first no new sessions, then ("moving") none of the old ones either.
+import type { PeerId, Stream } from '@libp2p/interface'
 import type { SpanExecutor } from '@minga/engine'
 import {
   DType, ErrorCode, FrameType, ProtocolError, f16ToF32, f32ToF16, frameTypeName, sessionIdToHex,
@@ -11,18 +13,30 @@ export interface SessionHandlerInit {
   executor: SpanExecutor
   /** Sessions idle for longer are closed ("expired"). */
   idleTimeoutMs: number
+  /** Sessions one peer may hold at once. Default: no limit besides the executor's. */
+  maxSessionsPerPeer?: number
+  /** Only these peers (peer id strings) may open sessions. Default: anyone. */
+  allow?: ReadonlySet<string>
   log: (message: string) => void
 }
 
-interface OpenSession { start: number, end: number, lastUsed: number, streamId: string }
+/** The message FORWARD gets once a stopping server's drain is over; clients move to another server. */
+export const MOVING_MESSAGE = 'moving: this server is shutting down, continue elsewhere'
+
+// Keyed by the Stream object: stream ids are only unique within one connection.
+interface OpenSession { start: number, end: number, lastUsed: number, stream: Stream, peer: string }
 
 export class SessionHandler {
   private readonly sessions = new Map<string, OpenSession>()
   private readonly expired = new Set<string>()
-  private readonly watchedStreams = new Set<string>()
+  private readonly watchedStreams = new WeakSet<Stream>()
+  private readonly perPeer = new Map<string, number>()
   private readonly sweeper: ReturnType<typeof setInterval>
+  private emptyWaiters: Array<() => void> = []
   /** Refuses new sessions while the server drains. */
   accepting = true
+  /** After the drain: FORWARD on the remaining sessions answers BUSY "moving: …" and closes them. */
+  moving = false
 
   constructor (private readonly init: SessionHandlerInit) {
     this.sweeper = setInterval(() => { void this.closeIdle() }, Math.max(250, Math.min(init.idleTimeoutMs / 4, 30_000)))
@@ -33,9 +47,15 @@ export class SessionHandler {
     return this.sessions.size
   }
 
+  /** Resolves once no session is open (at once if none is). */
+  async whenEmpty (): Promise<void> {
+    if (this.sessions.size === 0) return
+    await new Promise<void>(resolve => { this.emptyWaiters.push(resolve) })
+  }
+
   readonly onFrame = async (frame: Frame, peer: PeerId, ctx: FrameContext): Promise<FrameInit> => {
     switch (frame.type) {
-      case FrameType.OPEN_SESSION: return await this.open(frame, ctx)
+      case FrameType.OPEN_SESSION: return await this.open(frame, peer.toString(), ctx)
       case FrameType.FORWARD: return await this.forward(frame)
       case FrameType.CLOSE_SESSION: return await this.close(frame)
       default: throw new ProtocolError(ErrorCode.BAD_FRAME, `a server does not accept ${frameTypeName(frame.type)} frames`)
@@ -47,12 +67,30 @@ export class SessionHandler {
     await Promise.all([...this.sessions.keys()].map(async id => { await this.release(id) }))
   }
 
-  private async open (frame: Frame, ctx: FrameContext): Promise<FrameInit> {
+  private async open (frame: Frame, peer: string, ctx: FrameContext): Promise<FrameInit> {
+    const { executor, allow, maxSessionsPerPeer } = this.init
+    if (allow != null && !allow.has(peer)) throw new ProtocolError(ErrorCode.NOT_ALLOWED, `not allowed: peer ${peer} is not on this server's allow list`)
     if (!this.accepting) throw new ProtocolError(ErrorCode.BUSY, 'busy: this server is shutting down')
     const id = sessionIdToHex(frame.sessionId)
-    const { executor } = this.init
-    await executor.openSession(id, frame.maxLength, { start: frame.startBlock, end: frame.endBlock })
-    this.sessions.set(id, { start: frame.startBlock, end: frame.endBlock, lastUsed: Date.now(), streamId: ctx.stream.id })
+    const held = this.perPeer.get(peer) ?? 0
+    if (maxSessionsPerPeer != null && held >= maxSessionsPerPeer) {
+      throw new ProtocolError(ErrorCode.BUSY, `busy: peer ${peer} already has ${held} session${held === 1 ? '' : 's'} open (at most ${maxSessionsPerPeer} per peer)`)
+    }
+    // counted before the (async) executor call, so concurrent opens cannot overshoot the limit
+    this.perPeer.set(peer, held + 1)
+    try {
+      await executor.openSession(id, frame.maxLength, { start: frame.startBlock, end: frame.endBlock })
+    } catch (err) {
+      this.uncount(peer)
+      throw err
+    }
+    if (isClosed(ctx.stream)) {
+      // the stream died while the session opened: its 'close' event has passed, nobody would free it
+      this.uncount(peer)
+      await executor.closeSession(id).catch(err => { this.init.log(`closing session ${id}: ${err.message}`) })
+      throw new ProtocolError(ErrorCode.NOT_ALLOWED, `the stream that opened session ${id} has closed`)
+    }
+    this.sessions.set(id, { start: frame.startBlock, end: frame.endBlock, lastUsed: Date.now(), stream: ctx.stream, peer })
     this.watchStream(ctx)
     return { type: FrameType.ACK, sessionId: frame.sessionId }
   }
@@ -63,6 +101,10 @@ export class SessionHandler {
     if (session == null) {
       if (this.expired.has(id)) throw new ProtocolError(ErrorCode.EXPIRED, `expired: session ${id} was idle for over ${this.init.idleTimeoutMs} ms and was closed`)
       throw new ProtocolError(ErrorCode.UNKNOWN_SESSION, `unknown session ${id}`)
+    }
+    if (this.moving) {
+      await this.release(id)
+      throw new ProtocolError(ErrorCode.BUSY, `${MOVING_MESSAGE} (session ${id} is closed)`)
     }
     if (frame.startBlock !== session.start || frame.endBlock !== session.end) {
       throw new ProtocolError(ErrorCode.WRONG_SHAPE, `session ${id} runs blocks [${session.start}, ${session.end}), not [${frame.startBlock}, ${frame.endBlock})`)
@@ -92,16 +134,32 @@ export class SessionHandler {
   }
 
   private async release (id: string): Promise<void> {
-    if (!this.sessions.delete(id)) return
-    await this.init.executor.closeSession(id).catch(err => { this.init.log(`closing session ${id}: ${err.message}`) })
+    const session = this.sessions.get(id)
+    if (session == null) return
+    this.sessions.delete(id)
+    this.uncount(session.peer)
+    try {
+      await this.init.executor.closeSession(id).catch(err => { this.init.log(`closing session ${id}: ${err.message}`) })
+    } finally {
+      if (this.sessions.size === 0) {
+        const waiters = this.emptyWaiters
+        this.emptyWaiters = []
+        for (const resolve of waiters) resolve()
+      }
+    }
+  }
+
+  private uncount (peer: string): void {
+    const held = (this.perPeer.get(peer) ?? 0) - 1
+    if (held > 0) this.perPeer.set(peer, held)
+    else this.perPeer.delete(peer)
   }
 
   private watchStream ({ stream }: FrameContext): void {
-    if (this.watchedStreams.has(stream.id)) return
-    this.watchedStreams.add(stream.id)
+    if (this.watchedStreams.has(stream)) return
+    this.watchedStreams.add(stream)
     stream.addEventListener('close', () => {
-      this.watchedStreams.delete(stream.id)
-      for (const [id, session] of this.sessions) if (session.streamId === stream.id) void this.release(id)
+      for (const [id, session] of this.sessions) if (session.stream === stream) void this.release(id)
     })
   }
 
@@ -115,6 +173,10 @@ export class SessionHandler {
       await this.release(id)
     }
   }
+}
+
+function isClosed (stream: Stream): boolean {
+  return stream.status === 'closed' || stream.status === 'aborted' || stream.status === 'reset'
 }
 
 /** The frame's tensor as an owned f32 array, ready to hand to the worker (one copy or conversion). */

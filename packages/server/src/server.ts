@@ -3,8 +3,8 @@
 import type { PrivateKey } from '@libp2p/interface'
 import { computeModelId, createSpanExecutor, loadModelConfig, type Quantization, type SpanExecutor } from '@minga/engine'
 import {
-  createMingaNode, findSpans, handleChannel, INFERENCE_PROTOCOL, serveInfo, startAnnouncer,
-  type Announcer, type ChannelServer, type MingaNode, type SpanInfo
+  createMingaNode, DEFAULT_MAX_FRAME_BYTES, findSpans, handleChannel, INFERENCE_PROTOCOL, MAX_PAYLOAD_BYTES, parsePeerId,
+  serveInfo, startAnnouncer, type Announcer, type ChannelServer, type MingaNode, type SpanInfo
 } from '@minga/p2p'
 import { chooseBlocks } from './block-selection.ts'
 import { ServerConfigError } from './errors.ts'
@@ -12,6 +12,15 @@ import { SessionHandler } from './handler.ts'
 import { measureThroughput } from './throughput.ts'
 
 export const MINGA_VERSION = '0.1.0'
+export const DEFAULT_MAX_SESSIONS_PER_PEER = 8
+export const DEFAULT_DRAIN_TIMEOUT_MS = 30_000
+/** After the drain, how long FORWARDs on the remaining sessions get "moving" before the node closes. */
+const MOVING_GRACE_MS = 2000
+/**
+ * Pause between the last session's end and closing the streams, so the last replies (the ACK of a
+ * CLOSE_SESSION, a "moving" error) are read before the streams are reset behind them.
+ */
+const SETTLE_MS = 300
 
 export interface ServerInit {
   modelDir: string
@@ -34,6 +43,16 @@ export interface ServerInit {
   /** Sessions idle this long are closed. Default 5 min. */
   sessionIdleMs?: number
   threads?: number
+  /** The swarm's pre-shared key (a key file's bytes, see loadSwarmKey): only peers with it can connect. */
+  swarmKey?: Uint8Array
+  /** Only these peers (peer id strings) may open sessions; others get NOT_ALLOWED. Default: anyone. */
+  allow?: string[]
+  /** Sessions one peer may hold at once; more get BUSY. Default 8. */
+  maxSessionsPerPeer?: number
+  /** Largest inference frame accepted (bigger ones get TOO_LARGE). Default 64 MiB. */
+  maxFrameBytes?: number
+  /** On stop(), how long open sessions may go on before they are told to move. Default 30 s. */
+  drainTimeoutMs?: number
   /**
    * An executor to serve instead of loading one (its span is the server's). Lets an embedder wrap
    * the engine, e.g. tests that need a server which corrupts its outputs.
@@ -49,27 +68,85 @@ export interface MingaServer {
   readonly start: number
   readonly end: number
   readonly throughput: number
+  /** Sessions open now. */
+  readonly openSessions: number
   addrs (): string[]
-  /** Stops announcing (withdrawing the span), refuses new sessions, closes the rest, exits the swarm. */
-  stop (): Promise<void>
+  /**
+   * Stops gracefully: refuses new sessions (BUSY "busy: this server is shutting down"), withdraws
+   * the span from the DHT, lets open sessions go on until they close or `drainTimeoutMs` (default:
+   * ServerInit's) has passed since the call, then answers their FORWARDs with BUSY "moving: this
+   * server is shutting down, continue elsewhere" for up to 2 s, and closes. `immediate` skips
+   * whatever is left of that (e.g. a second SIGTERM) and closes at once. Later calls resolve with
+   * the first; every call resolves when the server has stopped.
+   */
+  stop (options?: { drainTimeoutMs?: number, immediate?: boolean }): Promise<void>
 }
 
 export async function createServer (init: ServerInit): Promise<MingaServer> {
   const log = init.log ?? (() => {})
+  const limits = checkLimits(init)
   const config = loadModelConfig(init.modelDir)
   const modelId = computeModelId(init.modelDir)
-  const node = await createMingaNode({ listen: init.listen, bootstrap: init.bootstrap, privateKey: init.privateKey })
+  const node = await createMingaNode({
+    listen: init.listen,
+    bootstrap: init.bootstrap,
+    privateKey: init.privateKey,
+    swarmKey: init.swarmKey,
+    maxFrameBytes: limits.maxFrameBytes
+  })
   let executor: SpanExecutor | undefined
   let channels: ChannelServer | undefined
   let handler: SessionHandler | undefined
   let announcer: Announcer | undefined
-  const stopAll = async (): Promise<void> => {
-    if (handler != null) handler.accepting = false
-    await announcer?.stop()
+
+  // Shutdown, in steps: withdraw, drain, tell the rest to move, close. The drain is timed from the
+  // stop() call; `now` (stop({ immediate: true })) ends whichever step is in progress and skips the rest.
+  let stopping: Promise<void> | undefined
+  let stopNow!: () => void
+  const now = new Promise<void>(resolve => { stopNow = resolve })
+  const shutdown = async (drainTimeoutMs: number): Promise<void> => {
+    let drainTimer: ReturnType<typeof setTimeout> | undefined
+    // (setTimeout cannot wait longer than 2^31 - 1 ms; an infinite drain has no timer at all)
+    const drainOver = new Promise<void>(resolve => { if (Number.isFinite(drainTimeoutMs)) drainTimer = setTimeout(resolve, Math.min(drainTimeoutMs, 2 ** 31 - 1)) })
+    try {
+      // (b) no new sessions from here on: BUSY "busy: this server is shutting down"
+      if (handler != null) handler.accepting = false
+      // (a) withdraw the announcement, so routes planned from now on skip this node
+      await Promise.race([announcer?.stop().catch((err: any) => { log(`withdrawing the span failed: ${err?.message ?? err}`) }), now])
+      const sessions = handler
+      const drained = sessions != null && sessions.openSessions > 0
+      if (sessions != null && sessions.openSessions > 0) {
+        // (c) open sessions go on until they close or the drain timeout passes
+        log(`draining: ${sessions.openSessions} open session${sessions.openSessions === 1 ? '' : 's'} may go on for up to ${Math.ceil(drainTimeoutMs / 1000)} s`)
+        await Promise.race([sessions.whenEmpty(), drainOver, now])
+      }
+      if (sessions != null && sessions.openSessions > 0) {
+        // (d) their next FORWARD gets BUSY "moving: …"; a moment for them to send it, then close
+        log(`drain over: telling ${sessions.openSessions} session${sessions.openSessions === 1 ? '' : 's'} to continue elsewhere`)
+        sessions.moving = true
+        let graceTimer: ReturnType<typeof setTimeout> | undefined
+        const grace = new Promise<void>(resolve => { graceTimer = setTimeout(resolve, MOVING_GRACE_MS) })
+        await Promise.race([sessions.whenEmpty(), grace, now])
+        clearTimeout(graceTimer)
+      }
+      if (drained) {
+        let settleTimer: ReturnType<typeof setTimeout> | undefined
+        await Promise.race([new Promise<void>(resolve => { settleTimer = setTimeout(resolve, SETTLE_MS) }), now])
+        clearTimeout(settleTimer)
+      }
+    } finally {
+      clearTimeout(drainTimer)
+    }
+    // (e) close
     await channels?.close()
     await handler?.stop()
     await executor?.close()
     await node.stop()
+  }
+  const stop = async (options: { drainTimeoutMs?: number, immediate?: boolean } = {}): Promise<void> => {
+    if (options.immediate === true) stopNow()
+    stopping ??= shutdown(Math.max(0, options.drainTimeoutMs ?? limits.drainTimeoutMs))
+    await stopping
   }
   try {
     const blocks = init.executor != null
@@ -93,9 +170,16 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     const throughput = init.throughput ?? await measureThroughput(executor)
     log(`throughput ${throughput.toFixed(1)} tokens/s through the span`)
 
-    const sessions = new SessionHandler({ executor, idleTimeoutMs: init.sessionIdleMs ?? 5 * 60_000, log })
+    const sessions = new SessionHandler({
+      executor,
+      idleTimeoutMs: init.sessionIdleMs ?? 5 * 60_000,
+      maxSessionsPerPeer: limits.maxSessionsPerPeer,
+      allow: limits.allow,
+      log
+    })
     handler = sessions
     channels = await handleChannel(node, INFERENCE_PROTOCOL, sessions.onFrame, {
+      maxFrameBytes: limits.maxFrameBytes,
       onError: (err: any) => { log(`request failed: ${err?.message ?? err}`) }
     })
     await serveInfo(node, () => ({
@@ -127,11 +211,34 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       start: blocks.start,
       end: blocks.end,
       throughput,
+      get openSessions () { return sessions.openSessions },
       addrs: () => node.addrs(),
-      stop: stopAll
+      stop
     }
   } catch (err) {
-    await stopAll().catch(() => {})
+    await stop({ immediate: true }).catch(() => {})
     throw err
   }
+}
+
+/** Checks the limits before anything starts; each bad value is a ServerConfigError naming it. */
+function checkLimits (init: ServerInit): { allow?: Set<string>, maxSessionsPerPeer: number, maxFrameBytes: number, drainTimeoutMs: number } {
+  const allow = init.allow != null
+    ? new Set(init.allow.map(id => {
+      try {
+        return parsePeerId(id).toString()
+      } catch (err) {
+        throw new ServerConfigError(`--allow: ${(err as Error).message}`)
+      }
+    }))
+    : undefined
+  const maxSessionsPerPeer = init.maxSessionsPerPeer ?? DEFAULT_MAX_SESSIONS_PER_PEER
+  if (!(Number.isInteger(maxSessionsPerPeer) && maxSessionsPerPeer >= 1)) throw new ServerConfigError(`--max-sessions-per-peer must be an integer ≥ 1, got ${maxSessionsPerPeer}`)
+  const maxFrameBytes = init.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
+  if (!(Number.isInteger(maxFrameBytes) && maxFrameBytes >= 4096 && maxFrameBytes <= MAX_PAYLOAD_BYTES)) {
+    throw new ServerConfigError(`the frame size limit (--max-frame-mb) must be from 4 KiB to ${MAX_PAYLOAD_BYTES / 2 ** 20} MiB, got ${maxFrameBytes} bytes`)
+  }
+  const drainTimeoutMs = init.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS
+  if (!(drainTimeoutMs >= 0)) throw new ServerConfigError(`--drain-timeout must be ≥ 0, got ${drainTimeoutMs / 1000} s`)
+  return { allow, maxSessionsPerPeer, maxFrameBytes, drainTimeoutMs }
 }

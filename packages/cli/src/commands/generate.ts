@@ -2,8 +2,9 @@
 import { InvalidArgumentError, type Command } from 'commander'
 import { createLocalModel, type GenerateOptions, type GenerationResult } from '@minga/engine'
 import { createClient, type SwarmGenerationResult } from '@minga/client'
+import { loadOrCreateIdentity } from '@minga/p2p'
 import type { CliIo } from '../index.ts'
-import { addSamplingOptions, existingModelDir, integer, quantization } from '../options.ts'
+import { addSamplingOptions, existingModelDir, integer, quantization, swarmKeyOption, userPath } from '../options.ts'
 
 interface GenerateFlags {
   model: string
@@ -19,6 +20,8 @@ interface GenerateFlags {
   spans?: Array<[number, number]>
   threads?: number
   bootstrap?: string[]
+  swarmKey?: string
+  identity?: string
   json?: boolean
 }
 
@@ -32,6 +35,8 @@ export function registerGenerate (program: Command, io: CliIo): void {
     .option('--spans <list>', 'run the layers as chained spans, e.g. 0:2,2:5 (default: one span)', parseSpans)
     .option('--threads <n>', 'onnxruntime threads per span (default: all cores)', integer(1))
     .option('--bootstrap <multiaddr...>', 'generate through the swarm these nodes belong to')
+    .option('--swarm-key <file>', 'with --bootstrap: the swarm\'s key, if it is private')
+    .option('--identity <file>', 'with --bootstrap: keep this client\'s peer id in a key file, e.g. for servers\' --allow')
     .option('--json', 'print one JSON object with ids, text and timings instead of streaming text')
     .action(async (flags: GenerateFlags) => { await generate(flags, io) })
 }
@@ -49,7 +54,13 @@ async function generate (flags: GenerateFlags, io: CliIo): Promise<void> {
   }
   const swarm = flags.bootstrap != null && flags.bootstrap.length > 0
   const model = swarm
-    ? await createClient({ modelDir, bootstrap: flags.bootstrap!, threads: flags.threads })
+    ? await createClient({
+      modelDir,
+      bootstrap: flags.bootstrap!,
+      threads: flags.threads,
+      swarmKey: await swarmKeyOption(flags.swarmKey),
+      privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined
+    })
     : await createLocalModel({ modelDir, quant: flags.quant, spans: flags.spans, threads: flags.threads })
   let result: GenerationResult & { route?: SwarmGenerationResult['route'] }
   try {

@@ -1,9 +1,10 @@
-// `minga serve`: host a span of a model's layers for the swarm until SIGINT/SIGTERM.
+// `minga serve`: host a span of a model's layers for the swarm until SIGINT/SIGTERM (the first one
+// drains: withdraw, refuse new sessions, let open ones finish; a second one stops at once).
 import { InvalidArgumentError, type Command } from 'commander'
 import { loadOrCreateIdentity } from '@minga/p2p'
 import { createServer } from '@minga/server'
 import type { CliIo } from '../index.ts'
-import { existingModelDir, integer, number, quantization, userPath, untilSignal } from '../options.ts'
+import { existingModelDir, integer, number, quantization, swarmKeyOption, userPath, untilSignal } from '../options.ts'
 
 interface ServeFlags {
   model: string
@@ -20,6 +21,11 @@ interface ServeFlags {
   announceTtl: number
   sessionIdle: number
   threads?: number
+  swarmKey?: string
+  allow?: string[]
+  maxSessionsPerPeer: number
+  maxFrameMb?: number
+  drainTimeout: number
   json?: boolean
 }
 
@@ -33,6 +39,7 @@ export function registerServe (program: Command, io: CliIo): void {
     .option('--bootstrap <multiaddr...>', 'join the swarm through these nodes (none: start a new swarm)')
     .option('--public-name <name>', 'a name shown by `minga status`')
     .option('--max-sessions <n>', 'inference sessions open at once', integer(1), 16)
+    .option('--max-sessions-per-peer <n>', 'sessions one peer may hold at once', integer(1), 8)
     .option('--cache-tokens <n>', 'KV cache budget in tokens, summed over sessions (default: 16 × context)', integer(1))
     .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
     .option('--identity <file>', 'keep this node\'s peer id in a key file (created if missing)')
@@ -40,12 +47,17 @@ export function registerServe (program: Command, io: CliIo): void {
     .option('--announce-ttl <seconds>', 'lifetime of the DHT announcement (renewed every third)', integer(2, 3600), 60)
     .option('--session-idle <seconds>', 'close sessions idle this long', integer(1), 300)
     .option('--threads <n>', 'onnxruntime threads (default: all cores)', integer(1))
+    .option('--swarm-key <file>', 'a private swarm: only nodes with this key (minga keygen) can connect')
+    .option('--allow <peerid...>', 'only these peers may open sessions (default: anyone)')
+    .option('--max-frame-mb <MiB>', 'largest inference frame accepted; bigger ones get TOO_LARGE (default 64)', number(0, 1024, { minExclusive: true }))
+    .option('--drain-timeout <seconds>', 'on SIGINT/SIGTERM, how long open sessions may go on before they are told to move', number(0, 86_400), 30)
     .option('--json', 'print one JSON line when serving; logs go to stderr')
     .action(async (flags: ServeFlags) => { await serve(flags, io) })
 }
 
 async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
   const log = (message: string): void => { io.stderr.write(`minga serve: ${message}\n`) }
+  const swarmKey = await swarmKeyOption(flags.swarmKey)
   const server = await createServer({
     modelDir: existingModelDir(flags.model),
     blocks: flags.blocks,
@@ -61,14 +73,31 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
     announceTtlMs: flags.announceTtl * 1000,
     sessionIdleMs: flags.sessionIdle * 1000,
     threads: flags.threads,
+    swarmKey,
+    allow: flags.allow,
+    maxSessionsPerPeer: flags.maxSessionsPerPeer,
+    maxFrameBytes: flags.maxFrameMb != null ? Math.round(flags.maxFrameMb * 2 ** 20) : undefined,
+    drainTimeoutMs: flags.drainTimeout * 1000,
     log
   })
   const ready = { peerId: server.peerId, addrs: server.addrs(), blocks: [server.start, server.end] }
   if (flags.json === true) io.stdout.write(JSON.stringify(ready) + '\n')
   else io.stdout.write(`serving blocks [${server.start}, ${server.end}) of model ${server.modelId}\n${server.addrs().map(a => `  ${a}`).join('\n')}\n`)
   const signal = await untilSignal()
-  log(`${signal}: withdrawing the span and closing sessions`)
-  await server.stop()
+  log(`${signal}: withdrawing the span and refusing new sessions; open sessions may finish (up to ${flags.drainTimeout} s, ${server.openSessions} open now); send it again to stop at once`)
+  const again = (second: NodeJS.Signals): void => {
+    log(`${second} again: stopping now`)
+    void server.stop({ immediate: true })
+  }
+  process.once('SIGINT', again)
+  process.once('SIGTERM', again)
+  try {
+    await server.stop()
+  } finally {
+    process.off('SIGINT', again)
+    process.off('SIGTERM', again)
+  }
+  log('stopped')
 }
 
 function parseBlocks (value: string): { start: number, end: number } | 'auto' {

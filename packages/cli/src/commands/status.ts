@@ -3,21 +3,23 @@ import type { Command } from 'commander'
 import { computeModelId, loadModelConfig } from '@minga/engine'
 import { getSwarmStatus, type SwarmStatus } from '@minga/client'
 import type { CliIo } from '../index.ts'
-import { existingModelDir } from '../options.ts'
+import { existingModelDir, swarmKeyOption } from '../options.ts'
 
 export function registerStatus (program: Command, io: CliIo): void {
   program.command('status')
     .description('show the swarm: nodes, spans, throughput, free capacity and coverage')
     .requiredOption('--bootstrap <multiaddr...>', 'any node of the swarm')
     .option('--model <dir>', 'only this model (default: every model the swarm serves)')
+    .option('--swarm-key <file>', 'the swarm\'s key, if it is private')
     .option('--json', 'print one JSON object')
-    .action(async (flags: { bootstrap: string[], model?: string, json?: boolean }) => {
+    .action(async (flags: { bootstrap: string[], model?: string, swarmKey?: string, json?: boolean }) => {
+      const swarmKey = await swarmKeyOption(flags.swarmKey)
       let model: { modelId: string, numBlocks: number } | undefined
       if (flags.model != null) {
         const dir = existingModelDir(flags.model)
         model = { modelId: computeModelId(dir), numBlocks: loadModelConfig(dir).numLayers }
       }
-      const models = await getSwarmStatus({ bootstrap: flags.bootstrap, model })
+      const models = await getSwarmStatus({ bootstrap: flags.bootstrap, model, swarmKey })
       io.stdout.write(flags.json === true ? JSON.stringify({ models }) + '\n' : models.map(formatStatus).join('\n') || 'no model is served in this swarm\n')
     })
 }
