@@ -31,7 +31,7 @@ export async function startNode (args: string[], options: StartOptions): Promise
   const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'packages/cli/src/bin.ts'), ...args, '--json'], {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...options.env }
+    env: { ...process.env, MINGA_PARENT_PID: String(process.pid), ...options.env }
   })
   let stderr = ''
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {

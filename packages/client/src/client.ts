@@ -9,11 +9,22 @@ import {
 } from '@minga/engine'
 import { createMingaNode, findSpans, openChannel, type Channel, type MingaNode, type ServerEntry } from '@minga/p2p'
 import { SwarmError } from './errors.ts'
-import { RemoteSession } from './remote-session.ts'
-import { planRoute, type RouteHop } from './routing.ts'
+import { RemoteSession, type HopConnector, type RemoteHop, type SessionEvents } from './remote-session.ts'
+import { hopCostMs, planRange, type RouteHop } from './routing.ts'
 import { statusOf, type SwarmStatus } from './status.ts'
 
+/** How long a list of servers read from the DHT is reused. */
+const SERVER_LIST_MAX_AGE_MS = 5000
+
 export interface ClientInit {
+  /** Give up re-routing a failed hop after this long (default 30 s). */
+  failoverTimeoutMs?: number
+  /** Inputs kept per session for replay after a failure (default 512 MiB). */
+  maxHistoryBytes?: number
+  /** Probability of checking a hop's step on a second server (default 0). */
+  verifyProbability?: number
+  /** Relative difference that still counts as agreement when verifying (default 1e-3). */
+  verifyTolerance?: number
   /** The model directory: the client runs the tokenizer, embeddings and LM head itself. */
   modelDir: string
   /** Multiaddrs (with /p2p/) of any swarm nodes. */
@@ -23,11 +34,21 @@ export interface ClientInit {
   /** Per-request timeout. Default 60 s. */
   requestTimeoutMs?: number
   privateKey?: PrivateKey
+  /** The swarm's pre-shared key (a key file's bytes, see loadSwarmKey) if the swarm is private. */
+  swarmKey?: Uint8Array
   threads?: number
 }
 
 export interface SwarmGenerationResult extends GenerationResult {
+  /** The route at the end of the generation. */
   route: Array<{ peerId: string, blocks: [number, number] }>
+  /** Failovers, verified steps, mismatches found and peers banned during the generation. */
+  events: SessionEvents
+}
+
+export interface SwarmGenerateOptions extends GenerateOptions {
+  /** Called with the route when the session opens and whenever it changes. */
+  onRoute?: (route: Array<{ peerId: string, blocks: [number, number] }>) => void
 }
 
 export interface MingaClient {
@@ -35,7 +56,9 @@ export interface MingaClient {
   readonly config: ModelConfig
   readonly node: MingaNode
   /** Streams new tokens; the generator's return value is the whole result with its route. */
-  generate (prompt: string | number[], options?: GenerateOptions): AsyncGenerator<GeneratedToken, SwarmGenerationResult>
+  generate (prompt: string | number[], options?: SwarmGenerateOptions): AsyncGenerator<GeneratedToken, SwarmGenerationResult>
+  /** Peers this client stopped using because they returned wrong results. */
+  readonly banned: ReadonlySet<string>
   status (): Promise<SwarmStatus>
   close (): Promise<void>
 }
@@ -45,7 +68,7 @@ export async function createClient (init: ClientInit): Promise<MingaClient> {
   const config = loadModelConfig(init.modelDir)
   const modelId = computeModelId(init.modelDir)
   const tokenizer = loadTokenizer(init.modelDir, config)
-  const node = await createMingaNode({ listen: [], bootstrap: init.bootstrap, privateKey: init.privateKey })
+  const node = await createMingaNode({ listen: [], bootstrap: init.bootstrap, privateKey: init.privateKey, swarmKey: init.swarmKey })
   let head: ClientHead
   try {
     head = await createClientHead({ modelDir: init.modelDir, threads: init.threads })
@@ -56,9 +79,12 @@ export async function createClient (init: ClientInit): Promise<MingaClient> {
   return new SwarmClient(init, node, head, tokenizer, config, modelId)
 }
 
-class SwarmClient implements MingaClient {
+class SwarmClient implements MingaClient, HopConnector {
   private readonly channels = new Map<string, Promise<Channel>>()
   private readonly rtt = new Map<string, number>()
+  private readonly avoided = new Map<string, { failures: number, until: number }>()
+  private readonly bannedPeers = new Set<string>()
+  private known?: { at: number, servers: ServerEntry[] }
 
   constructor (
     private readonly init: ClientInit,
@@ -69,21 +95,81 @@ class SwarmClient implements MingaClient {
     readonly modelId: string
   ) {}
 
-  async * generate (prompt: string | number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken, SwarmGenerationResult> {
+  async * generate (prompt: string | number[], options: SwarmGenerateOptions = {}): AsyncGenerator<GeneratedToken, SwarmGenerationResult> {
     const promptIds = typeof prompt === 'string' ? this.tokenizer.encode(prompt) : prompt
     const plan = planGeneration(promptIds, options, this.config.maxPositionEmbeddings)
-    const servers = await this.findServers()
-    await this.measureRoundTrips(servers)
-    const route = planRoute(this.config.numLayers, servers, peer => this.rtt.get(peer))
-    const byPeer = new Map(servers.map(s => [s.peerId, s]))
-    const hops = await Promise.all(route.map(async hop => ({ hop, channel: await this.channelTo(byPeer.get(hop.peerId)!) })))
-    const session = await RemoteSession.open(hops, plan.sessionLength, this.config.hiddenSize, this.init.wireDtype ?? 'f32')
+    const { onRoute } = options
+    const session = await RemoteSession.open(this, this.config.numLayers, {
+      maxLength: plan.sessionLength,
+      hiddenSize: this.config.hiddenSize,
+      wireDtype: this.init.wireDtype ?? 'f32',
+      failoverTimeoutMs: this.init.failoverTimeoutMs ?? 30_000,
+      maxHistoryBytes: this.init.maxHistoryBytes ?? 512 * 2 ** 20,
+      verifyProbability: this.init.verifyProbability ?? 0,
+      verifyTolerance: this.init.verifyTolerance ?? 1e-3,
+      random: Math.random,
+      onRoute: onRoute != null ? route => { onRoute(route.map(describeHop)) } : undefined
+    })
     try {
       const result = yield * generateTokens(this.head, session, this.tokenizer, this.config.eosTokenIds, plan, options)
-      return { ...result, route: route.map(describeHop) }
+      return { ...result, route: session.route.map(describeHop), events: session.events }
     } finally {
       await session.close()
     }
+  }
+
+  // HopConnector: how sessions find servers.
+
+  async route (start: number, end: number): Promise<RemoteHop[]> {
+    let servers = await this.usableServers()
+    let route: RouteHop[]
+    try {
+      route = planRange(start, end, this.config.numLayers, servers, peer => this.rtt.get(peer))
+    } catch {
+      servers = await this.usableServers(true) // the list we had cannot do it: ask the DHT again
+      route = planRange(start, end, this.config.numLayers, servers, peer => this.rtt.get(peer))
+    }
+    await this.measureRoundTrips(servers)
+    route = planRange(start, end, this.config.numLayers, servers, peer => this.rtt.get(peer))
+    const byPeer = new Map(servers.map(s => [s.peerId, s]))
+    return await Promise.all(route.map(async hop => ({ hop, channel: await this.channelTo(byPeer.get(hop.peerId)!) })))
+  }
+
+  async alternative (start: number, end: number, exclude: Set<string>): Promise<RemoteHop | undefined> {
+    const candidates = (await this.usableServers()).filter(s => s.start <= start && end <= s.end && !exclude.has(s.peerId))
+    await this.measureRoundTrips(candidates)
+    const cost = (s: ServerEntry): number => hopCostMs(s, end - start, this.rtt.get(s.peerId) ?? 1000)
+    const best = candidates.sort((a, b) => cost(a) - cost(b))[0]
+    if (best == null) return undefined
+    return { hop: { peerId: best.peerId, start, end }, channel: await this.channelTo(best) }
+  }
+
+  penalize (peerId: string, reason?: unknown): void {
+    const failures = (this.avoided.get(peerId)?.failures ?? 0) + 1
+    this.avoided.set(peerId, { failures, until: Date.now() + Math.min(60_000, 1000 * 2 ** failures) })
+    const channel = this.channels.get(peerId)
+    this.channels.delete(peerId)
+    void channel?.then(c => { c.abort('the peer failed a request') }, () => {})
+  }
+
+  ban (peerId: string): void {
+    this.bannedPeers.add(peerId)
+    this.penalize(peerId)
+  }
+
+  get banned (): ReadonlySet<string> {
+    return this.bannedPeers
+  }
+
+  /**
+   * Live servers of the model, without banned peers or ones that failed recently. The DHT is asked
+   * at most every few seconds: a failover should not wait for a lookup that may touch the dead peer.
+   */
+  private async usableServers (refresh = false): Promise<ServerEntry[]> {
+    const now = Date.now()
+    if (refresh || this.known == null || now - this.known.at > SERVER_LIST_MAX_AGE_MS) this.known = { at: now, servers: await this.findServers() }
+    // When none is left, the route planner names the layers that have no server.
+    return this.known.servers.filter(s => s.expires > now).filter(s => !this.bannedPeers.has(s.peerId) && !((this.avoided.get(s.peerId)?.until ?? 0) > now))
   }
 
   async status (): Promise<SwarmStatus> {
@@ -122,6 +208,8 @@ class SwarmClient implements MingaClient {
     if (!usable) {
       channel = this.dial(server)
       this.channels.set(server.peerId, channel)
+      // An unreachable server is avoided like one that failed a request.
+      channel.catch(err => { this.penalize(server.peerId, err) })
     }
     return await channel!
   }

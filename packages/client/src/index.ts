@@ -1,4 +1,5 @@
-export { createClient, type ClientInit, type MingaClient, type SwarmGenerationResult } from './client.ts'
+export { createClient, type ClientInit, type MingaClient, type SwarmGenerateOptions, type SwarmGenerationResult } from './client.ts'
+export type { SessionEvents } from './remote-session.ts'
 export { getSwarmStatus, type SwarmServer, type SwarmStatus, type SwarmStatusInit } from './status.ts'
-export { planRoute, hopCostMs, describeBlocks, type RouteHop, type RouteServer } from './routing.ts'
+export { planRoute, planRange, hopCostMs, describeBlocks, type RouteHop, type RouteServer } from './routing.ts'
 export { NoRouteError, SwarmError } from './errors.ts'

@@ -1,60 +1,288 @@
-// One inference session along a route: a session on every hop's server, and hidden states relayed
-// hop to hop (client → server → client → next server), with raw tensor bytes on the wire.
+// One inference session along a route (Petals' inference_session): a session on every hop's server,
+// hidden states relayed hop to hop with raw tensor bytes on the wire, and, for each hop, the inputs
+// the client sent it. That history is what makes the session survive:
+// - failover: when a hop's server dies, times out or errors, the client routes its layers to other
+//   servers and replays the history there call by call (same token counts, so the new KV caches are
+//   built by the same kernels and the continuation is identical), then goes on;
+// - integrity: with probability r a step is also replayed on a second server holding the same layers;
+//   if the outputs differ, a third server decides and the wrong one is banned.
 import { DType, f32ToF16, FrameType, newSessionId, tensorF32, type Channel } from '@minga/p2p'
 import type { LayerChain } from '@minga/engine'
+import { SwarmError } from './errors.ts'
 import type { RouteHop } from './routing.ts'
 
 export interface RemoteHop { hop: RouteHop, channel: Channel }
 
+/** How a session finds servers: supplied by the client, which knows the swarm. */
+export interface HopConnector {
+  /** The cheapest chain of servers for layers [start, end), avoiding failed and banned peers. */
+  route (start: number, end: number): Promise<RemoteHop[]>
+  /** Another server holding all of [start, end), none of `exclude`; undefined if there is none. */
+  alternative (start: number, end: number, exclude: Set<string>): Promise<RemoteHop | undefined>
+  /** The peer failed a request: avoid it for a while. */
+  penalize (peerId: string, reason: unknown): void
+  /** The peer returned wrong results: never use it again. */
+  ban (peerId: string, reason: string): void
+}
+
+export interface SessionPolicy {
+  maxLength: number
+  hiddenSize: number
+  wireDtype: 'f32' | 'f16'
+  /** Give up re-routing after this long without success. */
+  failoverTimeoutMs: number
+  /** Keep at most this many bytes of inputs per session for replay (beyond it, no failover). */
+  maxHistoryBytes: number
+  /** Probability of verifying a hop's step on a second server. */
+  verifyProbability: number
+  /** Largest difference, relative to the output's largest magnitude, that still counts as agreeing. */
+  verifyTolerance: number
+  random: () => number
+  /** Called when the route changes (failover, or a verifier that replaced a wrong server). */
+  onRoute?: (route: RouteHop[]) => void
+}
+
+export interface SessionEvents {
+  failovers: number
+  verifications: number
+  mismatches: number
+  banned: string[]
+}
+
+interface Step { hidden: Float32Array, tokens: number }
+
+interface HopState extends RemoteHop {
+  sessionId: Uint8Array
+  /** Tokens in this server's cache for the session. */
+  position: number
+  /** Every input sent to this hop, in order, for replay. */
+  history: Step[]
+}
+
 export class RemoteSession implements LayerChain {
-  private position = 0
-  private readonly sessionId = newSessionId()
+  readonly events: SessionEvents = { failovers: 0, verifications: 0, mismatches: 0, banned: [] }
+  private hops: HopState[] = []
+  private historyBytes = 0
+  private replayable = true
 
-  private constructor (readonly hops: RemoteHop[], private readonly hiddenSize: number, private readonly dtype: DType) {}
+  private constructor (private readonly connector: HopConnector, private readonly policy: SessionPolicy) {}
 
-  static async open (hops: RemoteHop[], maxLength: number, hiddenSize: number, wireDtype: 'f32' | 'f16'): Promise<RemoteSession> {
-    const session = new RemoteSession(hops, hiddenSize, wireDtype === 'f16' ? DType.F16 : DType.F32)
-    const opened: RemoteHop[] = []
-    try {
-      for (const remote of hops) {
-        await remote.channel.request({ type: FrameType.OPEN_SESSION, sessionId: session.sessionId, startBlock: remote.hop.start, endBlock: remote.hop.end, maxLength })
-        opened.push(remote)
-      }
-    } catch (err) {
-      await closeOn(opened, session.sessionId)
-      throw err
-    }
+  static async open (connector: HopConnector, numBlocks: number, policy: SessionPolicy): Promise<RemoteSession> {
+    const session = new RemoteSession(connector, policy)
+    session.hops = await session.connect(0, numBlocks, Date.now() + policy.failoverTimeoutMs)
+    policy.onRoute?.(session.route)
     return session
   }
 
+  get route (): RouteHop[] {
+    return this.hops.map(h => h.hop)
+  }
+
   async forward (hidden: Float32Array, tokens: number): Promise<Float32Array> {
-    for (const { hop, channel } of this.hops) {
-      const reply = await channel.request({
-        type: FrameType.FORWARD,
-        sessionId: this.sessionId,
-        dtype: this.dtype,
-        startBlock: hop.start,
-        endBlock: hop.end,
-        position: this.position,
-        tokens,
-        hiddenSize: this.hiddenSize,
-        payload: this.dtype === DType.F32 ? new Uint8Array(hidden.buffer, hidden.byteOffset, hidden.byteLength) : toF16Bytes(hidden)
-      })
-      hidden = tensorF32(reply)
+    this.remember(hidden.length)
+    for (let i = 0; i < this.hops.length; i++) {
+      const input = hidden
+      try {
+        hidden = await this.request(this.hops[i], input, tokens)
+      } catch (err) {
+        hidden = await this.failover(i, err, input, tokens)
+        continue // the replacement hops were verified by construction: they replayed the history
+      }
+      this.record(this.hops[i], input, tokens)
+      if (this.policy.verifyProbability > 0 && this.replayable && this.policy.random() < this.policy.verifyProbability) {
+        hidden = await this.verify(i, hidden)
+      }
     }
-    this.position += tokens
     return hidden
   }
 
   async close (): Promise<void> {
-    await closeOn(this.hops, this.sessionId)
+    await Promise.all(this.hops.map(async h => { await closeOn(h) }))
+  }
+
+  /** Opens sessions on a route for [start, end), retrying with other servers until the deadline. */
+  private async connect (start: number, end: number, deadline: number): Promise<HopState[]> {
+    return await this.retry(deadline, `layers [${start}, ${end})`, async () => {
+      const remotes = await this.connector.route(start, end)
+      const states: HopState[] = []
+      try {
+        for (const remote of remotes) states.push(await this.blame(remote, async () => await this.openOn(remote)))
+      } catch (err) {
+        await Promise.all(states.map(closeOn))
+        throw err
+      }
+      return states
+    })
+  }
+
+  /** Replaces hop `index` by another route for its layers, rebuilt from the history; returns the output for `input`. */
+  private async failover (index: number, cause: unknown, input: Float32Array, tokens: number): Promise<Float32Array> {
+    const failed = this.hops[index]
+    this.connector.penalize(failed.hop.peerId, cause)
+    void closeOn(failed)
+    if (!this.replayable) throw new SwarmError(`server ${failed.hop.peerId} failed (${messageOf(cause)}) and the session's history is too large to replay elsewhere`)
+    const deadline = Date.now() + this.policy.failoverTimeoutMs
+    const { states, output } = await this.retry(deadline, `layers [${failed.hop.start}, ${failed.hop.end})`, async () => {
+      const states = await this.connect(failed.hop.start, failed.hop.end, deadline)
+      try {
+        for (const step of failed.history) await this.through(states, step.hidden, step.tokens)
+        return { states, output: await this.through(states, input, tokens) }
+      } catch (err) {
+        await Promise.all(states.map(closeOn))
+        throw err
+      }
+    })
+    this.hops.splice(index, 1, ...states)
+    this.events.failovers++
+    this.policy.onRoute?.(this.route)
+    return output
+  }
+
+  /** Checks hop `index`'s last output on a second server; a third decides a disagreement. */
+  private async verify (index: number, output: Float32Array): Promise<Float32Array> {
+    const primary = this.hops[index]
+    const exclude = new Set([primary.hop.peerId, ...this.events.banned])
+    const second = await this.replica(primary, exclude)
+    if (second == null) return output
+    this.events.verifications++
+    if (this.agree(output, second.output)) {
+      void closeOn(second.state)
+      return output
+    }
+    this.events.mismatches++
+    exclude.add(second.state.hop.peerId)
+    const third = await this.replica(primary, exclude)
+    if (third == null) {
+      void closeOn(second.state)
+      throw new SwarmError(`servers ${primary.hop.peerId} and ${second.state.hop.peerId} disagree on layers [${primary.hop.start}, ${primary.hop.end}) and no third server can decide`)
+    }
+    const primaryWrong = !this.agree(output, third.output)
+    const secondWrong = !this.agree(second.output, third.output)
+    if (secondWrong) this.banPeer(second.state.hop.peerId, 'its output disagreed with two other servers')
+    void closeOn(second.state)
+    if (!primaryWrong) {
+      void closeOn(third.state)
+      return output
+    }
+    // The third server replayed the whole history: it takes the wrong server's place as it is.
+    this.banPeer(primary.hop.peerId, 'its output disagreed with two other servers')
+    void closeOn(primary)
+    this.hops[index] = third.state
+    this.policy.onRoute?.(this.route)
+    return third.output
+  }
+
+  /** Replays hop `like`'s history on another server holding its layers; its output for the last step. */
+  private async replica (like: HopState, exclude: Set<string>): Promise<{ state: HopState, output: Float32Array } | undefined> {
+    for (;;) {
+      const remote = await this.connector.alternative(like.hop.start, like.hop.end, exclude)
+      if (remote == null) return undefined
+      try {
+        const state = await this.blame(remote, async () => await this.openOn(remote))
+        let output: Float32Array = new Float32Array(0)
+        for (const step of like.history) output = await this.through([state], step.hidden, step.tokens)
+        return { state, output }
+      } catch {
+        exclude.add(remote.hop.peerId)
+      }
+    }
+  }
+
+  /** Runs an input through a chain of fresh hops, recording their history. */
+  private async through (states: HopState[], hidden: Float32Array, tokens: number): Promise<Float32Array> {
+    for (const state of states) {
+      const input = hidden
+      hidden = await this.blame(state, async () => await this.request(state, input, tokens))
+      this.record(state, input, tokens)
+    }
+    return hidden
+  }
+
+  /** Runs a call to one server; if it fails, that server is avoided for a while. */
+  private async blame<T> (remote: RemoteHop, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call()
+    } catch (err) {
+      this.connector.penalize(remote.hop.peerId, err)
+      throw err
+    }
+  }
+
+  private async openOn (remote: RemoteHop): Promise<HopState> {
+    const sessionId = newSessionId()
+    await remote.channel.request({ type: FrameType.OPEN_SESSION, sessionId, startBlock: remote.hop.start, endBlock: remote.hop.end, maxLength: this.policy.maxLength })
+    return { ...remote, sessionId, position: 0, history: [] }
+  }
+
+  private async request (state: HopState, hidden: Float32Array, tokens: number): Promise<Float32Array> {
+    const f16 = this.policy.wireDtype === 'f16'
+    const reply = await state.channel.request({
+      type: FrameType.FORWARD,
+      sessionId: state.sessionId,
+      dtype: f16 ? DType.F16 : DType.F32,
+      startBlock: state.hop.start,
+      endBlock: state.hop.end,
+      position: state.position,
+      tokens,
+      hiddenSize: this.policy.hiddenSize,
+      payload: f16 ? toF16Bytes(hidden) : new Uint8Array(hidden.buffer, hidden.byteOffset, hidden.byteLength)
+    })
+    if (reply.tokens !== tokens || reply.hiddenSize !== this.policy.hiddenSize) {
+      throw new SwarmError(`server ${state.hop.peerId} answered ${reply.tokens} × ${reply.hiddenSize} values for ${tokens} × ${this.policy.hiddenSize}`)
+    }
+    state.position += tokens
+    return tensorF32(reply)
+  }
+
+  private record (state: HopState, hidden: Float32Array, tokens: number): void {
+    if (this.replayable) state.history.push({ hidden, tokens })
+  }
+
+  /** Counts the bytes every hop will keep for a step; past the budget, history is dropped. */
+  private remember (values: number): void {
+    this.historyBytes += values * 4 * this.hops.length
+    if (this.replayable && this.historyBytes > this.policy.maxHistoryBytes) {
+      this.replayable = false
+      for (const h of this.hops) h.history = []
+    }
+  }
+
+  private agree (a: Float32Array, b: Float32Array): boolean {
+    if (a.length !== b.length) return false
+    let scale = 0
+    let diff = 0
+    for (let i = 0; i < a.length; i++) {
+      scale = Math.max(scale, Math.abs(b[i]))
+      diff = Math.max(diff, Math.abs(a[i] - b[i]))
+    }
+    return diff <= this.policy.verifyTolerance * Math.max(scale, 1e-6) // NaN fails too
+  }
+
+  private banPeer (peerId: string, reason: string): void {
+    this.events.banned.push(peerId)
+    this.connector.ban(peerId, reason)
+  }
+
+  /** Retries `attempt` with backoff until it succeeds or the deadline passes (then the last error, clearly). */
+  private async retry<T> (deadline: number, what: string, attempt: () => Promise<T>): Promise<T> {
+    let delay = 100
+    for (;;) {
+      try {
+        return await attempt()
+      } catch (err) {
+        if (Date.now() + delay > deadline) {
+          if ((err as Error)?.name === 'NoRouteError') throw err
+          throw new SwarmError(`no working route for ${what} within ${this.policy.failoverTimeoutMs} ms: ${messageOf(err)}`)
+        }
+        await new Promise(resolve => setTimeout(resolve, delay))
+        delay = Math.min(delay * 2, 2000)
+      }
+    }
   }
 }
 
-async function closeOn (hops: RemoteHop[], sessionId: Uint8Array): Promise<void> {
-  await Promise.all(hops.map(async ({ channel }) => {
-    await channel.request({ type: FrameType.CLOSE_SESSION, sessionId }).catch(() => {})
-  }))
+async function closeOn ({ channel, sessionId }: HopState): Promise<void> {
+  await channel.request({ type: FrameType.CLOSE_SESSION, sessionId }, { timeoutMs: 2000 }).catch(() => {})
 }
 
 function toF16Bytes (values: Float32Array): Uint8Array {
@@ -63,3 +291,6 @@ function toF16Bytes (values: Float32Array): Uint8Array {
   return new Uint8Array(halves.buffer)
 }
 
+function messageOf (err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}

@@ -22,27 +22,32 @@ export function hopCostMs (server: RouteServer, blocks: number, rttMs: number): 
   return rttMs + blocks * msPerBlock
 }
 
+/** The cheapest route through every layer of the model. */
+export function planRoute (numBlocks: number, servers: RouteServer[], rttMs: (peerId: string) => number | undefined): RouteHop[] {
+  return planRange(0, numBlocks, numBlocks, servers, rttMs)
+}
+
 /**
- * Shortest path over layer boundaries 0…numBlocks (Dijkstra; few nodes, so a plain scan is enough).
+ * Shortest path over layer boundaries start…end (Dijkstra; few nodes, so a plain scan is enough).
  * `rttMs` gives each server's measured round trip; servers without one are assumed slow.
  */
-export function planRoute (numBlocks: number, servers: RouteServer[], rttMs: (peerId: string) => number | undefined): RouteHop[] {
-  const missing = uncoveredBlocks(numBlocks, servers)
+export function planRange (start: number, end: number, numBlocks: number, servers: RouteServer[], rttMs: (peerId: string) => number | undefined): RouteHop[] {
+  const missing = uncoveredBlocks(numBlocks, servers).filter(b => b >= start && b < end)
   if (missing.length > 0) throw new NoRouteError(`no server holds ${describeBlocks(missing)} of ${numBlocks}`)
 
-  const cost = new Array<number>(numBlocks + 1).fill(Infinity)
-  const via = new Array<RouteHop | undefined>(numBlocks + 1)
-  const done = new Array<boolean>(numBlocks + 1).fill(false)
-  cost[0] = 0
-  for (let round = 0; round <= numBlocks; round++) {
+  const cost = new Array<number>(end + 1).fill(Infinity)
+  const via = new Array<RouteHop | undefined>(end + 1)
+  const done = new Array<boolean>(end + 1).fill(false)
+  cost[start] = 0
+  for (let round = start; round <= end; round++) {
     let at = -1
-    for (let b = 0; b <= numBlocks; b++) if (!done[b] && (at < 0 || cost[b] < cost[at])) at = b
-    if (at < 0 || cost[at] === Infinity || at === numBlocks) break
+    for (let b = start; b <= end; b++) if (!done[b] && (at < 0 || cost[b] < cost[at])) at = b
+    if (at < 0 || cost[at] === Infinity || at === end) break
     done[at] = true
     for (const server of servers) {
       if (!(server.start <= at && at < server.end)) continue
       const rtt = rttMs(server.peerId) ?? 1000
-      for (let to = at + 1; to <= server.end; to++) {
+      for (let to = at + 1; to <= Math.min(server.end, end); to++) {
         const total = cost[at] + hopCostMs(server, to - at, rtt)
         if (total < cost[to] || (total === cost[to] && via[to] != null && server.peerId < via[to]!.peerId)) {
           cost[to] = total
@@ -52,7 +57,7 @@ export function planRoute (numBlocks: number, servers: RouteServer[], rttMs: (pe
     }
   }
   const route: RouteHop[] = []
-  for (let b = numBlocks; b > 0; b = via[b]!.start) route.unshift(via[b]!)
+  for (let b = end; b > start; b = via[b]!.start) route.unshift(via[b]!)
   return route
 }
 
