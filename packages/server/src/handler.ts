@@ -56,8 +56,8 @@ export class SessionHandler {
   readonly onFrame = async (frame: Frame, peer: PeerId, ctx: FrameContext): Promise<FrameInit> => {
     switch (frame.type) {
       case FrameType.OPEN_SESSION: return await this.open(frame, peer.toString(), ctx)
-      case FrameType.FORWARD: return await this.forward(frame)
-      case FrameType.CLOSE_SESSION: return await this.close(frame)
+      case FrameType.FORWARD: return await this.forward(frame, peer.toString())
+      case FrameType.CLOSE_SESSION: return await this.close(frame, peer.toString())
       default: throw new ProtocolError(ErrorCode.BAD_FRAME, `a server does not accept ${frameTypeName(frame.type)} frames`)
     }
   }
@@ -95,9 +95,9 @@ export class SessionHandler {
     return { type: FrameType.ACK, sessionId: frame.sessionId }
   }
 
-  private async forward (frame: Frame): Promise<FrameInit> {
+  private async forward (frame: Frame, peer: string): Promise<FrameInit> {
     const id = sessionIdToHex(frame.sessionId)
-    const session = this.sessions.get(id)
+    const session = this.ownedBy(id, peer)
     if (session == null) {
       if (this.expired.has(id)) throw new ProtocolError(ErrorCode.EXPIRED, `expired: session ${id} was idle for over ${this.init.idleTimeoutMs} ms and was closed`)
       throw new ProtocolError(ErrorCode.UNKNOWN_SESSION, `unknown session ${id}`)
@@ -128,9 +128,16 @@ export class SessionHandler {
     }
   }
 
-  private async close (frame: Frame): Promise<FrameInit> {
-    await this.release(sessionIdToHex(frame.sessionId))
+  private async close (frame: Frame, peer: string): Promise<FrameInit> {
+    const id = sessionIdToHex(frame.sessionId)
+    if (this.ownedBy(id, peer) != null) await this.release(id)
     return { type: FrameType.ACK, sessionId: frame.sessionId }
+  }
+
+  /** A session as seen by `peer`: another peer's session is as good as unknown (its id stays secret). */
+  private ownedBy (id: string, peer: string): OpenSession | undefined {
+    const session = this.sessions.get(id)
+    return session?.peer === peer ? session : undefined
   }
 
   private async release (id: string): Promise<void> {

@@ -99,3 +99,20 @@ it('keeps serving a normal client exactly after all of the above', async () => {
     await full.stop()
   }
 })
+
+it('only the peer that opened a session may use or close it', async () => {
+  const id = newSessionId()
+  await channel.request(open(id))
+  const stranger = await createMingaNode({ bootstrap: server.addrs() })
+  try {
+    const theirs = await openChannel(stranger, server.addrs()[0], INFERENCE_PROTOCOL)
+    const err: any = await theirs.request(forward(id)).catch(e => e)
+    expect(err).toMatchObject({ name: 'RemoteError', code: ErrorCode.UNKNOWN_SESSION })
+    await theirs.request({ type: FrameType.CLOSE_SESSION, sessionId: id })
+    await theirs.close()
+  } finally {
+    await stranger.stop()
+  }
+  expect((await channel.request(forward(id))).type).toBe(FrameType.RESULT)
+  await channel.request({ type: FrameType.CLOSE_SESSION, sessionId: id })
+})
