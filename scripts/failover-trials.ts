@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { createClient, type MingaClient, type SwarmGenerateOptions } from '@minga/client'
-import { createLocalModel } from '@minga/engine'
+import { createLocalModel, untilDone } from '@minga/engine'
 import { REPO_ROOT, startNode, type NodeProcess } from './swarm-processes.ts'
 
 export interface TrialResult {
@@ -43,7 +43,7 @@ export async function runFailoverTrials (init: TrialsInit): Promise<TrialResult[
   const expected = new Map<string, number[]>()
   const local = await createLocalModel({ modelDir: init.modelDir })
   try {
-    for (const [name, options] of Object.entries(runs)) expected.set(name, await drain(local.generate(prompt, options)))
+    for (const [name, options] of Object.entries(runs)) expected.set(name, (await untilDone(local.generate(prompt, options))).ids)
   } finally {
     await local.close()
   }
@@ -121,12 +121,6 @@ export function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
   const mid = sorted.length >> 1
   return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
-}
-
-async function drain (stream: AsyncGenerator<unknown, { ids: number[] }>): Promise<number[]> {
-  let step = await stream.next()
-  while (step.done !== true) step = await stream.next()
-  return step.value.ids
 }
 
 function lcg (seed: number): () => number {

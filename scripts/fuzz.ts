@@ -26,6 +26,7 @@ import {
 } from '@minga/p2p'
 import { STORIES } from '../packages/engine/test/helpers.ts'
 import { startNode, type NodeProcess } from './swarm-processes.ts'
+import { encode as varint } from 'uint8-varint'
 
 type Stream = Channel['stream']
 type PeerId = Channel['remotePeer']
@@ -352,15 +353,6 @@ function tryDecode (bytes: Uint8Array): Frame | undefined {
   }
 }
 
-function varint (n: number): Uint8Array {
-  const out: number[] = []
-  while (n >= 0x80) {
-    out.push((n % 128) | 0x80)
-    n = Math.floor(n / 128)
-  }
-  out.push(n)
-  return Uint8Array.from(out)
-}
 
 // ---- raw streams ------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 // Starts minga CLI nodes (bootstrap, serve) as separate processes and waits for their JSON ready line.
 // Shared by the demo and the cross-package tests.
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -76,4 +76,13 @@ export async function startNode (args: string[], options: StartOptions): Promise
     stop,
     kill: async () => { child.kill('SIGKILL'); return await exited }
   }
+}
+
+/** Runs `minga <args>` to completion: its exit code and output (for testing the command line). */
+export async function runMinga (...args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
+  return await new Promise(resolve => {
+    execFile(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'packages/cli/src/bin.ts'), ...args], { cwd: REPO_ROOT }, (err, stdout, stderr) => {
+      resolve({ code: err == null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr })
+    })
+  })
 }

@@ -2,7 +2,7 @@
 // decides, the liar is banned, and the generation still completes with the right output.
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { createClient } from '@minga/client'
-import { createLocalModel, createSpanExecutor, type SpanExecutor } from '@minga/engine'
+import { createLocalModel, createSpanExecutor, untilDone, type SpanExecutor } from '@minga/engine'
 import { createMingaNode, type MingaNode } from '@minga/p2p'
 import { createServer, type MingaServer } from '@minga/server'
 import { STORIES } from '../packages/engine/test/helpers.ts'
@@ -24,19 +24,13 @@ function corrupting (executor: SpanExecutor): SpanExecutor {
   }
 }
 
-async function ids (stream: AsyncGenerator<unknown, { ids: number[] }>): Promise<number[]> {
-  let step = await stream.next()
-  while (step.done !== true) step = await stream.next()
-  return step.value.ids
-}
-
 beforeAll(async () => {
   const local = await createLocalModel({ modelDir: STORIES })
-  expected = await ids(local.generate('Once upon a time', { maxNewTokens: 20 }))
+  expected = (await untilDone(local.generate('Once upon a time', { maxNewTokens: 20 }))).ids
   await local.close()
   bootstrap = await createMingaNode({})
   const addrs = bootstrap.addrs()
-  for (let i = 0; i < 2; i++) servers.push(await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 100 }))
+  for (let i = 0; i < 2; i++) servers.push(await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 1 }))
   // The liar announces the best throughput, so every route starts through it.
   const executor = corrupting(await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5 }))
   liar = await createServer({ modelDir: STORIES, blocks: 'auto', executor, bootstrap: addrs, throughput: 10_000 })
@@ -50,11 +44,9 @@ afterAll(async () => {
 it('without verification the corrupt server goes unnoticed (the output is wrong)', async () => {
   const client = await createClient({ modelDir: STORIES, bootstrap: bootstrap.addrs() })
   try {
-    const stream = client.generate('Once upon a time', { maxNewTokens: 20 })
-    let step = await stream.next()
-    while (step.done !== true) step = await stream.next()
-    expect(step.value.route).toEqual([{ peerId: liar.peerId, blocks: [0, 5] }])
-    expect(step.value.ids).not.toEqual(expected)
+    const result = await untilDone(client.generate('Once upon a time', { maxNewTokens: 20 }))
+    expect(result.route).toEqual([{ peerId: liar.peerId, blocks: [0, 5] }])
+    expect(result.ids).not.toEqual(expected)
   } finally {
     await client.close()
   }
@@ -63,21 +55,16 @@ it('without verification the corrupt server goes unnoticed (the output is wrong)
 it('verification detects and bans it, and the generation completes correctly', async () => {
   const client = await createClient({ modelDir: STORIES, bootstrap: bootstrap.addrs(), verifyProbability: 1 })
   try {
-    const stream = client.generate('Once upon a time', { maxNewTokens: 20 })
-    let step = await stream.next()
-    while (step.done !== true) step = await stream.next()
-    const result = step.value
+    const result = await untilDone(client.generate('Once upon a time', { maxNewTokens: 20 }))
     expect(result.ids).toEqual(expected)
     expect(result.events.mismatches).toBeGreaterThanOrEqual(1)
     expect(result.events.banned).toEqual([liar.peerId])
     expect(client.banned.has(liar.peerId)).toBe(true)
     expect(result.route.map(h => h.peerId)).not.toContain(liar.peerId)
     // Later generations of this client never use it again.
-    const again = client.generate('Once upon a time', { maxNewTokens: 5 })
-    let next = await again.next()
-    while (next.done !== true) next = await again.next()
-    expect(next.value.route.map(h => h.peerId)).not.toContain(liar.peerId)
-    expect(next.value.events.mismatches).toBe(0)
+    const again = await untilDone(client.generate('Once upon a time', { maxNewTokens: 5 }))
+    expect(again.route.map(h => h.peerId)).not.toContain(liar.peerId)
+    expect(again.events.mismatches).toBe(0)
   } finally {
     await client.close()
   }

@@ -7,7 +7,7 @@ import { Writable } from 'node:stream'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runCli } from '@minga/cli'
 import { createClient } from '@minga/client'
-import { computeModelId, createLocalModel } from '@minga/engine'
+import { computeModelId, createLocalModel, untilDone } from '@minga/engine'
 import { createMingaNode, loadSwarmKey, writeSwarmKey } from '@minga/p2p'
 import { createServer } from '@minga/server'
 import { startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
@@ -85,10 +85,7 @@ describe('a private swarm', () => {
       await startNode(['serve', '--model', STORIES, '--blocks', blocks, '--bootstrap', bootstrapAddr, '--swarm-key', keyFile, '--throughput', '100'], { label: `serve ${blocks} (private)` }))))
     const model = await local
     try {
-      const stream = model.generate(PROMPT, OPTIONS)
-      let step = await stream.next()
-      while (step.done !== true) step = await stream.next()
-      expected = step.value.ids
+      expected = (await untilDone(model.generate(PROMPT, OPTIONS))).ids
     } finally {
       await model.close()
     }
@@ -98,11 +95,9 @@ describe('a private swarm', () => {
   it('a client with the key generates through it exactly as the local engine does', async () => {
     const client = await createClient({ modelDir: STORIES, bootstrap: [bootstrapAddr], swarmKey: await loadSwarmKey(keyFile) })
     try {
-      const stream = client.generate(PROMPT, OPTIONS)
-      let step = await stream.next()
-      while (step.done !== true) step = await stream.next()
-      expect(step.value.ids).toEqual(expected)
-      expect(step.value.route).toEqual([{ peerId: nodes[1].ready.peerId, blocks: [0, 3] }, { peerId: nodes[2].ready.peerId, blocks: [3, 5] }])
+      const result = await untilDone(client.generate(PROMPT, OPTIONS))
+      expect(result.ids).toEqual(expected)
+      expect(result.route).toEqual([{ peerId: nodes[1].ready.peerId, blocks: [0, 3] }, { peerId: nodes[2].ready.peerId, blocks: [3, 5] }])
     } finally {
       await client.close()
     }

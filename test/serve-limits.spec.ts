@@ -1,27 +1,16 @@
 // `minga serve`'s limits and shutdown as an operator sees them, on real processes on 127.0.0.1:
 // --allow, --max-sessions-per-peer, --max-frame-mb, SIGTERM's drain (--drain-timeout), a second
 // SIGTERM, and --identity keeping a node's peer id across restarts.
-import { execFile } from 'node:child_process'
 import { statSync } from 'node:fs'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   createMingaNode, DType, ErrorCode, FrameType, INFERENCE_PROTOCOL, newSessionId, openChannel,
   type Channel, type FrameInit, type MingaNode
 } from '@minga/p2p'
-import { REPO_ROOT, startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
+import { runMinga, startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
 import { STORIES, tempDir } from '../packages/engine/test/helpers.ts'
 
-const run = promisify(execFile)
-async function minga (...args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', 'packages/cli/src/bin.ts', ...args], { cwd: REPO_ROOT })
-    return { code: 0, stdout, stderr }
-  } catch (err: any) {
-    return { code: err.code, stdout: err.stdout, stderr: err.stderr }
-  }
-}
 
 const HIDDEN = 64
 const tensor = (tokens: number): Uint8Array => new Uint8Array(new Float32Array(tokens * HIDDEN).fill(0.25).buffer)
@@ -105,7 +94,7 @@ describe('serve and bootstrap start-up flags', () => {
   afterAll(() => { dir.remove() })
 
   it('a malformed --allow entry is a one-line error before anything starts', async () => {
-    const { code, stdout, stderr } = await minga('serve', '--model', STORIES, '--blocks', '0:5', '--allow', 'not-a-peer-id')
+    const { code, stdout, stderr } = await runMinga('serve', '--model', STORIES, '--blocks', '0:5', '--allow', 'not-a-peer-id')
     expect(code).toBe(1)
     expect(stdout).toBe('')
     expect(stderr.trim().split('\n')).toEqual([expect.stringMatching(/^minga: error: --allow: "not-a-peer-id" is not a peer id/)])

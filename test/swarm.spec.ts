@@ -1,8 +1,8 @@
 // The swarm end to end: servers as separate processes (or in-process libp2p nodes), a client that
 // knows only a bootstrap address, and output that must equal the local engine's, ids for ids.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createClient, getSwarmStatus, type MingaClient } from '@minga/client'
-import { computeModelId, createLocalModel, loadModelConfig, type GenerateOptions } from '@minga/engine'
+import { createClient, getSwarmStatus, type MingaClient, type SwarmGenerationResult } from '@minga/client'
+import { computeModelId, createLocalModel, loadModelConfig, untilDone, type GenerateOptions } from '@minga/engine'
 import { createMingaNode, findSpans, type MingaNode } from '@minga/p2p'
 import { createServer, type MingaServer } from '@minga/server'
 import { startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
@@ -16,23 +16,14 @@ const expected = new Map<string, number[]>()
 beforeAll(async () => {
   const local = await createLocalModel({ modelDir: STORIES })
   try {
-    for (const prompt of PROMPTS) expected.set(prompt, await idsOf(local.generate(prompt, OPTIONS)))
+    for (const prompt of PROMPTS) expected.set(prompt, (await untilDone(local.generate(prompt, OPTIONS))).ids)
   } finally {
     await local.close()
   }
 })
 
-async function idsOf (stream: AsyncGenerator<unknown, { ids: number[] }>): Promise<number[]> {
-  let step = await stream.next()
-  while (step.done !== true) step = await stream.next()
-  return step.value.ids
-}
-
-async function generate (client: MingaClient, prompt: string): Promise<{ ids: number[], route: Array<{ peerId: string, blocks: [number, number] }> }> {
-  const stream = client.generate(prompt, OPTIONS)
-  let step = await stream.next()
-  while (step.done !== true) step = await stream.next()
-  return step.value
+async function generate (client: MingaClient, prompt: string): Promise<SwarmGenerationResult> {
+  return await untilDone(client.generate(prompt, OPTIONS))
 }
 
 describe('three servers as separate processes', () => {

@@ -1,25 +1,14 @@
 // The `minga generate` contract, run as a real process the way other tools call it.
-import { execFile } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import { afterAll, describe, expect, it } from 'vitest'
-import { REPO_ROOT, STORIES, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, tempDir } from '../../engine/test/helpers.ts'
+import { STORIES, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, tempDir } from '../../engine/test/helpers.ts'
+import { runMinga } from '../../../scripts/swarm-processes.ts'
 
-const run = promisify(execFile)
-
-async function minga (...args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', 'packages/cli/src/bin.ts', ...args], { cwd: REPO_ROOT })
-    return { code: 0, stdout, stderr }
-  } catch (err: any) {
-    return { code: err.code, stdout: err.stdout, stderr: err.stderr }
-  }
-}
 
 describe('minga generate', () => {
   it('--json prints exactly one object with the reference ids', async () => {
-    const { code, stdout } = await minga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '40', '--temperature', '0', '--json')
+    const { code, stdout } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '40', '--temperature', '0', '--json')
     expect(code).toBe(0)
     expect(stdout.trim().split('\n')).toHaveLength(1)
     const result = JSON.parse(stdout)
@@ -32,14 +21,14 @@ describe('minga generate', () => {
   })
 
   it('streams text to stdout and diagnostics to stderr', async () => {
-    const { code, stdout, stderr } = await minga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '20')
+    const { code, stdout, stderr } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '20')
     expect(code).toBe(0)
     expect(stdout).toMatch(/^, there was a little girl named Lily\./)
     expect(stderr).toMatch(/20 tokens \(length\), prefill [\d.]+ ms, [\d.]+ tokens\/s/)
   })
 
   it.each(['int8', 'int4'])('runs with --quant %s', async (quant) => {
-    const { code, stdout } = await minga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '10', '--quant', quant, '--json')
+    const { code, stdout } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '10', '--quant', quant, '--json')
     expect(code).toBe(0)
     expect(JSON.parse(stdout).ids).toHaveLength(10)
   })
@@ -66,7 +55,7 @@ describe('minga generate', () => {
       { why: 'unknown flag', args: ['--model', STORIES, '--tempreature', '1'], message: /unknown option '--tempreature'/ }
     ])('$why', async ({ args, message }) => {
       const withPrompt = args.includes('--prompt') ? args : [...args, '--prompt', 'Hi']
-      const { code, stdout, stderr } = await minga('generate', ...withPrompt)
+      const { code, stdout, stderr } = await runMinga('generate', ...withPrompt)
       expect(code).not.toBe(0)
       expect(stdout).toBe('')
       const lines = stderr.trim().split('\n')

@@ -13,7 +13,7 @@ import { RemoteSession, type HopConnector, type RemoteHop, type SessionEvents } 
 import { hopCostMs, planRange, type RouteHop } from './routing.ts'
 import { statusOf, type SwarmStatus } from './status.ts'
 
-/** How long a list of servers read from the DHT is reused. */
+/** How long a list of servers read from the DHT is reused for new sessions. */
 const SERVER_LIST_MAX_AGE_MS = 5000
 
 export interface ClientInit {
@@ -120,13 +120,13 @@ class SwarmClient implements MingaClient, HopConnector {
 
   // HopConnector: how sessions find servers.
 
-  async route (start: number, end: number): Promise<RemoteHop[]> {
-    let servers = await this.usableServers()
+  async route (start: number, end: number, urgent: boolean): Promise<RemoteHop[]> {
+    let servers = await this.usableServers(urgent ? Infinity : SERVER_LIST_MAX_AGE_MS)
     let route: RouteHop[]
     try {
       route = planRange(start, end, this.config.numLayers, servers, peer => this.rtt.get(peer))
     } catch {
-      servers = await this.usableServers(true) // the list we had cannot do it: ask the DHT again
+      servers = await this.usableServers(0) // the list we had cannot do it: ask the DHT again
       route = planRange(start, end, this.config.numLayers, servers, peer => this.rtt.get(peer))
     }
     await this.measureRoundTrips(servers)
@@ -136,7 +136,7 @@ class SwarmClient implements MingaClient, HopConnector {
   }
 
   async alternative (start: number, end: number, exclude: Set<string>): Promise<RemoteHop | undefined> {
-    const candidates = (await this.usableServers()).filter(s => s.start <= start && end <= s.end && !exclude.has(s.peerId))
+    const candidates = (await this.usableServers(Infinity)).filter(s => s.start <= start && end <= s.end && !exclude.has(s.peerId))
     await this.measureRoundTrips(candidates)
     const cost = (s: ServerEntry): number => hopCostMs(s, end - start, this.rtt.get(s.peerId) ?? 1000)
     const best = candidates.sort((a, b) => cost(a) - cost(b))[0]
@@ -162,12 +162,13 @@ class SwarmClient implements MingaClient, HopConnector {
   }
 
   /**
-   * Live servers of the model, without banned peers or ones that failed recently. The DHT is asked
-   * at most every few seconds: a failover should not wait for a lookup that may touch the dead peer.
+   * Live servers of the model, without banned peers or ones that failed recently, from a list read
+   * from the DHT at most `maxAgeMs` ago. A failover takes any age: it should not wait for a lookup
+   * that may touch the dead peer, and a stale entry only costs a quick failed dial.
    */
-  private async usableServers (refresh = false): Promise<ServerEntry[]> {
+  private async usableServers (maxAgeMs: number): Promise<ServerEntry[]> {
     const now = Date.now()
-    if (refresh || this.known == null || now - this.known.at > SERVER_LIST_MAX_AGE_MS) this.known = { at: now, servers: await this.findServers() }
+    if (this.known == null || now - this.known.at > maxAgeMs) this.known = { at: now, servers: await this.findServers() }
     // When none is left, the route planner names the layers that have no server.
     return this.known.servers.filter(s => s.expires > now).filter(s => !this.bannedPeers.has(s.peerId) && !((this.avoided.get(s.peerId)?.until ?? 0) > now))
   }

@@ -15,8 +15,11 @@ export interface RemoteHop { hop: RouteHop, channel: Channel }
 
 /** How a session finds servers: supplied by the client, which knows the swarm. */
 export interface HopConnector {
-  /** The cheapest chain of servers for layers [start, end), avoiding failed and banned peers. */
-  route (start: number, end: number): Promise<RemoteHop[]>
+  /**
+   * The cheapest chain of servers for layers [start, end), avoiding failed and banned peers.
+   * `urgent`: a session is waiting mid-generation, so use the servers already known if they can do it.
+   */
+  route (start: number, end: number, urgent: boolean): Promise<RemoteHop[]>
   /** Another server holding all of [start, end), none of `exclude`; undefined if there is none. */
   alternative (start: number, end: number, exclude: Set<string>): Promise<RemoteHop | undefined>
   /** The peer failed a request: avoid it for a while. */
@@ -69,7 +72,7 @@ export class RemoteSession implements LayerChain {
 
   static async open (connector: HopConnector, numBlocks: number, policy: SessionPolicy): Promise<RemoteSession> {
     const session = new RemoteSession(connector, policy)
-    session.hops = await session.connect(0, numBlocks, Date.now() + policy.failoverTimeoutMs)
+    session.hops = await session.connect(0, numBlocks, Date.now() + policy.failoverTimeoutMs, false)
     policy.onRoute?.(session.route)
     return session
   }
@@ -101,9 +104,9 @@ export class RemoteSession implements LayerChain {
   }
 
   /** Opens sessions on a route for [start, end), retrying with other servers until the deadline. */
-  private async connect (start: number, end: number, deadline: number): Promise<HopState[]> {
+  private async connect (start: number, end: number, deadline: number, urgent: boolean): Promise<HopState[]> {
     return await this.retry(deadline, `layers [${start}, ${end})`, async () => {
-      const remotes = await this.connector.route(start, end)
+      const remotes = await this.connector.route(start, end, urgent)
       const states: HopState[] = []
       try {
         for (const remote of remotes) states.push(await this.blame(remote, async () => await this.openOn(remote)))
@@ -123,7 +126,7 @@ export class RemoteSession implements LayerChain {
     if (!this.replayable) throw new SwarmError(`server ${failed.hop.peerId} failed (${messageOf(cause)}) and the session's history is too large to replay elsewhere`)
     const deadline = Date.now() + this.policy.failoverTimeoutMs
     const { states, output } = await this.retry(deadline, `layers [${failed.hop.start}, ${failed.hop.end})`, async () => {
-      const states = await this.connect(failed.hop.start, failed.hop.end, deadline)
+      const states = await this.connect(failed.hop.start, failed.hop.end, deadline, true)
       try {
         for (const step of failed.history) await this.through(states, step.hidden, step.tokens)
         return { states, output: await this.through(states, input, tokens) }

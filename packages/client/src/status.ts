@@ -3,18 +3,8 @@
 import type { PeerId } from '@libp2p/interface'
 import { createMingaNode, fetchInfo, findSpans, type MingaNode, type ServerEntry } from '@minga/p2p'
 
-export interface SwarmServer {
-  peerId: string
-  name?: string
-  addrs: string[]
-  start: number
-  end: number
-  throughput: number
-  freeSessions: number
-  freeCacheTokens: number
-  version: string
-  rttMs?: number
-}
+/** A server as `status` shows it: its announcement, and the round trip to it when measured. */
+export type SwarmServer = Pick<ServerEntry, 'peerId' | 'name' | 'addrs' | 'start' | 'end' | 'throughput' | 'freeSessions' | 'freeCacheTokens' | 'version'> & { rttMs?: number }
 
 export interface SwarmStatus {
   modelId: string

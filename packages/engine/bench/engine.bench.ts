@@ -11,7 +11,7 @@ import { availableParallelism, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
-  argmax, createClientHead, createSpanExecutor, loadModelConfig, loadTokenizer, QUANTIZATIONS,
+  argmax, createClientHead, createSpanExecutor, loadModelConfig, loadTokenizer, QUANTIZATIONS, seededRandom,
   type ClientHead, type Quantization, type SpanExecutor
 } from '../src/index.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint, TINYLLAMA_SHAPE, type CheckpointInfo } from './random-checkpoint.ts'
@@ -63,18 +63,6 @@ function procStatus (field: 'VmHWM' | 'VmRSS'): number {
   return match == null ? NaN : Number(match[1]) * 1024
 }
 
-/** mulberry32, for reproducible prompt ids. */
-function prng (seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 function lastRow (hidden: Float32Array, tokens: number, size: number): Float32Array {
   return hidden.slice((tokens - 1) * size, tokens * size)
 }
@@ -95,7 +83,7 @@ async function runPerf (modelDir: string, quant: Quantization, threads: number, 
   log(`head loaded in ${(headLoadMs / 1000).toFixed(1)} s; RSS ${gib(rssAfterLoadBytes)}`)
 
   try {
-    const random = prng(42)
+    const random = seededRandom(42)
     const randomIds = (n: number): number[] => Array.from({ length: n }, () => 3 + Math.floor(random() * (config.vocabSize - 3)))
 
     // Warm-up on a throwaway session, so the measured runs do not pay ORT's first-run allocations.

@@ -94,6 +94,13 @@ export async function * generateTokens (
   return { promptIds, ids, text, stopReason, prefillMs, tokensPerSecond: steps > 0 ? steps / decodeSeconds : 0 }
 }
 
+/** Runs a generation stream to its end and returns its result, for callers that do not stream. */
+export async function untilDone<R> (stream: AsyncGenerator<GeneratedToken, R>): Promise<R> {
+  let step = await stream.next()
+  while (step.done !== true) step = await stream.next()
+  return step.value
+}
+
 /** Holds back text that may be the start of a stop string, and cuts the output where one appears. */
 class StopMatcher {
   private held = ''

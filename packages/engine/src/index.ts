@@ -3,8 +3,8 @@ export { loadModelConfig, parseModelConfig, type ModelConfig, type ModelType, ty
 export { createSpanExecutor, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type OpenSessionOptions, type SpanStats } from './span-executor.ts'
 export { createClientHead, type ClientHead, type ClientHeadInit } from './client-head.ts'
 export { createLocalModel, type LocalModel, type LocalModelInit } from './local-model.ts'
-export { generateTokens, planGeneration, type GenerateOptions, type GeneratedToken, type GenerationPlan, type GenerationResult, type LayerChain } from './generate.ts'
-export { createSampler, validateSampling, argmax, type Sampler, type SamplingOptions } from './sampler.ts'
+export { generateTokens, planGeneration, untilDone, type GenerateOptions, type GeneratedToken, type GenerationPlan, type GenerationResult, type LayerChain } from './generate.ts'
+export { createSampler, validateSampling, argmax, seededRandom, type Sampler, type SamplingOptions } from './sampler.ts'
 export { loadTokenizer, type TextTokenizer, type TextStream } from './tokenizer.ts'
 export { QUANTIZATIONS, type Quantization } from './quantize.ts'
 export {

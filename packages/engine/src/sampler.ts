@@ -33,7 +33,7 @@ export function validateSampling (options: SamplingOptions): Required<SamplingOp
 
 export function createSampler (options: SamplingOptions = {}): Sampler {
   const { temperature, topK, topP, repetitionPenalty, seed } = validateSampling(options)
-  const random = mulberry32(seed)
+  const random = seededRandom(seed)
   return {
     sample (logits, seen) {
       if (repetitionPenalty !== 1) {
@@ -75,8 +75,8 @@ export function argmax (values: Float32Array): number {
   return best
 }
 
-/** A small seeded PRNG for sampling (not for anything secret). */
-function mulberry32 (seed: number): () => number {
+/** A small seeded PRNG (mulberry32) in [0, 1), for sampling and benchmarks — not for anything secret. */
+export function seededRandom (seed: number): () => number {
   let state = seed >>> 0
   return () => {
     state = (state + 0x6d2b79f5) >>> 0

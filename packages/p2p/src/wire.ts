@@ -16,6 +16,7 @@
 
 import type { Stream } from '@libp2p/interface'
 import { ChannelClosedError, FrameError, FrameTooLargeError } from './errors.ts'
+import { encode as varintEncode } from 'uint8-varint'
 
 /** A message that exceeded maxLength: its announced size and its first bytes (≤ headBytes). */
 export interface OversizeMessage {
@@ -257,15 +258,6 @@ export function isOversize (m: Uint8Array | OversizeMessage): m is OversizeMessa
 /** Messages up to this size are copied into one buffer before sending; larger ones are sent as chunks. */
 const COALESCE_BYTES = 64 * 1024
 
-function varint (n: number): Uint8Array {
-  const out: number[] = []
-  while (n >= 0x80) {
-    out.push((n % 128) | 0x80)
-    n = Math.floor(n / 128)
-  }
-  out.push(n)
-  return Uint8Array.from(out)
-}
 
 /**
  * Writes one length-prefixed message given as chunks (e.g. [header, payload]); the chunks are
@@ -275,7 +267,7 @@ function varint (n: number): Uint8Array {
 export async function writeMessage (stream: Stream, chunks: Uint8Array[], signal?: AbortSignal): Promise<void> {
   let total = 0
   for (const c of chunks) total += c.length
-  const prefix = varint(total)
+  const prefix = varintEncode(total)
   let ok: boolean
   if (total <= COALESCE_BYTES) {
     // small message (a decode step): one buffer, so one muxer frame, one noise message, one syscall

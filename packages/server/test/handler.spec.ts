@@ -2,7 +2,7 @@
 // and the node keeps serving other sessions exactly.
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { createClient } from '@minga/client'
-import { createLocalModel } from '@minga/engine'
+import { createLocalModel, untilDone } from '@minga/engine'
 import { createMingaNode, DType, ErrorCode, FrameType, INFERENCE_PROTOCOL, newSessionId, openChannel, type Channel, type FrameInit, type MingaNode } from '@minga/p2p'
 import { createServer, type MingaServer } from '../src/index.ts'
 import { STORIES } from '../../engine/test/helpers.ts'
@@ -86,12 +86,8 @@ it('keeps serving a normal client exactly after all of the above', async () => {
     const local = await createLocalModel({ modelDir: STORIES })
     const client = await createClient({ modelDir: STORIES, bootstrap: server.addrs() })
     try {
-      const run = async (stream: AsyncGenerator<unknown, { ids: number[] }>): Promise<number[]> => {
-        let step = await stream.next()
-        while (step.done !== true) step = await stream.next()
-        return step.value.ids
-      }
-      expect(await run(client.generate('Once upon a time', { maxNewTokens: 20 }))).toEqual(await run(local.generate('Once upon a time', { maxNewTokens: 20 })))
+      const [remote, here] = await Promise.all([client, local].map(async m => await untilDone(m.generate('Once upon a time', { maxNewTokens: 20 }))))
+      expect(remote.ids).toEqual(here.ids)
     } finally {
       await Promise.all([client.close(), local.close()])
     }

@@ -3,7 +3,7 @@
 // everyone else keeps getting exact output; stop() withdraws, drains, then tells sessions to move.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createClient, type MingaClient } from '@minga/client'
-import { computeModelId, createLocalModel } from '@minga/engine'
+import { computeModelId, createLocalModel, untilDone, type GeneratedToken } from '@minga/engine'
 import {
   createMingaNode, DType, ErrorCode, findSpans, FrameType, INFERENCE_PROTOCOL, newSessionId, openChannel,
   type Channel, type FrameInit, type MingaNode
@@ -26,11 +26,7 @@ beforeAll(async () => {
   }
 })
 
-async function idsOf (stream: AsyncGenerator<unknown, { ids: number[] }>): Promise<number[]> {
-  let step = await stream.next()
-  while (step.done !== true) step = await stream.next()
-  return step.value.ids
-}
+const idsOf = async (stream: AsyncGenerator<GeneratedToken, { ids: number[] }>): Promise<number[]> => (await untilDone(stream)).ids
 
 const tensor = (tokens: number): Uint8Array => new Uint8Array(new Float32Array(tokens * HIDDEN).fill(0.25).buffer)
 const open = (sessionId: Uint8Array, maxLength = 64): FrameInit => ({ type: FrameType.OPEN_SESSION, sessionId, startBlock: 0, endBlock: 5, maxLength })
