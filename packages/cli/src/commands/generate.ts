@@ -4,7 +4,7 @@ import { createLocalModel, type GenerateOptions, type GenerationResult } from '@
 import { createClient, type SwarmGenerationResult } from '@minga/client'
 import { loadOrCreateIdentity } from '@minga/p2p'
 import type { CliIo } from '../index.ts'
-import { addSamplingOptions, existingModelDir, integer, quantization, swarmKeyOption, userPath } from '../options.ts'
+import { addSamplingOptions, existingModelDir, integer, number, quantization, swarmKeyOption, userPath } from '../options.ts'
 
 interface GenerateFlags {
   model: string
@@ -22,6 +22,7 @@ interface GenerateFlags {
   bootstrap?: string[]
   swarmKey?: string
   identity?: string
+  verifyProbability: number
   json?: boolean
 }
 
@@ -37,6 +38,7 @@ export function registerGenerate (program: Command, io: CliIo): void {
     .option('--bootstrap <multiaddr...>', 'generate through the swarm these nodes belong to')
     .option('--swarm-key <file>', 'with --bootstrap: the swarm\'s key, if it is private')
     .option('--identity <file>', 'with --bootstrap: keep this client\'s peer id in a key file, e.g. for servers\' --allow')
+    .option('--verify-probability <r>', 'with --bootstrap: check each step on a second server with this probability', number(0, 1), 0)
     .option('--json', 'print one JSON object with ids, text and timings instead of streaming text')
     .action(async (flags: GenerateFlags) => { await generate(flags, io) })
 }
@@ -59,6 +61,7 @@ async function generate (flags: GenerateFlags, io: CliIo): Promise<void> {
       bootstrap: flags.bootstrap!,
       threads: flags.threads,
       swarmKey: await swarmKeyOption(flags.swarmKey),
+      verifyProbability: flags.verifyProbability,
       privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined
     })
     : await createLocalModel({ modelDir, quant: flags.quant, spans: flags.spans, threads: flags.threads })
