@@ -23,6 +23,8 @@ export const INFERENCE_PROTOCOL = '/minga/inference/1.0.0'
 /** Streams stay open while idle for this long (a decode session may pause between steps). */
 export const DEFAULT_IDLE_TIMEOUT_MS = 30 * 60 * 1000
 export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000
+/** How long a server waits for a frame to finish arriving once it has started: a slow link sends 64 MiB in it. */
+export const DEFAULT_MESSAGE_TIMEOUT_MS = 60_000
 
 type AnyNode = MingaNode | Libp2p<ServiceMap>
 
@@ -278,6 +280,8 @@ export interface HandleChannelOptions {
   maxInboundStreams?: number
   /** Stream inactivity timeout. Default 30 min. */
   idleTimeoutMs?: number
+  /** A frame must arrive whole within this long of its first byte, or its stream is aborted. Default 60 s. */
+  messageTimeoutMs?: number
   /** Called for errors a handler threw (after they were turned into ERROR frames) and for dead streams. */
   onError?: (err: unknown, peer: PeerId) => void
 }
@@ -315,7 +319,7 @@ export async function handleChannel (node: AnyNode, protocol: string, onFrame: F
     const peer = connection.remotePeer
     tuneStream(stream, maxFrameBytes, idleTimeoutMs)
     open.add(stream)
-    const reader = new LpReader(stream, { maxLength: maxFrameBytes, headBytes: HEADER_BYTES })
+    const reader = new LpReader(stream, { maxLength: maxFrameBytes, headBytes: HEADER_BYTES, messageTimeoutMs: opts.messageTimeoutMs ?? DEFAULT_MESSAGE_TIMEOUT_MS })
     try {
       while (true) {
         const msg = await reader.read()

@@ -15,7 +15,7 @@
 // muxer frame).
 
 import type { Stream } from '@libp2p/interface'
-import { ChannelClosedError, FrameError, FrameTooLargeError } from './errors.ts'
+import { ChannelClosedError, FrameError, FrameTooLargeError, TimeoutError } from './errors.ts'
 import { encode as varintEncode } from 'uint8-varint'
 
 /** A message that exceeded maxLength: its announced size and its first bytes (≤ headBytes). */
@@ -33,6 +33,11 @@ export interface LpReaderOptions {
   headBytes?: number
   /** Bytes buffered beyond the message being read before the stream is paused. Default 1 MiB. */
   highWaterMark?: number
+  /**
+   * A message must arrive whole within this long of its first byte, or read() throws TimeoutError
+   * (the caller aborts the stream): a half-sent frame must not hold a stream forever. Default: none.
+   */
+  messageTimeoutMs?: number
 }
 
 const MAX_VARINT_BYTES = 5 // lengths up to 2^35; we only accept < 2^32 anyway
@@ -45,6 +50,7 @@ export class LpReader {
   readonly #maxSkip: number
   readonly #headBytes: number
   readonly #hwm: number
+  readonly #messageTimeoutMs: number | undefined
   readonly #chunks: Uint8Array[] = []
   #offset = 0 // read offset into #chunks[0]
   #buffered = 0
@@ -60,6 +66,7 @@ export class LpReader {
     this.#maxSkip = opts.maxSkipBytes ?? opts.maxLength * 4
     this.#headBytes = opts.headBytes ?? 64
     this.#hwm = opts.highWaterMark ?? 1024 * 1024
+    this.#messageTimeoutMs = opts.messageTimeoutMs
     stream.addEventListener('message', this.#onMessage)
     stream.addEventListener('remoteCloseWrite', this.#onEnd)
     stream.addEventListener('close', this.#onClose)
@@ -127,19 +134,27 @@ export class LpReader {
     }
   }
 
-  /** Waits until n bytes are buffered or the stream has ended (never throws). */
-  async #fill (n: number): Promise<void> {
+  /** Waits until n bytes are buffered or the stream has ended; throws only when `deadline` passes. */
+  async #fill (n: number, deadline?: number): Promise<void> {
     while (this.#buffered < n && !this.#ended) {
       this.#need = n
       // resuming a paused stream may deliver the bytes synchronously: re-check before sleeping
       this.#flow()
       if (this.#buffered >= n || this.#ended) continue
-      await new Promise<void>(resolve => { this.#wake = resolve })
+      if (deadline != null && Date.now() >= deadline) {
+        throw new TimeoutError(`a message was not completed within ${this.#messageTimeoutMs} ms of its first byte (${this.#buffered} of ${n} bytes)`)
+      }
+      let timer: ReturnType<typeof setTimeout> | undefined
+      await new Promise<void>(resolve => {
+        this.#wake = resolve
+        if (deadline != null) timer = setTimeout(resolve, deadline - Date.now())
+      })
+      clearTimeout(timer)
     }
   }
 
-  async #waitFor (n: number): Promise<void> {
-    await this.#fill(n)
+  async #waitFor (n: number, deadline?: number): Promise<void> {
+    await this.#fill(n, deadline)
     if (this.#buffered < n) {
       if (this.#error != null) throw new ChannelClosedError(`stream closed: ${this.#error.message}`)
       throw new ChannelClosedError(`stream ended with ${this.#buffered} of ${n} bytes of a message`)
@@ -215,32 +230,37 @@ export class LpReader {
     this.#reading = true
     try {
       let prefix: [number, number] | undefined
+      // The clock starts at the message's first byte: waiting between messages is not timed.
+      let deadline: number | undefined
+      const startClock = (): void => { if (this.#messageTimeoutMs != null) deadline ??= Date.now() + this.#messageTimeoutMs }
       while ((prefix = this.#peekVarint()) === undefined) {
         if (this.#ended) {
           if (this.#buffered === 0 && this.#error == null) return null
           if (this.#buffered === 0) throw new ChannelClosedError(`stream closed: ${this.#error?.message ?? 'unknown'}`)
           throw new ChannelClosedError('stream ended inside a length prefix')
         }
+        if (this.#buffered > 0) startClock()
         // an end here, between messages, is the clean end of the stream: the checks above sort it out
-        await this.#fill(this.#buffered + 1)
+        await this.#fill(this.#buffered + 1, deadline)
       }
+      startClock()
       const [length, prefixBytes] = prefix
       this.#consume(prefixBytes)
       if (length > this.#maxLength) {
         if (length > this.#maxSkip) throw new FrameTooLargeError(`message of ${length} bytes exceeds ${this.#maxLength} (and is too large to skip)`)
         const keep = Math.min(length, this.#headBytes)
-        await this.#waitFor(keep)
+        await this.#waitFor(keep, deadline)
         const head = new Uint8Array(this.#take(keep)) // a copy: the chunk may be a pooled Buffer
         let left = length - keep
         while (left > 0) {
-          if (this.#buffered === 0) await this.#waitFor(1)
+          if (this.#buffered === 0) await this.#waitFor(1, deadline)
           const n = Math.min(left, this.#buffered)
           this.#consume(n)
           left -= n
         }
         return { tooLarge: length, head }
       }
-      await this.#waitFor(length)
+      await this.#waitFor(length, deadline)
       const msg = this.#take(length)
       return msg
     } finally {

@@ -68,3 +68,16 @@ it('a channel server closes gracefully (no reset) when its client half-closes af
   expect(await closed).toBeUndefined() // and did not reset the stream
   reader.release()
 })
+
+it('a frame that starts arriving but never completes does not hold its stream: the server aborts it', async () => {
+  const patient = await handleChannel(server, '/minga/test-half-frame/1.0.0', () => ({ type: FrameType.ACK }), { messageTimeoutMs: 300 })
+  try {
+    const stream = await client.libp2p.dialProtocol(multiaddr(server.addrs()[0]), '/minga/test-half-frame/1.0.0')
+    const closed = new Promise<number>(resolve => { stream.addEventListener('close', () => { resolve(Date.now()) }) })
+    const sent = Date.now()
+    stream.send(Uint8Array.from([100, 1, 2, 3])) // a length prefix of 100, then only 3 bytes
+    expect(await closed - sent).toBeLessThan(5000)
+  } finally {
+    await patient.close()
+  }
+})
