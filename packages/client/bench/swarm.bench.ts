@@ -14,7 +14,7 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { createLocalModel, loadModelConfig, type ClientHead, type GenerationResult, type LocalModel, type Quantization } from '@minga/engine'
+import { createLocalModel, loadModelConfig, seededRandom, untilDone, type ClientHead, type GenerationResult, type LocalModel, type Quantization } from '@minga/engine'
 import { FrameType, type Channel } from '@minga/p2p'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from '../../engine/bench/random-checkpoint.ts'
 import { createClient, type MingaClient, type SwarmGenerationResult } from '../src/index.ts'
@@ -62,25 +62,6 @@ const median = (xs: number[]): number => {
   return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
 }
 const round = (x: number, digits = 2): number => Number(x.toFixed(digits))
-
-/** mulberry32, for reproducible prompt ids. */
-function prng (seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
-async function drain<T, R> (stream: AsyncGenerator<T, R>): Promise<R> {
-  for (;;) {
-    const step = await stream.next()
-    if (step.done === true) return step.value
-  }
-}
 
 /**
  * CPU time and run-queue wait of a process in ms (Linux schedstat): of its main thread (event loop:
@@ -202,7 +183,7 @@ function modelSpecs (opts: Options): ModelSpec[] {
     if (!info.reused) log(`built the TinyLlama-shaped checkpoint in ${info.dir} (${(info.buildMs / 1000).toFixed(0)} s)`)
     const config = loadModelConfig(info.dir)
     if (ensureTokenizer(info.dir, config.vocabSize)) log(`wrote a generated tokenizer.json/tokenizer_config.json into ${info.dir}`)
-    const random = prng(7)
+    const random = seededRandom(7)
     // ids ≥ 3: no specials in the prompt
     const promptIds = Array.from({ length: 16 }, () => 3 + Math.floor(random() * (config.vocabSize - 3)))
     // compute dominates a step here (≥ 50 ms): two warm-up runs are enough
@@ -381,7 +362,7 @@ async function measureBreakdown (client: MingaClient, spec: ModelSpec, route: Sw
     }
   }
   try {
-    const result = await drain(client.generate(spec.promptIds, { maxNewTokens: spec.tokens, temperature: 0 }))
+    const result = await untilDone(client.generate(spec.promptIds, { maxNewTokens: spec.tokens, temperature: 0 }))
     const steps = result.ids.length - 1
     const totalMs = 1000 / result.tokensPerSecond
     const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length)
@@ -446,12 +427,12 @@ async function measurePaired (spec: ModelSpec, threads: number, opts: Options): 
 
     const options = { maxNewTokens: spec.tokens, temperature: 0 }
     const warmOptions = { maxNewTokens: 4, temperature: 0 }
-    for (const m of opened) await drain(m.generate(spec.promptIds, warmOptions))
+    for (const m of opened) await untilDone(m.generate(spec.promptIds, warmOptions))
     // the swarm's warm-up is retried until the DHT shows every span (announcements take a moment)
     const deadline = Date.now() + 60_000
     for (let warmed = false; !warmed;) {
       try {
-        const warm = await drain(client.generate(spec.promptIds, warmOptions))
+        const warm = await untilDone(client.generate(spec.promptIds, warmOptions))
         if (warm.route.length !== spec.spans.length) throw new Error(`route of ${warm.route.length} hops, expected ${spec.spans.length}`)
         warmed = true
       } catch (err) {
@@ -464,8 +445,8 @@ async function measurePaired (spec: ModelSpec, threads: number, opts: Options): 
     // full-length warm-up runs: V8 is still compiling the servers' and client's networking code
     // (on its background threads, competing for the cores) during the first few hundred steps
     for (let i = 0; i < spec.warmupRuns; i++) {
-      for (const m of opened) await drain(m.generate(spec.promptIds, options))
-      await drain(client.generate(spec.promptIds, options))
+      for (const m of opened) await untilDone(m.generate(spec.promptIds, options))
+      await untilDone(client.generate(spec.promptIds, options))
     }
 
     const localRuns: GenerationResult[] = []
