@@ -11,7 +11,7 @@
 //   serve    a real `minga serve --blocks 0:2` process, driven over a direct channel (no head)
 //
 //   node --import tsx packages/client/bench/hop.probe.ts [--only tcp,channel,...] [--iterations N]
-//     [--threads T] [--json]
+//     [--warmup W] [--threads T] [--json]
 //
 // Each probe reports median / p10 / p90 in ms. See README.md next to this file.
 import '@minga/p2p/polyfill'
@@ -55,6 +55,12 @@ async function timeLoop (n: number, warm: number, body: (i: number) => Promise<n
   }
   return out
 }
+
+/** Untimed iterations before each measurement (--warmup): V8 needs a few thousand round trips to optimize libp2p's code. */
+let WARM = 2000
+
+/** A CLOSE_SESSION with this flag bit asks the probe server for its timings (and resets them). */
+const STATS_FLAG = 0x80
 
 /** stories260k's context: probes that decode many steps reopen their session every CONTEXT tokens. */
 const CONTEXT = 512
@@ -107,7 +113,7 @@ async function childSpanServer (threads: number): Promise<void> {
   const gapMs: number[] = [] // reply written → next frame handed to the handler
   let lastReply = 0
   let forwards = 0
-  const cpuStart = process.cpuUsage()
+  let cpuStart = process.cpuUsage()
   await handleChannel(node, INFERENCE_PROTOCOL, async (frame: Frame): Promise<FrameInit> => {
     const t0 = performance.now()
     if (lastReply > 0) gapMs.push(t0 - lastReply)
@@ -116,16 +122,22 @@ async function childSpanServer (threads: number): Promise<void> {
       await executor.openSession(id, frame.maxLength)
       return { type: FrameType.ACK }
     }
-    if (frame.type === FrameType.CLOSE_SESSION) {
-      await executor.closeSession(id)
-      // the client's first 100 steps are its warm-up; gaps also include its session reopenings
+    if (frame.type === FrameType.CLOSE_SESSION && (frame.flags & STATS_FLAG) !== 0) {
+      // gaps also include the client's session reopenings (every CONTEXT steps)
       const used = process.cpuUsage(cpuStart)
       const stats = JSON.stringify({
-        handlerMs: dist(handlerMs.slice(100)), forwardMs: dist(forwardMs.slice(100)), gapMs: dist(gapMs.slice(100)),
-        cpuUsPerForward: Math.round((used.user + used.system) / forwards)
+        handlerMs: dist(handlerMs), forwardMs: dist(forwardMs), gapMs: dist(gapMs),
+        cpuUsPerForward: Math.round((used.user + used.system) / Math.max(1, forwards))
       })
+      handlerMs.length = forwardMs.length = gapMs.length = 0
+      forwards = 0
+      cpuStart = process.cpuUsage()
       lastReply = 0
       return { type: FrameType.ACK, payload: new TextEncoder().encode(stats) }
+    }
+    if (frame.type === FrameType.CLOSE_SESSION) {
+      await executor.closeSession(id)
+      return { type: FrameType.ACK }
     }
     forwards++
     const hidden = new Float32Array(frame.tokens * frame.hiddenSize)
@@ -190,7 +202,7 @@ async function probeTcp (n: number): Promise<Record<string, Dist>> {
   const out: Record<string, Dist> = {}
   for (const floats of SIZES) {
     const msg = Buffer.alloc(floats * 4 + 64, 1)
-    out[`${msg.length} B`] = dist(await timeLoop(n, 200, async () => {
+    out[`${msg.length} B`] = dist(await timeLoop(n, WARM, async () => {
       got = 0
       want = msg.length
       await new Promise<void>(resolve => { done = resolve; socket.write(msg) })
@@ -201,9 +213,9 @@ async function probeTcp (n: number): Promise<Record<string, Dist>> {
   return out
 }
 
-async function channelLoop (ch: Channel, n: number, floats: number, session = newSessionId()): Promise<number[]> {
+async function channelLoop (ch: Channel, n: number, floats: number, warm: number, session = newSessionId()): Promise<number[]> {
   const payload = new Uint8Array(floats * 4)
-  return await timeLoop(n, 200, async () => {
+  return await timeLoop(n, warm, async () => {
     await ch.request({ type: FrameType.FORWARD, dtype: DType.F32, sessionId: session, tokens: 1, hiddenSize: floats, startBlock: 0, endBlock: 2, payload })
   })
 }
@@ -216,13 +228,13 @@ async function probeChannel (n: number): Promise<Record<string, Dist | number>> 
   const serverCpu = async (): Promise<{ n: number, cpuUs: number }> =>
     JSON.parse(new TextDecoder().decode((await ch.request({ type: FrameType.CLOSE_SESSION, sessionId: newSessionId() })).payload))
   for (const floats of SIZES) {
-    await channelLoop(ch, 0, floats) // warm-up only
+    await channelLoop(ch, 0, floats, WARM) // warm-up only
     await serverCpu()
     const since = process.cpuUsage()
-    out[`${floats * 4} B payload`] = dist(await channelLoop(ch, n, floats))
+    out[`${floats * 4} B payload`] = dist(await channelLoop(ch, n, floats, 0))
     const used = process.cpuUsage(since)
     const server = await serverCpu()
-    out[`${floats * 4} B client CPU µs/rt`] = Math.round((used.user + used.system) / (n + 200))
+    out[`${floats * 4} B client CPU µs/rt`] = Math.round((used.user + used.system) / n)
     out[`${floats * 4} B server CPU µs/rt`] = Math.round(server.cpuUs / server.n)
   }
   await ch.close()
@@ -244,7 +256,7 @@ async function probeWorker (n: number): Promise<Record<string, Dist>> {
   const out: Record<string, Dist> = {}
   for (const floats of SIZES) {
     for (const immediate of [false, true]) {
-      out[`${floats * 4} B${immediate ? ' + setImmediate' : ''}`] = dist(await timeLoop(n, 200, async () => {
+      out[`${floats * 4} B${immediate ? ' + setImmediate' : ''}`] = dist(await timeLoop(n, WARM, async () => {
         const buf = new Float32Array(floats)
         await new Promise(resolve => { resolveReply = resolve; worker.postMessage({ buf, immediate }, [buf.buffer]) })
       }))
@@ -260,7 +272,7 @@ async function probeSpan (n: number, threads: number): Promise<Record<string, Di
     const span = await createSpanExecutor({ modelDir: STORIES, start, end, threads })
     let session = 0
     let position = CONTEXT
-    out[`[${start},${end}) forward 1 token`] = dist(await timeLoop(n, 200, async () => {
+    out[`[${start},${end}) forward 1 token`] = dist(await timeLoop(n, WARM, async () => {
       if (position >= CONTEXT) { // stories' context is 512 tokens: start a new session (not timed)
         if (session > 0) await span.closeSession(`p${session}`)
         await span.openSession(`p${++session}`, CONTEXT)
@@ -279,18 +291,18 @@ async function probeSpan (n: number, threads: number): Promise<Record<string, Di
 async function probeHead (n: number, threads: number): Promise<Record<string, Dist>> {
   const head = await createClientHead({ modelDir: STORIES, threads })
   const out: Record<string, Dist> = {}
-  out['embed 1 token'] = dist(await timeLoop(n, 200, async () => { await head.embed([42]) }))
-  out['logits 1 token'] = dist(await timeLoop(n, 200, async () => { await head.logits(new Float32Array(64).fill(0.1), 1) }))
+  out['embed 1 token'] = dist(await timeLoop(n, WARM, async () => { await head.embed([42]) }))
+  out['logits 1 token'] = dist(await timeLoop(n, WARM, async () => { await head.logits(new Float32Array(64).fill(0.1), 1) }))
   await head.close()
   return out
 }
 
-async function sessionRun (ch: Channel, n: number, start: number, end: number): Promise<{ rtt: number[], server?: any }> {
+async function sessionRun (ch: Channel, n: number, start: number, end: number, stats: boolean): Promise<{ rtt: number[], server?: any }> {
   let sessionId = newSessionId()
   let position = CONTEXT
   let opened = false
   let hidden = new Float32Array(64).fill(0.1)
-  const rtt = await timeLoop(n, 100, async () => {
+  const step = async (): Promise<number> => {
     if (position >= CONTEXT) { // not timed
       if (opened) await ch.request({ type: FrameType.CLOSE_SESSION, sessionId })
       sessionId = newSessionId()
@@ -307,17 +319,24 @@ async function sessionRun (ch: Channel, n: number, start: number, end: number): 
     position++
     hidden = tensorF32(reply).slice()
     return ms
-  })
-  const ack = await ch.request({ type: FrameType.CLOSE_SESSION, sessionId })
-  const text = new TextDecoder().decode(ack.payload)
-  return { rtt, server: text.length > 0 ? JSON.parse(text) : undefined }
+  }
+  const statsRequest = async (): Promise<any> => {
+    const ack = await ch.request({ type: FrameType.CLOSE_SESSION, sessionId: newSessionId(), flags: STATS_FLAG })
+    return JSON.parse(new TextDecoder().decode(ack.payload))
+  }
+  await timeLoop(0, WARM, step)
+  if (stats) await statsRequest() // resets the server's timings: only the measured steps count
+  const rtt = await timeLoop(n, 0, step)
+  const server = stats ? await statsRequest() : undefined
+  await ch.request({ type: FrameType.CLOSE_SESSION, sessionId })
+  return { rtt, server }
 }
 
 async function probeServer (n: number, threads: number): Promise<Record<string, unknown>> {
   const { child, ready } = await startChild([SELF, '--role', 'span-server', '--threads', String(threads)])
   const node = await createMingaNode()
   const ch = await openChannel(node, ready.addrs[0])
-  const { rtt, server } = await sessionRun(ch, n, 0, 2)
+  const { rtt, server } = await sessionRun(ch, n, 0, 2, true)
   await ch.close()
   await node.stop()
   await stopChild(child)
@@ -335,7 +354,7 @@ async function probeServe (n: number, threads: number): Promise<Record<string, D
   const serve = await startChild([CLI, 'serve', '--model', STORIES, '--blocks', '0:2', '--bootstrap', boot.ready.addrs[0], '--json', '--threads', String(threads)])
   const node = await createMingaNode()
   const ch = await openChannel(node, serve.ready.addrs[0])
-  const { rtt } = await sessionRun(ch, n, 0, 2)
+  const { rtt } = await sessionRun(ch, n, 0, 2, false)
   await ch.close()
   await node.stop()
   await stopChild(serve.child)
@@ -349,6 +368,7 @@ async function main (): Promise<void> {
       role: { type: 'string' },
       only: { type: 'string', default: 'tcp,channel,worker,span,head,server,serve' },
       iterations: { type: 'string', default: '2000' },
+      warmup: { type: 'string', default: '2000' },
       threads: { type: 'string', default: '1' },
       json: { type: 'boolean', default: false }
     }
@@ -361,6 +381,7 @@ async function main (): Promise<void> {
   if (values.role === 'span-server') return await childSpanServer(threads)
 
   const n = Number(values.iterations)
+  WARM = Number(values.warmup)
   const probes: Record<string, () => Promise<Record<string, unknown>>> = {
     tcp: async () => await probeTcp(n),
     channel: async () => await probeChannel(n),
@@ -371,7 +392,7 @@ async function main (): Promise<void> {
     serve: async () => await probeServe(n, threads)
   }
   const results: Record<string, unknown> = {}
-  log(`hop probes: ${availableParallelism()} cores, ${n} iterations, threads=${threads}, load ${loadavg().map(x => x.toFixed(2)).join(' ')}`)
+  log(`hop probes: ${availableParallelism()} cores, ${WARM} warm-up + ${n} timed iterations, threads=${threads}, load ${loadavg().map(x => x.toFixed(2)).join(' ')}`)
   for (const name of values.only!.split(',')) {
     const probe = probes[name]
     if (probe == null) throw new Error(`unknown probe ${name}`)
