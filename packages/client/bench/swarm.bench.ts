@@ -3,7 +3,8 @@
 // stories260k (f32) and the TinyLlama-shaped random checkpoint (int4), at each ORT thread count.
 //
 //   node --import tsx packages/client/bench/swarm.bench.ts [--json] [--models stories,tinyllama]
-//     [--tokens N] [--threads 1,2] [--repeats R] [--wire f32|f16] [--no-chain] [--verbose]
+//     [--tokens N] [--threads 1,2] [--repeats R] [--warmup-runs W] [--wire f32|f16] [--no-chain]
+//     [--verbose] [--ready-timeout S]
 //
 // See README.md next to this file.
 import '@minga/p2p/polyfill'
@@ -285,7 +286,7 @@ async function startSwarm (spec: ModelSpec, threads: number, opts: Options): Pro
 
 async function stopSwarm (swarm: Swarm): Promise<string[]> {
   // One server at a time, the bootstrap node last: each withdraws its span through the DHT, which
-  // is quick while the other nodes are up (stopped all at once, they wait on each other's DHT).
+  // takes about a second while the other nodes are up (three stopped at once took over 10 s).
   const results: string[] = []
   for (const p of [...swarm.procs.slice(1), swarm.procs[0]]) results.push(`${p.name}: ${await stopProc(p)}`)
   return results
