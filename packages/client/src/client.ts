@@ -61,6 +61,8 @@ export interface MingaClient {
   readonly modelId: string
   readonly config: ModelConfig
   readonly node: MingaNode
+  /** The model's tokenizer, run here. */
+  readonly tokenizer: TextTokenizer
   /** Streams new tokens; the generator's return value is the whole result with its route. */
   generate (prompt: string | number[], options?: SwarmGenerateOptions): AsyncGenerator<GeneratedToken, SwarmGenerationResult>
   /**
@@ -104,7 +106,7 @@ class SwarmClient implements MingaClient, HopConnector {
     private readonly init: ClientInit,
     readonly node: MingaNode,
     private readonly head: ClientHead,
-    private readonly tokenizer: TextTokenizer,
+    readonly tokenizer: TextTokenizer,
     readonly config: ModelConfig,
     readonly modelId: string
   ) {}
