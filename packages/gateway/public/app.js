@@ -16,7 +16,7 @@ for (const tab of document.querySelectorAll('.tab')) {
 
 // The chat first: it fills the settings (the API key too) from the browser's store.
 startChat({
-  getModel: () => model ?? undefined,
+  getModel: async () => model ?? await modelsLoaded,
   onStreaming: on => { map.setFast(on) }
 })
 
@@ -40,10 +40,13 @@ const map = startSwarmMap({
 })
 
 // The model's id for requests (the gateway answers /v1/models from memory).
-fetch('v1/models', { headers: $('api-key').value ? { Authorization: `Bearer ${$('api-key').value}` } : {} })
+const modelsLoaded = fetch('v1/models', { headers: $('api-key').value ? { Authorization: `Bearer ${$('api-key').value}` } : {} })
   .then(async r => r.ok ? await r.json() : null)
-  .then(list => { if (list?.data?.[0]?.id) setModel(list.data[0].id) })
-  .catch(() => {})
+  .then(list => {
+    if (list?.data?.[0]?.id) setModel(list.data[0].id)
+    return model ?? undefined
+  })
+  .catch(() => undefined)
 
 function setModel (name) {
   model = name

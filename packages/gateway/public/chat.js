@@ -86,7 +86,7 @@ export function startChat ({ getModel, onStreaming }) {
         headers: headers(state.settings.apiKey),
         signal: controller.signal,
         body: JSON.stringify({
-          model: getModel(),
+          model: await getModel(),
           messages: [...(system !== '' ? [{ role: 'system', content: system }] : []), ...history, { role: 'user', content: text }],
           stream: true,
           stream_options: { include_usage: true },
@@ -104,8 +104,10 @@ export function startChat ({ getModel, onStreaming }) {
         if (choice?.delta?.content) {
           firstTokenAt ??= performance.now()
           tokens++
-          answer.content += choice.delta.content
-          view.append(choice.delta.content)
+          // the first word usually comes with the space a tokenizer puts before words
+          const text = answer.content === '' ? choice.delta.content.trimStart() : choice.delta.content
+          answer.content += text
+          view.append(text)
           scrollToEnd(false)
         }
         if (choice?.finish_reason != null) answer.finish = choice.finish_reason
@@ -198,10 +200,15 @@ async function httpError (response) {
     if (body?.error?.message) message = body.error.message
   } catch {}
   const retry = response.headers.get('retry-after')
-  if (response.status === 503) return new Error(`The swarm cannot answer right now: ${message}${retry ? ` (try again in ${retry} s)` : ''}`)
-  if (response.status === 429) return new Error(`The gateway is busy: ${message}${retry ? ` (try again in ${retry} s)` : ''}`)
+  if (response.status === 503) return new Error(`${sentence(message)}${retry ? ` Try again in ${retry} s.` : ''}`)
+  if (response.status === 429) return new Error(`The gateway is busy: ${sentence(message)}${retry ? ` Try again in ${retry} s.` : ''}`)
   if (response.status === 401) return new Error(`This gateway needs an API key (Settings): ${message}`)
   return new Error(message)
+}
+
+function sentence (message) {
+  const text = message.charAt(0).toUpperCase() + message.slice(1)
+  return /[.!?]$/.test(text) ? text : `${text}.`
 }
 
 function describe (err) {
