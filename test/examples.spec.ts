@@ -80,10 +80,11 @@ describe('examples over a loopback swarm', () => {
       const chat = runExample('openai-chat/chat.ts', ['--message', 'Tell me about the sea', '--max-tokens', '16'], { MINGA_API_URL: base })
       expect(await chat.exited).toBe(0)
       // what the gateway answers without streaming to the same (greedy) request
+      const { data: [model] } = await (await fetch(`${base}/models`)).json()
       const same = await fetch(`${base}/chat/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ model: 'x', messages: [{ role: 'system', content: 'You are a storyteller.' }, { role: 'user', content: 'Tell me about the sea' }], max_tokens: 16, temperature: 0 })
+        body: JSON.stringify({ model: model.id, messages: [{ role: 'system', content: 'You are a storyteller.' }, { role: 'user', content: 'Tell me about the sea' }], max_tokens: 16, temperature: 0 })
       }).then(async r => await r.json())
       expect(chat.stdout()).toBe(same.choices[0].message.content)
       expect(chat.stderr()).toContain(`${same.usage.prompt_tokens} prompt tokens, 16 generated`)

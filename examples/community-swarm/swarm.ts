@@ -3,7 +3,7 @@
 // with the chat page and the swarm map. On several machines, run the same commands on each (and
 // give them the key file and the bootstrap address).
 //   pnpm --filter @minga/example-community-swarm start --model DIR [--num-blocks N] [--port 8080] [--dir STATE_DIR]
-// (or MINGA_MODEL). Ctrl-C stops everything.
+// (or MINGA_MODEL). Prints the page's URL as its only line on stdout; Ctrl-C stops everything.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync, mkdirSync, readFileSync } from 'node:fs'
@@ -54,7 +54,7 @@ async function stopAll (): Promise<void> {
 try {
   // 1. the key: only nodes given this file can connect at all (a private swarm)
   if (!existsSync(swarmKey)) {
-    const keygen = spawn(MINGA, ['keygen', '--swarm-key', swarmKey], { stdio: 'inherit' })
+    const keygen = spawn(MINGA, ['keygen', '--swarm-key', swarmKey], { stdio: ['ignore', process.stderr, process.stderr] })
     const [code] = await once(keygen, 'exit')
     if (code !== 0) throw new Error('minga keygen failed')
   }
