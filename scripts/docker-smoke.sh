@@ -8,7 +8,9 @@
 #
 # MINGA_SMOKE_BASE=debian: for a machine that cannot reach an image registry, first build the
 # Dockerfile's base image (node:lts-bookworm-slim) locally from Debian packages with debootstrap
-# and this machine's own Node (it must be Node ≥ 20.19); needs root and the Debian mirror.
+# and this machine's own Node (it must be Node ≥ 20.19); needs root and the Debian mirror. That
+# base trusts the certificate authorities this machine trusts (its /etc/ssl/certs bundle), so that
+# the image's install step works behind the same TLS proxy as the machine's own npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,8 +37,11 @@ if [ "${MINGA_SMOKE_BASE:-}" = debian ] && ! $DOCKER image inspect "$BASE" >/dev
   cp -r "$npm_root/npm" "$rootfs/usr/local/lib/node_modules/npm"
   ln -s ../lib/node_modules/npm/bin/npm-cli.js "$rootfs/usr/local/bin/npm"
   ln -s ../lib/node_modules/npm/bin/npx-cli.js "$rootfs/usr/local/bin/npx"
+  mkdir -p "$rootfs/etc/ssl/certs"
+  cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
   chroot "$rootfs" sh -c 'groupadd --gid 1000 node && useradd --uid 1000 --gid node --shell /bin/sh --create-home node'
-  tar -C "$rootfs" -c . | $DOCKER import --change 'CMD ["node"]' - "$BASE" >&2
+  tar -C "$rootfs" -c . | $DOCKER import --change 'CMD ["node"]' \
+    --change 'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt' - "$BASE" >&2
   rm -rf "$rootfs"
 fi
 

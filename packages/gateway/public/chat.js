@@ -64,7 +64,7 @@ export function startChat ({ getModel, onStreaming }) {
     prompt.value = ''
     const user = { role: 'user', content: text }
     const answer = { role: 'assistant', content: '' }
-    const history = state.messages.filter(m => !m.failed && m.content !== '').map(({ role, content }) => ({ role, content }))
+    const history = answeredTurns(state.messages)
     state.messages.push(user, answer)
     list.append(renderMessage(user).node)
     const view = renderMessage(answer)
@@ -184,6 +184,19 @@ function renderMessage (message) {
   }
   if (message.role === 'assistant') view.finish(message)
   return view
+}
+
+/** The turns to send again: each question with its answer; questions left unanswered are dropped (chat templates expect user and assistant to alternate). */
+function answeredTurns (messages) {
+  const turns = []
+  for (let i = 0; i + 1 < messages.length; i++) {
+    const [question, answer] = [messages[i], messages[i + 1]]
+    if (question.role === 'user' && answer.role === 'assistant' && !answer.failed && answer.content !== '') {
+      turns.push({ role: 'user', content: question.content }, { role: 'assistant', content: answer.content })
+      i++
+    }
+  }
+  return turns
 }
 
 function headers (apiKey) {
