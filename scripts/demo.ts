@@ -7,7 +7,7 @@ import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { createClient, getSwarmStatus } from '@minga/client'
 import { computeModelId, loadModelConfig } from '@minga/engine'
-import { REPO_ROOT, startNode, type NodeProcess } from './swarm-processes.ts'
+import { REPO_ROOT, startNode, type NodeProcess } from '@minga/cli/processes'
 
 const { values: flags } = parseArgs({
   options: {

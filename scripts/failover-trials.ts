@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { createClient, type MingaClient, type SwarmGenerateOptions } from '@minga/client'
 import { createLocalModel, untilDone } from '@minga/engine'
-import { REPO_ROOT, startNode, type NodeProcess } from './swarm-processes.ts'
+import { REPO_ROOT, startNode, type NodeProcess } from '@minga/cli/processes'
 
 export interface TrialResult {
   trial: number

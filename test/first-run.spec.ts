@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, expect, it } from 'vitest'
-import { REPO_ROOT } from '../scripts/swarm-processes.ts'
+import { REPO_ROOT } from '@minga/cli/processes'
 
 const run = promisify(execFile)
 const parent = mkdtempSync(join(tmpdir(), 'minga-first-run-'))

@@ -8,7 +8,7 @@ import {
   createMingaNode, DType, ErrorCode, FrameType, INFERENCE_PROTOCOL, newSessionId, openChannel,
   type Channel, type FrameInit, type MingaNode
 } from '@minga/p2p'
-import { runMinga, startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
+import { runMinga, startNode, type NodeProcess } from '@minga/cli/processes'
 import { STORIES, tempDir } from '../packages/engine/test/helpers.ts'
 import { until } from './fixtures/until.ts'
 

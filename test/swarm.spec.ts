@@ -5,7 +5,7 @@ import { createClient, getSwarmStatus, type MingaClient, type SwarmGenerationRes
 import { computeModelId, createLocalModel, loadModelConfig, untilDone, type GenerateOptions } from '@minga/engine'
 import { createMingaNode, findSpans, type MingaNode } from '@minga/p2p'
 import { createServer, type MingaServer } from '@minga/server'
-import { startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
+import { startNode, type NodeProcess } from '@minga/cli/processes'
 import { STORIES } from '../packages/engine/test/helpers.ts'
 import { until } from './fixtures/until.ts'
 

@@ -1,7 +1,7 @@
 // Sessions belong to the stream that opened them. Stream ids are only unique within one connection
 // (yamux numbers each connection's streams 1, 3, 5…), so another peer's stream with the same id must
 // neither free nor keep alive a session; and a stream that dies while its OPEN is still running must
-// not leave the session behind. (Found by scripts/fuzz.ts.)
+// not leave the session behind. (Found by @minga/fuzz.)
 // Nothing here waits a fixed time: each step waits for the server's session count, and every test
 // closes what it opened, so a failure cannot leak sessions into the next test.
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest'
