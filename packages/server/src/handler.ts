@@ -17,6 +17,8 @@ export interface SessionHandlerInit {
   maxSessionsPerPeer?: number
   /** Only these peers (peer id strings) may open sessions. Default: anyone. */
   allow?: ReadonlySet<string>
+  /** Times each FORWARD step (span "start:end", tokens, seconds). */
+  onForward?: (span: string, tokens: number, seconds: number) => void
   log: (message: string) => void
 }
 
@@ -113,7 +115,9 @@ export class SessionHandler {
     if (frame.hiddenSize !== hiddenSize) throw new ProtocolError(ErrorCode.WRONG_SHAPE, `hidden size ${frame.hiddenSize} does not match the model's ${hiddenSize}`)
     session.lastUsed = Date.now()
     const hidden = toFloat32(frame)
+    const started = performance.now()
     const out = await this.init.executor.forward(id, hidden, { tokens: frame.tokens, position: frame.position })
+    this.init.onForward?.(`${session.start}:${session.end}`, frame.tokens, (performance.now() - started) / 1000)
     session.lastUsed = Date.now()
     return {
       type: FrameType.RESULT,
