@@ -26,7 +26,7 @@ export interface SessionHandlerInit {
 export const MOVING_MESSAGE = 'moving: this server is shutting down, continue elsewhere'
 
 // Keyed by the Stream object: stream ids are only unique within one connection.
-interface OpenSession { start: number, end: number, lastUsed: number, stream: Stream, peer: string }
+interface OpenSession { start: number, end: number, lastUsed: number, stream: Stream, peer: string, /** "start:end", for metrics */ span: string }
 
 export class SessionHandler {
   private readonly sessions = new Map<string, OpenSession>()
@@ -92,7 +92,7 @@ export class SessionHandler {
       await executor.closeSession(id).catch(err => { this.init.log(`closing session ${id}: ${err.message}`) })
       throw new ProtocolError(ErrorCode.NOT_ALLOWED, `the stream that opened session ${id} has closed`)
     }
-    this.sessions.set(id, { start: frame.startBlock, end: frame.endBlock, lastUsed: Date.now(), stream: ctx.stream, peer })
+    this.sessions.set(id, { start: frame.startBlock, end: frame.endBlock, lastUsed: Date.now(), stream: ctx.stream, peer, span: `${frame.startBlock}:${frame.endBlock}` })
     this.watchStream(ctx)
     return { type: FrameType.ACK, sessionId: frame.sessionId }
   }
@@ -117,7 +117,7 @@ export class SessionHandler {
     const hidden = toFloat32(frame)
     const started = performance.now()
     const out = await this.init.executor.forward(id, hidden, { tokens: frame.tokens, position: frame.position })
-    this.init.onForward?.(`${session.start}:${session.end}`, frame.tokens, (performance.now() - started) / 1000)
+    this.init.onForward?.(session.span, frame.tokens, (performance.now() - started) / 1000)
     session.lastUsed = Date.now()
     return {
       type: FrameType.RESULT,
