@@ -1,12 +1,16 @@
 // The minga command line. Each command lives in its own file under commands/.
 import { Command, CommanderError } from 'commander'
+import { registerApi } from './commands/api.ts'
 import { registerBootstrap } from './commands/bootstrap.ts'
+import { registerChat } from './commands/chat.ts'
 import { registerGenerate } from './commands/generate.ts'
 import { registerKeygen } from './commands/keygen.ts'
 import { registerServe } from './commands/serve.ts'
 import { registerStatus } from './commands/status.ts'
 
 export interface CliIo {
+  /** Where `minga chat` reads messages (default process.stdin). */
+  stdin?: NodeJS.ReadableStream
   stdout: NodeJS.WritableStream
   stderr: NodeJS.WritableStream
 }
@@ -19,6 +23,8 @@ export async function runCli (argv: string[], io: CliIo = { stdout: process.stdo
     .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
     .showSuggestionAfterError(true)
   registerGenerate(program, io)
+  registerChat(program, io)
+  registerApi(program, io)
   registerServe(program, io)
   registerStatus(program, io)
   registerBootstrap(program, io)

@@ -4,8 +4,9 @@
 import type { PrivateKey } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import {
-  computeModelId, createClientHead, generateTokens, loadModelConfig, loadTokenizer, planGeneration,
-  type ClientHead, type GenerateOptions, type GeneratedToken, type GenerationResult, type ModelConfig, type TextTokenizer
+  computeModelId, createClientHead, generateTokens, loadChatTemplate, loadModelConfig, loadTokenizer, planGeneration,
+  type ChatMessage, type ChatTemplate, type ClientHead, type GenerateOptions, type GeneratedToken, type GenerationResult,
+  type ModelConfig, type TextTokenizer
 } from '@minga/engine'
 import { createMingaNode, findSpans, openChannel, type Channel, type MingaNode, type ServerEntry } from '@minga/p2p'
 import { SwarmError } from './errors.ts'
@@ -49,14 +50,28 @@ export interface SwarmGenerationResult extends GenerationResult {
 export interface SwarmGenerateOptions extends GenerateOptions {
   /** Called with the route when the session opens and whenever it changes. */
   onRoute?: (route: Array<{ peerId: string, blocks: [number, number] }>) => void
+  /**
+   * Aborting ends the generation at once, during prefill too: the step in flight fails with the
+   * signal's reason and every server of the route is told to close the session.
+   */
+  signal?: AbortSignal
 }
 
 export interface MingaClient {
   readonly modelId: string
   readonly config: ModelConfig
   readonly node: MingaNode
+  /** The model's tokenizer, run here. */
+  readonly tokenizer: TextTokenizer
   /** Streams new tokens; the generator's return value is the whole result with its route. */
   generate (prompt: string | number[], options?: SwarmGenerateOptions): AsyncGenerator<GeneratedToken, SwarmGenerationResult>
+  /**
+   * A conversation through the model's chat template (NoChatTemplateError if it has none), then
+   * `generate` on the rendered prompt (tokenized without a second BOS).
+   */
+  chat (messages: ChatMessage[], options?: SwarmGenerateOptions): AsyncGenerator<GeneratedToken, SwarmGenerationResult>
+  /** The token ids `chat` would send for these messages. */
+  chatPromptIds (messages: ChatMessage[]): number[]
   /** Peers this client stopped using because they returned wrong results. */
   readonly banned: ReadonlySet<string>
   status (): Promise<SwarmStatus>
@@ -85,20 +100,31 @@ class SwarmClient implements MingaClient, HopConnector {
   private readonly avoided = new Map<string, { failures: number, until: number }>()
   private readonly bannedPeers = new Set<string>()
   private known?: { at: number, servers: ServerEntry[] }
+  private chatTemplate?: ChatTemplate
 
   constructor (
     private readonly init: ClientInit,
     readonly node: MingaNode,
     private readonly head: ClientHead,
-    private readonly tokenizer: TextTokenizer,
+    readonly tokenizer: TextTokenizer,
     readonly config: ModelConfig,
     readonly modelId: string
   ) {}
 
+  chatPromptIds (messages: ChatMessage[]): number[] {
+    this.chatTemplate ??= loadChatTemplate(this.init.modelDir)
+    return this.tokenizer.encode(this.chatTemplate.render(messages), { addSpecialTokens: false })
+  }
+
+  async * chat (messages: ChatMessage[], options: SwarmGenerateOptions = {}): AsyncGenerator<GeneratedToken, SwarmGenerationResult> {
+    return yield * this.generate(this.chatPromptIds(messages), options)
+  }
+
   async * generate (prompt: string | number[], options: SwarmGenerateOptions = {}): AsyncGenerator<GeneratedToken, SwarmGenerationResult> {
     const promptIds = typeof prompt === 'string' ? this.tokenizer.encode(prompt) : prompt
     const plan = planGeneration(promptIds, options, this.config.maxPositionEmbeddings)
-    const { onRoute } = options
+    const { onRoute, signal } = options
+    signal?.throwIfAborted()
     const session = await RemoteSession.open(this, this.config.numLayers, {
       maxLength: plan.sessionLength,
       hiddenSize: this.config.hiddenSize,
@@ -108,12 +134,20 @@ class SwarmClient implements MingaClient, HopConnector {
       verifyProbability: this.init.verifyProbability ?? 0,
       verifyTolerance: this.init.verifyTolerance ?? 1e-3,
       random: Math.random,
+      signal,
       onRoute: onRoute != null ? route => { onRoute(route.map(describeHop)) } : undefined
     })
+    const onAbort = (): void => { session.abort(abortReason(signal!)) }
+    if (signal != null) {
+      session.abortable()
+      signal.addEventListener('abort', onAbort, { once: true })
+    }
     try {
+      signal?.throwIfAborted() // aborted while the route was being opened
       const result = yield * generateTokens(this.head, session, this.tokenizer, this.config.eosTokenIds, plan, options)
       return { ...result, route: session.route.map(describeHop), events: session.events }
     } finally {
+      signal?.removeEventListener('abort', onAbort)
       await session.close()
     }
   }
@@ -226,6 +260,10 @@ class SwarmClient implements MingaClient, HopConnector {
     }
     throw new SwarmError(`cannot reach server ${server.peerId}: ${(lastError as Error)?.message ?? 'no address'}`)
   }
+}
+
+function abortReason (signal: AbortSignal): Error {
+  return signal.reason instanceof Error ? signal.reason : new DOMException(String(signal.reason ?? 'aborted'), 'AbortError')
 }
 
 function describeHop (hop: RouteHop): { peerId: string, blocks: [number, number] } {

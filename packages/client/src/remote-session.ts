@@ -43,6 +43,8 @@ export interface SessionPolicy {
   random: () => number
   /** Called when the route changes (failover, or a verifier that replaced a wrong server). */
   onRoute?: (route: RouteHop[]) => void
+  /** Stops retrying to open or re-route when aborted. */
+  signal?: AbortSignal
 }
 
 export interface SessionEvents {
@@ -67,6 +69,11 @@ export class RemoteSession implements LayerChain {
   private hops: HopState[] = []
   private historyBytes = 0
   private replayable = true
+  private closed = false
+  /** Set by abort(): every pending and later step fails with it, and nothing is re-routed. */
+  private abortReason?: Error
+  private abortion?: Promise<never>
+  private rejectAbortion?: (reason: Error) => void
 
   private constructor (private readonly connector: HopConnector, private readonly policy: SessionPolicy) {}
 
@@ -86,8 +93,11 @@ export class RemoteSession implements LayerChain {
     for (let i = 0; i < this.hops.length; i++) {
       const input = hidden
       try {
-        hidden = await this.request(this.hops[i], input, tokens)
+        if (this.abortReason != null) throw this.abortReason
+        const reply = this.request(this.hops[i], input, tokens)
+        hidden = await (this.abortion != null ? Promise.race([reply, this.abortion]) : reply)
       } catch (err) {
+        if (this.abortReason != null) throw this.abortReason
         hidden = await this.failover(i, err, input, tokens)
         continue // the replacement hops were verified by construction: they replayed the history
       }
@@ -100,7 +110,27 @@ export class RemoteSession implements LayerChain {
   }
 
   async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
     await Promise.all(this.hops.map(async h => { await closeOn(h) }))
+  }
+
+  /**
+   * Ends the session at once (the caller went away): the step in flight fails with `reason`, no
+   * failover follows, and every server is told to close its session now. A server finishes the step
+   * it is computing first: it reads a stream's frames in order.
+   */
+  abort (reason: Error): void {
+    if (this.abortReason != null) return
+    this.abortReason = reason
+    this.rejectAbortion?.(reason)
+    void this.close()
+  }
+
+  /** Lets abort() interrupt a step in flight (only sessions that can be aborted pay for the race). */
+  abortable (): void {
+    this.abortion ??= new Promise<never>((_resolve, reject) => { this.rejectAbortion = reject })
+    this.abortion.catch(() => {})
   }
 
   /** Opens sessions on a route for [start, end), retrying with other servers until the deadline. */
@@ -273,6 +303,7 @@ export class RemoteSession implements LayerChain {
       try {
         return await attempt()
       } catch (err) {
+        this.policy.signal?.throwIfAborted()
         if (Date.now() + delay > deadline) {
           if ((err as Error)?.name === 'NoRouteError') throw err
           throw new SwarmError(`no working route for ${what} within ${this.policy.failoverTimeoutMs} ms: ${messageOf(err)}`)

@@ -5,9 +5,10 @@ export { createClientHead, type ClientHead, type ClientHeadInit } from './client
 export { createLocalModel, type LocalModel, type LocalModelInit } from './local-model.ts'
 export { generateTokens, planGeneration, untilDone, type GenerateOptions, type GeneratedToken, type GenerationPlan, type GenerationResult, type LayerChain } from './generate.ts'
 export { createSampler, validateSampling, argmax, seededRandom, type Sampler, type SamplingOptions } from './sampler.ts'
+export { loadChatTemplate, parseChatTemplate, type ChatMessage, type ChatRenderOptions, type ChatTemplate } from './chat-template.ts'
 export { loadTokenizer, type TextTokenizer, type TextStream } from './tokenizer.ts'
 export { QUANTIZATIONS, type Quantization } from './quantize.ts'
 export {
   ModelLoadError, UnsupportedModelError, InvalidArgumentError, ContextLengthError, UnknownSessionError,
-  SessionLimitError, ShapeError, PositionError, WorkerError
+  SessionLimitError, ShapeError, PositionError, WorkerError, NoChatTemplateError
 } from './errors.ts'

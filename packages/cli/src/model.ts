@@ -1,0 +1,80 @@
+// The model a command generates with: on this machine, or through a swarm with --bootstrap. Shared
+// by `generate` and `chat`, with the flags that choose it.
+import { InvalidArgumentError, type Command } from 'commander'
+import { createClient, type MingaClient } from '@minga/client'
+import { createLocalModel, loadChatTemplate, type ChatMessage, type GenerateOptions, type LocalModel } from '@minga/engine'
+import { loadOrCreateIdentity } from '@minga/p2p'
+import { addSamplingOptions, existingModelDir, integer, number, quantization, swarmKeyOption, userPath } from './options.ts'
+
+export interface ModelFlags {
+  model: string
+  maxNewTokens: number
+  temperature: number
+  topK: number
+  topP: number
+  seed?: number
+  repetitionPenalty: number
+  stop: string[]
+  quant: 'none' | 'int8' | 'int4'
+  spans?: Array<[number, number]>
+  threads?: number
+  bootstrap?: string[]
+  swarmKey?: string
+  identity?: string
+  verifyProbability: number
+}
+
+export function addModelOptions (command: Command): Command {
+  return addSamplingOptions(command)
+    .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
+    .option('--spans <list>', 'run the layers as chained spans, e.g. 0:2,2:5 (default: one span)', parseSpans)
+    .option('--threads <n>', 'onnxruntime threads per span (default: all cores)', integer(1))
+    .option('--bootstrap <multiaddr...>', 'generate through the swarm these nodes belong to (its servers can read the prompt: use a private swarm for sensitive text)')
+    .option('--swarm-key <file>', 'with --bootstrap: the swarm\'s key, if it is private')
+    .option('--identity <file>', 'with --bootstrap: keep this client\'s peer id in a key file, e.g. for servers\' --allow')
+    .option('--verify-probability <r>', 'with --bootstrap: check each step on a second server with this probability', number(0, 1), 0)
+}
+
+export function generateOptions (flags: ModelFlags): GenerateOptions {
+  return {
+    maxNewTokens: flags.maxNewTokens,
+    temperature: flags.temperature,
+    topK: flags.topK,
+    topP: flags.topP,
+    seed: flags.seed,
+    repetitionPenalty: flags.repetitionPenalty,
+    stop: flags.stop
+  }
+}
+
+export async function openModel (flags: ModelFlags): Promise<LocalModel | MingaClient> {
+  const modelDir = existingModelDir(flags.model)
+  if (flags.bootstrap != null && flags.bootstrap.length > 0) {
+    return await createClient({
+      modelDir,
+      bootstrap: flags.bootstrap,
+      threads: flags.threads,
+      swarmKey: await swarmKeyOption(flags.swarmKey),
+      verifyProbability: flags.verifyProbability,
+      privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined
+    })
+  }
+  return await createLocalModel({ modelDir, quant: flags.quant, spans: flags.spans, threads: flags.threads })
+}
+
+/**
+ * Turns a conversation into prompt ids through the model's chat template (tokenized without a
+ * second BOS). Loaded before the model, so a model without a template fails at once.
+ */
+export function chatEncoder (modelDir: string): (tokenizer: LocalModel['tokenizer'], messages: ChatMessage[]) => number[] {
+  const template = loadChatTemplate(existingModelDir(modelDir))
+  return (tokenizer, messages) => tokenizer.encode(template.render(messages), { addSpecialTokens: false })
+}
+
+function parseSpans (value: string): Array<[number, number]> {
+  return value.split(',').map(part => {
+    const match = /^(\d+):(\d+)$/.exec(part.trim())
+    if (match == null || Number(match[1]) >= Number(match[2])) throw new InvalidArgumentError('expected START:END pairs separated by commas, e.g. 0:2,2:5.')
+    return [Number(match[1]), Number(match[2])]
+  })
+}
