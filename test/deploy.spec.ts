@@ -7,7 +7,7 @@ import { Writable } from 'node:stream'
 import { describe, expect, it } from 'vitest'
 import { parse } from 'yaml'
 import { runCli } from '@minga/cli'
-import { REPO_ROOT } from '../scripts/swarm-processes.ts'
+import { REPO_ROOT } from '@minga/cli/processes'
 
 /** Compose's own interpolation of `${VAR:-default}` and `$$`, with an empty environment. */
 function interpolate (value: unknown): unknown {

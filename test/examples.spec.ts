@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLocalModel, untilDone } from '@minga/engine'
-import { REPO_ROOT, startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
+import { REPO_ROOT, startNode, type NodeProcess } from '@minga/cli/processes'
 import { STORIES, storiesWithChatTemplate, tempDir } from '../packages/engine/test/helpers.ts'
 
 const PROMPT = 'Once upon a time'

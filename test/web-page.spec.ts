@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { chromium, type BrowserContext, type Page } from 'playwright-core'
-import { startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
+import { startNode, type NodeProcess } from '@minga/cli/processes'
 import { STORIES, storiesWithChatTemplate } from '../packages/engine/test/helpers.ts'
 
 const CHROMIUM = '/usr/bin/chromium'

@@ -15,6 +15,11 @@ export class ApiError extends Error {
   }
 }
 
+/** A bad GatewayInit value (e.g. --max-concurrent 0). */
+export class GatewayConfigError extends Error {
+  override readonly name = 'GatewayConfigError'
+}
+
 export interface OpenAIErrorBody {
   error: { message: string, type: string, param: string | null, code: string | null }
 }

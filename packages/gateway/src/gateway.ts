@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net'
 import { basename, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createClient, type ClientInit, type MingaClient, type SwarmStatus } from '@minga/client'
-import { ApiError } from './errors.ts'
+import { ApiError, GatewayConfigError } from './errors.ts'
 import type { RouteView } from './generation.ts'
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts'
 import { createRouter } from './routes.ts'
@@ -53,7 +53,9 @@ const PUBLIC_DIR = fileURLToPath(new URL('../public', import.meta.url))
 
 export async function createGateway (init: GatewayInit): Promise<Gateway> {
   const maxConcurrent = init.maxConcurrent ?? 16
-  if (!(Number.isInteger(maxConcurrent) && maxConcurrent >= 1)) throw new ApiError(400, `--max-concurrent must be an integer ≥ 1, got ${maxConcurrent}`)
+  if (!(Number.isInteger(maxConcurrent) && maxConcurrent >= 1)) throw new GatewayConfigError(`--max-concurrent must be an integer ≥ 1, got ${maxConcurrent}`)
+  const maxBodyBytes = init.maxBodyBytes ?? 2 ** 20
+  if (!(Number.isInteger(maxBodyBytes) && maxBodyBytes >= 1024)) throw new GatewayConfigError(`the body size limit must be an integer ≥ 1024 bytes, got ${maxBodyBytes}`)
   const log = init.log ?? (() => {})
   const client = await createClient({ ...init.client, modelDir: init.modelDir, bootstrap: init.bootstrap, swarmKey: init.swarmKey })
   const modelName = init.modelName ?? basename(resolve(init.modelDir))
@@ -67,7 +69,7 @@ export async function createGateway (init: GatewayInit): Promise<Gateway> {
     modelName,
     metrics,
     apiKey: init.apiKey,
-    maxBodyBytes: init.maxBodyBytes ?? 2 ** 20,
+    maxBodyBytes,
     publicDir: resolve(init.publicDir ?? PUBLIC_DIR),
     createdAt: Math.floor(Date.now() / 1000),
     log,

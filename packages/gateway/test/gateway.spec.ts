@@ -3,12 +3,12 @@
 import OpenAI, { APIError, APIUserAbortError, AuthenticationError, BadRequestError, InternalServerError, NotFoundError, RateLimitError } from 'openai'
 import parsePrometheusTextFormat from 'parse-prometheus-text-format'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createLocalModel, loadChatTemplate, type ChatMessage, type LocalModel } from '@minga/engine'
+import { createLocalModel, createSpanExecutor, loadChatTemplate, type ChatMessage, type LocalModel } from '@minga/engine'
 import { createMingaNode, type MingaNode } from '@minga/p2p'
 import { createServer, type MingaServer } from '@minga/server'
 import { createGateway, type Gateway } from '../src/index.ts'
 import { STORIES, storiesWithChatTemplate, waitFor } from '../../engine/test/helpers.ts'
-import { runMinga } from '../../../scripts/swarm-processes.ts'
+import { runMinga } from '../../cli/src/processes.ts'
 
 const KEY = 'test-key'
 const MODEL = 'stories'
@@ -32,6 +32,8 @@ describe('the OpenAI-compatible gateway', () => {
   let gateway: Gateway
   let openai: OpenAI
   let local: LocalModel
+  /** Makes the second server's decode steps fail, for the error-after-streaming-began test. */
+  let failDecode = false
   const chatExpected = new Map<string, Expected>()
 
   /** The local engine's greedy answer to a conversation, on the template's rendered prompt. */
@@ -59,10 +61,20 @@ describe('the OpenAI-compatible gateway', () => {
     local = await createLocalModel({ modelDir: model.path })
     for (const q of QUESTIONS) chatExpected.set(q, await expectChat(user(q)))
     bootstrap = await createMingaNode({})
-    for (const [start, end] of [[0, 3], [3, 5]]) {
-      servers.push(await createServer({ modelDir: STORIES, blocks: { start, end }, bootstrap: bootstrap.addrs(), throughput: 100 }))
+    servers.push(await createServer({ modelDir: STORIES, blocks: { start: 0, end: 3 }, bootstrap: bootstrap.addrs(), throughput: 100 }))
+    const span = await createSpanExecutor({ modelDir: STORIES, start: 3, end: 5 })
+    const executor = {
+      ...span,
+      forward: async (...args: Parameters<typeof span.forward>) => {
+        if (failDecode && args[2]?.tokens === 1) throw new Error('injected failure')
+        return await span.forward(...args)
+      }
     }
-    gateway = await createGateway({ modelDir: model.path, modelName: MODEL, bootstrap: bootstrap.addrs(), port: 0, apiKey: KEY, maxConcurrent: 8, maxBodyBytes: 64 * 1024 })
+    servers.push(await createServer({ modelDir: STORIES, blocks: { start: 3, end: 5 }, executor, bootstrap: bootstrap.addrs(), throughput: 100 }))
+    gateway = await createGateway({
+      modelDir: model.path, modelName: MODEL, bootstrap: bootstrap.addrs(), port: 0, apiKey: KEY, maxConcurrent: 8, maxBodyBytes: 64 * 1024,
+      client: { failoverTimeoutMs: 1000 } // a failed server with no replica is given up on quickly
+    })
     openai = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: KEY, maxRetries: 0 })
   })
   afterAll(async () => {
@@ -311,6 +323,31 @@ describe('the OpenAI-compatible gateway', () => {
         }
         await waitFor(() => servers.every(s => s.openSessions === 0), 'the aborted request\'s sessions to close')
       })
+    })
+
+    // Near the end: the failing server is avoided by the gateway's client for a while afterwards.
+    it('an error after streaming began is sent as data: {"error": …} and then [DONE]', async () => {
+      const res = await fetch(`${gateway.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: MODEL, messages: user('Tell me a story.'), max_tokens: 50, stream: true })
+      })
+      expect(res.status).toBe(200)
+      const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader()
+      let text = ''
+      try {
+        for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+          text += chunk.value
+          if (/"content":"[^"]+"/.test(text)) failDecode = true // a token is out: the headers are sent
+        }
+      } finally {
+        failDecode = false
+      }
+      const events = text.split('\n\n').filter(e => e !== '').map(e => e.replace(/^data: /, ''))
+      expect(events.at(-1)).toBe('[DONE]')
+      const error = JSON.parse(events.at(-2)!).error
+      expect(error).toMatchObject({ type: 'service_unavailable_error', code: 'swarm_unavailable', message: expect.stringMatching(/no server holds blocks 3–4/) })
+      expect(events.slice(0, -2).every(e => JSON.parse(e).object === 'chat.completion.chunk')).toBe(true)
     })
 
     // Last: it takes a server away.

@@ -17,6 +17,8 @@ export interface SessionHandlerInit {
   maxSessionsPerPeer?: number
   /** Only these peers (peer id strings) may open sessions. Default: anyone. */
   allow?: ReadonlySet<string>
+  /** Times each FORWARD step (span "start:end", tokens, seconds). */
+  onForward?: (span: string, tokens: number, seconds: number) => void
   log: (message: string) => void
 }
 
@@ -24,7 +26,7 @@ export interface SessionHandlerInit {
 export const MOVING_MESSAGE = 'moving: this server is shutting down, continue elsewhere'
 
 // Keyed by the Stream object: stream ids are only unique within one connection.
-interface OpenSession { start: number, end: number, lastUsed: number, stream: Stream, peer: string }
+interface OpenSession { start: number, end: number, lastUsed: number, stream: Stream, peer: string, /** "start:end", for metrics */ span: string }
 
 export class SessionHandler {
   private readonly sessions = new Map<string, OpenSession>()
@@ -90,7 +92,7 @@ export class SessionHandler {
       await executor.closeSession(id).catch(err => { this.init.log(`closing session ${id}: ${err.message}`) })
       throw new ProtocolError(ErrorCode.NOT_ALLOWED, `the stream that opened session ${id} has closed`)
     }
-    this.sessions.set(id, { start: frame.startBlock, end: frame.endBlock, lastUsed: Date.now(), stream: ctx.stream, peer })
+    this.sessions.set(id, { start: frame.startBlock, end: frame.endBlock, lastUsed: Date.now(), stream: ctx.stream, peer, span: `${frame.startBlock}:${frame.endBlock}` })
     this.watchStream(ctx)
     return { type: FrameType.ACK, sessionId: frame.sessionId }
   }
@@ -113,7 +115,9 @@ export class SessionHandler {
     if (frame.hiddenSize !== hiddenSize) throw new ProtocolError(ErrorCode.WRONG_SHAPE, `hidden size ${frame.hiddenSize} does not match the model's ${hiddenSize}`)
     session.lastUsed = Date.now()
     const hidden = toFloat32(frame)
+    const started = performance.now()
     const out = await this.init.executor.forward(id, hidden, { tokens: frame.tokens, position: frame.position })
+    this.init.onForward?.(session.span, frame.tokens, (performance.now() - started) / 1000)
     session.lastUsed = Date.now()
     return {
       type: FrameType.RESULT,

@@ -9,6 +9,7 @@ import {
 import { chooseBlocks } from './block-selection.ts'
 import { ServerConfigError } from './errors.ts'
 import { SessionHandler } from './handler.ts'
+import { createServerMetrics, serveMetrics, type ServerMetrics } from './metrics.ts'
 import { measureThroughput } from './throughput.ts'
 
 export const MINGA_VERSION = '0.1.0'
@@ -58,6 +59,10 @@ export interface ServerInit {
    * the engine, e.g. tests that need a server which corrupts its outputs.
    */
   executor?: SpanExecutor
+  /** Serve Prometheus metrics at http://metricsHost:metricsPort/metrics (0: any free port). Default: none. */
+  metricsPort?: number
+  /** Default 127.0.0.1. */
+  metricsHost?: string
   log?: (message: string) => void
 }
 
@@ -70,6 +75,10 @@ export interface MingaServer {
   readonly throughput: number
   /** Sessions open now. */
   readonly openSessions: number
+  /** The node's metrics (also served at metricsUrl when ServerInit.metricsPort is set). */
+  readonly metrics: ServerMetrics
+  /** http://host:port/metrics, when metricsPort was given. */
+  readonly metricsUrl?: string
   addrs (): string[]
   /**
    * Stops gracefully: refuses new sessions (BUSY "busy: this server is shutting down"), withdraws
@@ -98,6 +107,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   let channels: ChannelServer | undefined
   let handler: SessionHandler | undefined
   let announcer: Announcer | undefined
+  let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined
 
   // Shutdown, in steps: withdraw, drain, tell the rest to move, close. The drain is timed from the
   // stop() call; `now` (stop({ immediate: true })) ends whichever step is in progress and skips the rest.
@@ -138,6 +148,10 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       clearTimeout(drainTimer)
     }
     // (e) close
+    if (metricsServer != null) {
+      const { server } = metricsServer
+      await new Promise<void>(resolve => { server.close(() => { resolve() }); server.closeAllConnections() })
+    }
     await channels?.close()
     await handler?.stop()
     await executor?.close()
@@ -170,23 +184,28 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     const throughput = init.throughput ?? await measureThroughput(executor)
     log(`throughput ${throughput.toFixed(1)} tokens/s through the span`)
 
+    const span = executor
+    let openSessions = (): number => 0
+    const metrics = createServerMetrics({ openSessions: () => openSessions(), stats: async () => await span.stats() })
     const sessions = new SessionHandler({
       executor,
       idleTimeoutMs: init.sessionIdleMs ?? 5 * 60_000,
       maxSessionsPerPeer: limits.maxSessionsPerPeer,
       allow: limits.allow,
+      onForward: metrics.forward,
       log
     })
+    openSessions = () => sessions.openSessions
     handler = sessions
     channels = await handleChannel(node, INFERENCE_PROTOCOL, sessions.onFrame, {
       maxFrameBytes: limits.maxFrameBytes,
+      onAnswered: metrics.answered,
       onError: (err: any) => { log(`request failed: ${err?.message ?? err}`) }
     })
     await serveInfo(node, () => ({
       modelId, modelType: config.modelType, numLayers: config.numLayers, start: blocks.start, end: blocks.end, version: MINGA_VERSION,
       ...(init.publicName != null ? { name: init.publicName } : {})
     }))
-    const span = executor
     const info = async (): Promise<SpanInfo> => {
       const stats = await span.stats()
       return {
@@ -203,6 +222,10 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     const ttlMs = init.announceTtlMs ?? 60_000
     announcer = startAnnouncer(node, info, { ttlMs, onError: (err: any) => { log(`announce failed: ${err?.message ?? err}`) } })
     await announcer.ready
+    if (init.metricsPort != null) {
+      metricsServer = await serveMetrics(metrics.registry, init.metricsHost ?? '127.0.0.1', init.metricsPort)
+      log(`metrics at ${metricsServer.url}`)
+    }
 
     return {
       node,
@@ -212,6 +235,8 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       end: blocks.end,
       throughput,
       get openSessions () { return sessions.openSessions },
+      metrics,
+      metricsUrl: metricsServer?.url,
       addrs: () => node.addrs(),
       stop
     }

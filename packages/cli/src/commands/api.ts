@@ -1,6 +1,5 @@
 // `minga api`: an OpenAI-compatible HTTP gateway to the swarm (see @minga/gateway), until SIGINT/SIGTERM.
 import type { Command } from 'commander'
-import { createGateway } from '@minga/gateway'
 import type { CliIo } from '../index.ts'
 import { existingModelDir, integer, swarmKeyOption, untilSignal } from '../options.ts'
 
@@ -35,6 +34,8 @@ export function registerApi (program: Command, io: CliIo): void {
 
 async function api (flags: ApiFlags, io: CliIo): Promise<void> {
   const log = (message: string): void => { io.stderr.write(`minga api: ${message}\n`) }
+  // Loaded here, so the other commands do not pay for the gateway's modules.
+  const { createGateway } = await import('@minga/gateway')
   const gateway = await createGateway({
     modelDir: existingModelDir(flags.model),
     modelName: flags.modelName,

@@ -26,6 +26,8 @@ interface ServeFlags {
   maxSessionsPerPeer: number
   maxFrameMb?: number
   drainTimeout: number
+  metricsPort?: number
+  metricsHost: string
   json?: boolean
 }
 
@@ -51,6 +53,8 @@ export function registerServe (program: Command, io: CliIo): void {
     .option('--allow <peerid...>', 'only these peers may open sessions (default: anyone)')
     .option('--max-frame-mb <MiB>', 'largest inference frame accepted; bigger ones get TOO_LARGE (default 64)', number(0, 1024, { minExclusive: true }))
     .option('--drain-timeout <seconds>', 'on SIGINT/SIGTERM, how long open sessions may go on before they are told to move', number(0, 86_400), 30)
+    .option('--metrics-port <n>', 'serve Prometheus metrics at http://HOST:N/metrics (0: any free port)', integer(0, 65535))
+    .option('--metrics-host <host>', 'with --metrics-port: the address to listen on', '127.0.0.1')
     .option('--json', 'print one JSON line when serving; logs go to stderr')
     .action(async (flags: ServeFlags) => { await serve(flags, io) })
 }
@@ -78,9 +82,11 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
     maxSessionsPerPeer: flags.maxSessionsPerPeer,
     maxFrameBytes: flags.maxFrameMb != null ? Math.round(flags.maxFrameMb * 2 ** 20) : undefined,
     drainTimeoutMs: flags.drainTimeout * 1000,
+    metricsPort: flags.metricsPort,
+    metricsHost: flags.metricsHost,
     log
   })
-  const ready = { peerId: server.peerId, addrs: server.addrs(), blocks: [server.start, server.end] }
+  const ready = { peerId: server.peerId, addrs: server.addrs(), blocks: [server.start, server.end], ...(server.metricsUrl != null ? { metricsUrl: server.metricsUrl } : {}) }
   if (flags.json === true) io.stdout.write(JSON.stringify(ready) + '\n')
   else io.stdout.write(`serving blocks [${server.start}, ${server.end}) of model ${server.modelId}\n${server.addrs().map(a => `  ${a}`).join('\n')}\n`)
   const signal = await untilSignal()
