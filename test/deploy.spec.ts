@@ -1,7 +1,7 @@
 // docker-compose.yml and the Dockerfile, checked without a Docker engine: the compose file parses,
 // every service's command is accepted by the CLI's own parser (`minga --check`), the swarm stays on
 // the host's 127.0.0.1, and the image installs the project with the README's install step.
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { describe, expect, it } from 'vitest'
@@ -69,9 +69,11 @@ describe('docker-compose.yml', () => {
   it('mounts the model read-only, keeps prepared spans in a named volume, and checks the gateway\'s /health', () => {
     expect(Object.keys(compose.volumes)).toEqual(['minga-cache'])
     for (const name of ['server-1', 'server-2', 'server-3', 'gateway']) {
-      expect(services[name].volumes).toContain('./models/stories260k:/model:ro')
+      expect(services[name].volumes).toContain('./models/stories260k:/model:ro') // the model that ships in the repository
       expect(flag(services[name].command, '--model')).toBe('/model')
     }
+    expect(existsSync(join(REPO_ROOT, 'models/stories260k/config.json'))).toBe(true)
+    expect(existsSync(join(REPO_ROOT, 'docker/bootstrap.key'))).toBe(true)
     for (const name of ['server-1', 'server-2', 'server-3']) expect(services[name].volumes).toContain('minga-cache:/cache')
     const port = flag(services.gateway.command, '--port')
     expect(services.gateway.healthcheck.test.join(' ')).toContain(`http://127.0.0.1:${port}/health`)
