@@ -31,6 +31,8 @@ What next:
   pnpm --silent minga bootstrap --listen /ip4/0.0.0.0/tcp/31337          start a swarm of your own that others can join
   pnpm --silent minga generate --model DIR --bootstrap ADDR --prompt …   generate through a swarm
   pnpm --silent minga status --bootstrap ADDR                            see which machines hold which layers
+  pnpm --silent minga chat --model DIR --bootstrap ADDR                  chat in the terminal (a model with a chat template)
+  pnpm --silent minga api --model DIR --bootstrap ADDR                   an OpenAI-compatible API, a chat page and the swarm's map on http://127.0.0.1:8080
   README.md explains each, private swarms (--swarm-key) and what the servers can see of a prompt.
 `
 
