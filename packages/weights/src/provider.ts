@@ -12,6 +12,7 @@ import type { WeightSource } from './store.ts'
 
 export const WEIGHTS_PROTOCOL = '/minga/weights/1.0.0'
 export const DEFAULT_MAX_TRANSFERS = 8
+export const DEFAULT_REANNOUNCE_MS = 10 * 60_000
 const MAX_REQUEST_BYTES = 1024
 const REQUEST_TIMEOUT_MS = 10_000
 /** A stream with no request for this long is closed. */
@@ -32,6 +33,8 @@ export interface ServeWeightsOptions {
   maxTransfers?: number
   /** Announce each model as provided in the DHT (default true). */
   announce?: boolean
+  /** How often the announcements are renewed. Default 10 min. */
+  reannounceMs?: number
   log?: (message: string) => void
 }
 
@@ -127,14 +130,20 @@ export async function serveWeights (node: MingaNode, sources: WeightSource[], op
   }
   await node.libp2p.handle(WEIGHTS_PROTOCOL, handler, { maxInboundStreams: Math.max(64, maxTransfers * 4), runOnLimitedConnection: false })
 
+  // A node with no DHT peer yet has nobody to tell: it tries again every reannounceMs (as it does
+  // anyway, so that providers a swarm forgot come back).
   const announce = async (source: WeightSource): Promise<void> => {
+    if (closed || node.dhtPeers() === 0) return
     try {
       await node.libp2p.contentRouting.provide(modelCid(source.modelId), { signal: AbortSignal.timeout(30_000) })
     } catch (err: any) {
-      // a lone node (or a swarm that is just starting) has nobody to tell yet: the DHT re-provides later
       log(`announcing model ${source.modelId} as provided failed: ${err?.message ?? err}`)
     }
   }
+  const reannounce = options.announce !== false
+    ? setInterval(() => { for (const source of models.values()) void announce(source) }, options.reannounceMs ?? DEFAULT_REANNOUNCE_MS)
+    : undefined
+  reannounce?.unref()
   const provider: WeightsProvider = {
     add: async (source) => {
       models.set(source.modelId, source)
@@ -145,6 +154,7 @@ export async function serveWeights (node: MingaNode, sources: WeightSource[], op
     close: async () => {
       if (closed) return
       closed = true
+      clearInterval(reannounce)
       await node.libp2p.unhandle(WEIGHTS_PROTOCOL).catch(() => {})
       for (const id of models.keys()) await node.libp2p.services.dht.cancelReprovide(modelCid(id)).catch(() => {})
       models.clear()
