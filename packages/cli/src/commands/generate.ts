@@ -4,10 +4,11 @@ import { createLocalModel, type GenerateOptions, type GenerationResult } from '@
 import { createClient, type SwarmGenerationResult } from '@minga/client'
 import { loadOrCreateIdentity } from '@minga/p2p'
 import type { CliIo } from '../index.ts'
-import { addSamplingOptions, existingModelDir, integer, number, quantization, swarmKeyOption, userPath } from '../options.ts'
+import { addSamplingOptions, integer, modelChoice, number, quantization, swarmKeyOption, userPath } from '../options.ts'
 
 interface GenerateFlags {
-  model: string
+  model?: string
+  modelId?: string
   prompt: string
   maxNewTokens: number
   temperature: number
@@ -29,7 +30,8 @@ interface GenerateFlags {
 export function registerGenerate (program: Command, io: CliIo): void {
   const command = program.command('generate')
     .description('generate text from a prompt')
-    .requiredOption('--model <dir>', 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)')
+    .option('--model <dir>', 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)')
+    .option('--model-id <id>', 'with --bootstrap, instead of --model: fetch only what the client runs from the swarm')
     .requiredOption('--prompt <text>', 'the prompt')
   addSamplingOptions(command)
     .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
@@ -44,7 +46,6 @@ export function registerGenerate (program: Command, io: CliIo): void {
 }
 
 async function generate (flags: GenerateFlags, io: CliIo): Promise<void> {
-  const modelDir = existingModelDir(flags.model)
   const options: GenerateOptions = {
     maxNewTokens: flags.maxNewTokens,
     temperature: flags.temperature,
@@ -57,14 +58,15 @@ async function generate (flags: GenerateFlags, io: CliIo): Promise<void> {
   const swarm = flags.bootstrap != null && flags.bootstrap.length > 0
   const model = swarm
     ? await createClient({
-      modelDir,
+      ...modelChoice(flags),
+      fetch: { log: message => { io.stderr.write(`minga: ${message}\n`) } },
       bootstrap: flags.bootstrap!,
       threads: flags.threads,
       swarmKey: await swarmKeyOption(flags.swarmKey),
       verifyProbability: flags.verifyProbability,
       privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined
     })
-    : await createLocalModel({ modelDir, quant: flags.quant, spans: flags.spans, threads: flags.threads })
+    : await createLocalModel({ modelDir: modelChoice(flags).modelDir!, quant: flags.quant, spans: flags.spans, threads: flags.threads })
   let result: GenerationResult & { route?: SwarmGenerationResult['route'] }
   try {
     const stream = model.generate(flags.prompt, options)
