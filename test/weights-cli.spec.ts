@@ -10,13 +10,13 @@ import { STORIES, STORIES_REFERENCE_IDS, tempDir } from '../packages/engine/test
 
 const nodes: NodeProcess[] = []
 const cache = tempDir('weights-cli')
-const previousCache = process.env.MINGA_CACHE_DIR
+const previousCache = process.env.MINGA_CACHE
 
-beforeAll(() => { process.env.MINGA_CACHE_DIR = join(cache.path, 'client') }) // runMinga's processes inherit it
+beforeAll(() => { process.env.MINGA_CACHE = join(cache.path, 'client') }) // runMinga's processes inherit it
 afterAll(async () => {
   await Promise.all(nodes.map(async n => await n.stop()))
-  if (previousCache == null) delete process.env.MINGA_CACHE_DIR
-  else process.env.MINGA_CACHE_DIR = previousCache
+  if (previousCache == null) delete process.env.MINGA_CACHE
+  else process.env.MINGA_CACHE = previousCache
   cache.remove()
 })
 
@@ -33,7 +33,7 @@ it('manifest → seed → serve --model-id → generate --model-id', async () =>
   nodes.push(seed)
   expect((seed.ready as { modelId?: string }).modelId).toBe(modelId)
   const server = await startNode(['serve', '--model-id', modelId, '--blocks', 'auto', '--bootstrap', addr, '--throughput', '100'], {
-    label: 'serve --model-id', env: { MINGA_CACHE_DIR: join(cache.path, 'server') }
+    label: 'serve --model-id', env: { MINGA_CACHE: join(cache.path, 'server') }
   })
   nodes.push(server)
   expect(server.ready.blocks).toEqual([0, 5])

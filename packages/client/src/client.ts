@@ -33,7 +33,7 @@ export interface ClientInit {
    * final norm, LM head), verified chunk by chunk, into its local store, and reuses it next time.
    */
   modelId?: string
-  /** Where fetched models are stored (default: MINGA_CACHE_DIR or ~/.cache/minga). */
+  /** Where fetched models are stored (default: MINGA_CACHE or ~/.cache/minga). */
   cacheDir?: string
   /** With modelId: options for the fetch (providers, parallelism, progress, a signal, a log). */
   fetch?: Partial<Pick<FetchModelInit, 'providers' | 'parallel' | 'progress' | 'signal' | 'onChunk' | 'requestTimeoutMs' | 'log'>>

@@ -62,10 +62,10 @@ export interface ManifestOptions {
   cacheDir?: string | null
 }
 
-/** MINGA_CACHE_DIR, else $XDG_CACHE_HOME/minga, else ~/.cache/minga. */
+/** $MINGA_CACHE, else ~/.cache/minga (as the benchmarks use). */
 export function defaultCacheDir (): string {
-  if (process.env.MINGA_CACHE_DIR != null && process.env.MINGA_CACHE_DIR !== '') return resolve(process.env.MINGA_CACHE_DIR)
-  return join(process.env.XDG_CACHE_HOME != null && process.env.XDG_CACHE_HOME !== '' ? process.env.XDG_CACHE_HOME : join(homedir(), '.cache'), 'minga')
+  if (process.env.MINGA_CACHE != null && process.env.MINGA_CACHE !== '') return resolve(process.env.MINGA_CACHE)
+  return join(homedir(), '.cache', 'minga')
 }
 
 /** The model id of a model directory: the CID of its manifest (cached for large checkpoints). */

@@ -34,7 +34,7 @@ export interface ServerInit {
   shareMbps?: number
   /** Chunk transfers served at once (default 8). */
   maxTransfers?: number
-  /** Where fetched models are stored (default: MINGA_CACHE_DIR or ~/.cache/minga). */
+  /** Where fetched models are stored (default: MINGA_CACHE or ~/.cache/minga). */
   cacheDir?: string
   /** Chunk size of the directory's manifest (default 4 MiB; it is part of the model id). */
   chunkBytes?: number

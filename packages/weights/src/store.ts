@@ -24,7 +24,7 @@ export interface WeightSource {
 
 export interface WeightStoreInit {
   modelId: string
-  /** Default: defaultCacheDir() (MINGA_CACHE_DIR, or ~/.cache/minga); the store is <cacheDir>/models/<id>. */
+  /** Default: defaultCacheDir() (MINGA_CACHE, or ~/.cache/minga); the store is <cacheDir>/models/<id>. */
   cacheDir?: string
 }
 
