@@ -73,14 +73,20 @@ export async function fetchModel (init: FetchModelInit): Promise<FetchResult> {
   const signal = init.signal ?? new AbortController().signal
   const store = init.store ?? createWeightStore({ modelId: init.modelId, cacheDir: init.cacheDir })
   const timeoutMs = init.requestTimeoutMs ?? 120_000
-  const peers = init.providers ?? await findWeightProviders(init.node, init.modelId, { signal })
-  const providers: ProviderState[] = peers.map(peer => ({ peer, key: peer.toString(), failures: 0, busy: 0, bad: false }))
+  // the DHT is asked only when something is missing: a store that holds it all starts offline
+  let providers: ProviderState[] | undefined
+  const findProviders = async (): Promise<ProviderState[]> => {
+    const peers = init.providers ?? await findWeightProviders(init.node, init.modelId, { signal })
+    providers ??= peers.map(peer => ({ peer, key: peer.toString(), failures: 0, busy: 0, bad: false }))
+    if (providers.length === 0) throw new UnknownModelError(`no provider of model ${init.modelId} found in the swarm (is a node serving or seeding it, and is the bootstrap node on the same swarm?)`)
+    return providers
+  }
   const requestSignal = (): AbortSignal => AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)])
 
   if (store.manifest == null) {
-    if (providers.length === 0) throw new UnknownModelError(`no provider of model ${init.modelId} found in the swarm (is a node serving or seeding it, and is the bootstrap node on the same swarm?)`)
     const reasons: string[] = []
-    for (const p of providers) {
+    const candidates = await findProviders()
+    for (const p of candidates) {
       try {
         store.setManifest(await requestWeights(init.node, p.peer, { model: init.modelId, op: 'manifest' }, 256 * 2 ** 20, requestSignal()))
         break
@@ -91,7 +97,7 @@ export async function fetchModel (init: FetchModelInit): Promise<FetchResult> {
       }
     }
     if (store.manifest == null) {
-      const Named = reasons.length > 0 && providers.every(p => p.bad) ? ManifestError : UnknownModelError
+      const Named = reasons.length > 0 && candidates.every(p => p.bad) ? ManifestError : UnknownModelError
       throw new Named(`no provider gave a valid manifest of model ${init.modelId}: ${reasons.join('; ')}`)
     }
   }
@@ -106,7 +112,7 @@ export async function fetchModel (init: FetchModelInit): Promise<FetchResult> {
     const progress = init.progress ?? init.log != null ? createProgress(label, total, log) : undefined
     let done = 0
     try {
-      await fetchChunks(missing, providers, {
+      await fetchChunks(missing, providers ?? await findProviders(), {
         init, store, requestSignal, signal, log,
         onChunk: (chunk, provider) => {
           stats.chunksFetched++
@@ -140,7 +146,7 @@ export async function fetchModel (init: FetchModelInit): Promise<FetchResult> {
     store,
     tensors,
     ...stats,
-    badProviders: providers.filter(p => p.bad).map(p => p.key)
+    badProviders: (providers ?? []).filter(p => p.bad).map(p => p.key)
   }
 }
 
