@@ -69,9 +69,18 @@ interface ProviderState {
 }
 
 export async function fetchModel (init: FetchModelInit): Promise<FetchResult> {
+  const store = init.store ?? createWeightStore({ modelId: init.modelId, cacheDir: init.cacheDir })
+  try {
+    return await fetchInto(init, store)
+  } catch (err) {
+    if (init.store == null) store.close()
+    throw err
+  }
+}
+
+async function fetchInto (init: FetchModelInit, store: WeightStore): Promise<FetchResult> {
   const log = init.log ?? (() => {})
   const signal = init.signal ?? new AbortController().signal
-  const store = init.store ?? createWeightStore({ modelId: init.modelId, cacheDir: init.cacheDir })
   const timeoutMs = init.requestTimeoutMs ?? 120_000
   // the DHT is asked only when something is missing: a store that holds it all starts offline
   let providers: ProviderState[] | undefined
