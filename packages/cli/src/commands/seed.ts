@@ -30,6 +30,7 @@ export function registerSeed (program: Command, io: CliIo): void {
     .option('--json', 'print one JSON line {"peerId", "addrs", "modelId"} when sharing; logs go to stderr')
     .action(async (flags: SeedFlags) => {
       const log = (message: string): void => { io.stderr.write(`minga seed: ${message}\n`) }
+      log('reading the manifest (the first time, this hashes every byte of the model; then it is cached)')
       const model = await resolveModel({ modelDir: existingModelDir(flags.model) })
       const node = await createMingaNode({
         listen: flags.listen,
