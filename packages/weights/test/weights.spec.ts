@@ -1,8 +1,10 @@
 // Manifests, the store, the provider and the fetcher with real libp2p nodes on 127.0.0.1 and the
 // real stories260k checkpoint, cut into 4 KiB chunks so that it has a few hundred.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { readFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { spawn } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { computeModelId, manifestId } from '@minga/engine'
 import { createMingaNode, type MingaNode } from '@minga/p2p'
 import { STORIES, tempDir } from '../../engine/test/helpers.ts'
@@ -11,6 +13,9 @@ import {
   type WeightSource, type WeightsProvider
 } from '../src/index.ts'
 import { SafetensorsCheckpoint } from '../../engine/src/safetensors.ts'
+import { until } from '../../../test/fixtures/until.ts'
+
+const HERE = dirname(fileURLToPath(import.meta.url))
 
 const CHUNK = 4096
 const loaded = buildManifest(STORIES, { chunkBytes: CHUNK })
@@ -127,6 +132,42 @@ it('a fetch killed half-way resumes without fetching its verified chunks again',
     expect(resumed.chunksFetched).toBeLessThanOrEqual(total - 40)
     resumed.store.close()
   } finally {
+    cache.remove()
+  }
+})
+
+it('a fetch in a process killed with SIGKILL half-way resumes from what it had verified', async () => {
+  const cache = tempDir('weights-sigkill')
+  // a capped provider (2 Mbit/s: over 4 s for the whole model) so the child cannot finish before it is killed
+  const slowNode = await node()
+  const slow = await serveWeights(slowNode, [source], { announce: false, shareMbps: 2 })
+  providers.push(slow)
+  const client = await node()
+  const child = spawn(process.execPath, ['--import', 'tsx', join(HERE, 'fixtures/fetch-child.ts'), ID, slowNode.addrs()[0], cache.path], { stdio: 'ignore' })
+  const exited = new Promise(resolve => child.once('exit', resolve))
+  try {
+    const log = join(cache.path, 'models', ID, 'verified.log')
+    const verified = (): number => existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(l => /^\d+$/.test(l)).length : 0
+    await until(() => verified() >= 40, 'the child has verified 40 chunks', { timeoutMs: 60_000 })
+    child.kill('SIGKILL')
+    await exited
+    const before = verified()
+    expect(before).toBeLessThan(source.chunks.length)
+    const resumed = await fetchModel({ node: client, modelId: ID, cacheDir: cache.path, providers: [honest[0].peerId] })
+    console.log(`SIGKILL: ${before} tensor chunks verified before the kill; the resumed fetch reused ${resumed.chunksReused} and fetched ${resumed.chunksFetched} of ${resumed.store.chunks.length}`)
+    expect(resumed.chunksReused).toBeGreaterThanOrEqual(before)
+    expect(resumed.chunksReused + resumed.chunksFetched).toBe(resumed.store.chunks.length)
+    const original = new SafetensorsCheckpoint(STORIES)
+    const fetched = new SafetensorsCheckpoint(resumed.dir)
+    try {
+      for (const t of loaded.manifest.tensors) expect(fetched.read(t.name)).toEqual(original.read(t.name))
+    } finally {
+      original.close()
+      fetched.close()
+    }
+    resumed.store.close()
+  } finally {
+    child.kill('SIGKILL')
     cache.remove()
   }
 })
