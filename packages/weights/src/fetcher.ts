@@ -2,6 +2,8 @@
 // several providers in parallel. Each chunk is verified against the manifest before it is written;
 // a provider that sends a bad chunk is dropped and the chunk is fetched from another. Chunks the
 // store already holds are not fetched again, so a killed fetch resumes where it stopped.
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import type { PeerId } from '@libp2p/interface'
 import type { ModelManifest } from '@minga/engine'
 import type { MingaNode } from '@minga/p2p'
@@ -138,9 +140,8 @@ async function fetchInto (init: FetchModelInit, store: WeightStore): Promise<Fet
   }
 
   await run(store.chunks.filter(c => c.kind === 'file'), `model ${init.modelId.slice(-8)} files`)
-  const configFile = manifest.files.find(f => f.path === 'config.json')
-  if (configFile == null) throw new ManifestError(`the manifest of ${init.modelId} has no config.json`)
-  const config = JSON.parse(new TextDecoder().decode(store.read(store.chunks.find(c => c.kind === 'file' && manifest.files[c.item] === configFile)!)))
+  if (!manifest.files.some(f => f.path === 'config.json')) throw new ManifestError(`the manifest of ${init.modelId} has no config.json`)
+  const config = JSON.parse(readFileSync(join(store.dir, 'config.json'), 'utf8'))
   const select = init.select ?? { all: true }
   const selection = typeof select === 'function' ? await select(manifest, config) : select
   const tensors = selectTensors(manifest, selection, config.tie_word_embeddings === true)
