@@ -4,7 +4,7 @@
 //
 //   node --import tsx packages/weights/bench/fetch.bench.ts [--blocks 0:4] [--parallel 4]
 //
-// See README.md next to this file.
+// See README.md next to this file (and its results).
 import '@minga/p2p/polyfill'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
