@@ -119,8 +119,9 @@ class LocalWeightStore implements WeightStore {
     const manifest = this.manifest!
     const log = join(this.dir, LOG_FILE)
     if (existsSync(log)) {
-      for (const line of readFileSync(log, 'utf8').split('\n')) {
-        // a line cut short by a kill is not a complete record: its chunk is fetched again
+      const lines = readFileSync(log, 'utf8').split('\n')
+      lines.pop() // '' after the last newline, or a line cut short (a crash mid-write): its chunk is fetched again
+      for (const line of lines) {
         if (!/^\d+$/.test(line)) continue
         const index = Number(line)
         if (index < this.chunks.length && this.chunks[index].kind === 'tensor') this.verified.add(index)

@@ -2,14 +2,14 @@
 // real stories260k checkpoint, cut into 4 KiB chunks so that it has a few hundred.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { spawn } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { appendFileSync, existsSync, readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { computeModelId, manifestId } from '@minga/engine'
 import { createMingaNode, type MingaNode } from '@minga/p2p'
 import { STORIES, tempDir } from '../../engine/test/helpers.ts'
 import {
-  buildManifest, directorySource, fetchModel, modelCid, requestWeights, selectTensors, serveWeights,
+  buildManifest, createWeightStore, directorySource, fetchModel, modelCid, requestWeights, selectTensors, serveWeights,
   type WeightSource, type WeightsProvider
 } from '../src/index.ts'
 import { SafetensorsCheckpoint } from '../../engine/src/safetensors.ts'
@@ -200,4 +200,23 @@ describe('bad input', () => {
       cache.remove()
     }
   })
+})
+
+it('the store ignores a record cut short at the end of verified.log', async () => {
+  const cache = tempDir('weights-log')
+  try {
+    const store = createWeightStore({ modelId: ID, cacheDir: cache.path })
+    store.setManifest(loaded.bytes)
+    const tensorChunks = store.chunks.filter(c => c.kind === 'tensor')
+    for (const c of tensorChunks.slice(0, 3)) expect(store.write(c, source.read(c))).toBe(true)
+    expect(store.write(tensorChunks[3], new Uint8Array(tensorChunks[3].length))).toBe(false) // a wrong chunk is not written
+    store.close()
+    appendFileSync(join(cache.path, 'models', ID, 'verified.log'), String(tensorChunks[4].index)) // no newline: cut short
+    const reopened = createWeightStore({ modelId: ID, cacheDir: cache.path })
+    expect(tensorChunks.map(c => reopened.has(c.index)).slice(0, 6)).toEqual([true, true, true, false, false, false])
+    expect(Buffer.from(reopened.read(tensorChunks[1]))).toEqual(Buffer.from(source.read(tensorChunks[1])))
+    reopened.close()
+  } finally {
+    cache.remove()
+  }
 })
