@@ -16,6 +16,8 @@ import { createWeightStore, type WeightStore } from './store.ts'
 /** A provider failing this many requests in a row (other than busy) is dropped for this fetch. */
 const MAX_FAILURES = 3
 const MAX_BUSY_RETRIES = 200
+/** A 70B model's manifest is a few MB; the channel reads at most 64 MiB per message. */
+const MAX_MANIFEST_BYTES = 64 * 2 ** 20
 
 export interface FetchModelInit {
   node: MingaNode
@@ -99,7 +101,7 @@ async function fetchInto (init: FetchModelInit, store: WeightStore): Promise<Fet
     const candidates = await findProviders()
     for (const p of candidates) {
       try {
-        store.setManifest(await requestWeights(init.node, p.peer, { model: init.modelId, op: 'manifest' }, 256 * 2 ** 20, requestSignal()))
+        store.setManifest(await requestWeights(init.node, p.peer, { model: init.modelId, op: 'manifest' }, MAX_MANIFEST_BYTES, requestSignal()))
         break
       } catch (err: any) {
         if (signal.aborted) throw err
