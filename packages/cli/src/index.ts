@@ -5,6 +5,8 @@ import { registerBootstrap } from './commands/bootstrap.ts'
 import { registerChat } from './commands/chat.ts'
 import { registerGenerate } from './commands/generate.ts'
 import { registerKeygen } from './commands/keygen.ts'
+import { registerManifest } from './commands/manifest.ts'
+import { registerSeed } from './commands/seed.ts'
 import { registerServe } from './commands/serve.ts'
 import { registerStatus } from './commands/status.ts'
 
@@ -37,6 +39,8 @@ export async function runCli (argv: string[], io: CliIo = { stdout: process.stdo
   registerStatus(program, io)
   registerBootstrap(program, io)
   registerKeygen(program, io)
+  registerManifest(program, io)
+  registerSeed(program, io)
   try {
     await program.parseAsync(argv)
     return 0

@@ -4,10 +4,12 @@ import { InvalidArgumentError, type Command } from 'commander'
 import { createClient, type MingaClient } from '@minga/client'
 import { createLocalModel, loadChatTemplate, type ChatMessage, type GenerateOptions, type LocalModel } from '@minga/engine'
 import { loadOrCreateIdentity } from '@minga/p2p'
-import { addSamplingOptions, existingModelDir, integer, number, quantization, swarmKeyOption, userPath } from './options.ts'
+import { addSamplingOptions, existingModelDir, integer, modelChoice, number, quantization, swarmKeyOption, userPath } from './options.ts'
 
 export interface ModelFlags {
-  model: string
+  model?: string
+  /** With --bootstrap, instead of --model: the client fetches what it runs from the swarm. */
+  modelId?: string
   maxNewTokens: number
   temperature: number
   topK: number
@@ -47,11 +49,13 @@ export function generateOptions (flags: ModelFlags): GenerateOptions {
   }
 }
 
-export async function openModel (flags: ModelFlags): Promise<LocalModel | MingaClient> {
-  const modelDir = existingModelDir(flags.model)
+/** The model the flags choose; `log` gets the progress of fetching it (with --model-id). */
+export async function openModel (flags: ModelFlags, log: (message: string) => void): Promise<LocalModel | MingaClient> {
+  const choice = modelChoice(flags)
   if (flags.bootstrap != null && flags.bootstrap.length > 0) {
     return await createClient({
-      modelDir,
+      ...choice,
+      fetch: { log },
       bootstrap: flags.bootstrap,
       threads: flags.threads,
       swarmKey: await swarmKeyOption(flags.swarmKey),
@@ -59,16 +63,22 @@ export async function openModel (flags: ModelFlags): Promise<LocalModel | MingaC
       privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined
     })
   }
-  return await createLocalModel({ modelDir, quant: flags.quant, spans: flags.spans, threads: flags.threads })
+  return await createLocalModel({ modelDir: choice.modelDir!, quant: flags.quant, spans: flags.spans, threads: flags.threads })
 }
 
 /**
  * Turns a conversation into prompt ids through the model's chat template (tokenized without a
- * second BOS). Loaded before the model, so a model without a template fails at once.
+ * second BOS). With --model it is loaded before the model, so a model without a template fails at
+ * once; with --model-id, from the files the client fetched.
  */
 export function chatEncoder (modelDir: string): (tokenizer: LocalModel['tokenizer'], messages: ChatMessage[]) => number[] {
   const template = loadChatTemplate(existingModelDir(modelDir))
   return (tokenizer, messages) => tokenizer.encode(template.render(messages), { addSpecialTokens: false })
+}
+
+/** The directory a model was opened from: --model's, or the client's store of fetched files. */
+export function modelDirOf (flags: ModelFlags, model: LocalModel | MingaClient): string {
+  return flags.model ?? (model as MingaClient).modelDir
 }
 
 function parseSpans (value: string): Array<[number, number]> {

@@ -4,6 +4,7 @@ import { isAbsolute, resolve } from 'node:path'
 import { InvalidArgumentError, type Command } from 'commander'
 import { QUANTIZATIONS, type Quantization } from '@minga/engine'
 import { loadSwarmKey } from '@minga/p2p'
+import { modelCid } from '@minga/weights'
 
 export function integer (min: number, max = Number.MAX_SAFE_INTEGER) {
   return (value: string): number => {
@@ -53,6 +54,18 @@ export function existingModelDir (path: string): string {
   const dir = userPath(path)
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`model directory ${dir} does not exist`)
   return dir
+}
+
+/**
+ * The model named by `--model DIR` or `--model-id ID` (exactly one): what createServer and
+ * createClient take. An id is fetched from the swarm, so it needs `--bootstrap`.
+ */
+export function modelChoice (flags: { model?: string, modelId?: string, bootstrap?: string[] }): { modelDir?: string, modelId?: string } {
+  if ((flags.model == null) === (flags.modelId == null)) throw new Error('give either --model DIR or --model-id ID (see `minga manifest`)')
+  if (flags.model != null) return { modelDir: existingModelDir(flags.model) }
+  modelCid(flags.modelId!)
+  if ((flags.bootstrap ?? []).length === 0) throw new Error('--model-id needs --bootstrap: the model is fetched from the swarm')
+  return { modelId: flags.modelId }
 }
 
 /** The swarm key named by --swarm-key (checked: a missing or malformed file is a one-line error). */

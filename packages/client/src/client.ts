@@ -3,8 +3,9 @@
 // The text stays here, but the first server sees the prompt's embeddings (and so its token ids).
 import type { PrivateKey } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
+import { resolveModel, type FetchModelInit, type FetchResult, type ResolvedModel } from '@minga/weights'
 import {
-  computeModelId, createClientHead, generateTokens, loadChatTemplate, loadModelConfig, loadTokenizer, planGeneration,
+  createClientHead, generateTokens, loadChatTemplate, loadModelConfig, loadTokenizer, planGeneration,
   type ChatMessage, type ChatTemplate, type ClientHead, type GenerateOptions, type GeneratedToken, type GenerationResult,
   type ModelConfig, type TextTokenizer
 } from '@minga/engine'
@@ -27,7 +28,16 @@ export interface ClientInit {
   /** Relative difference that still counts as agreement when verifying (default 1e-3). */
   verifyTolerance?: number
   /** The model directory: the client runs the tokenizer, embeddings and LM head itself. */
-  modelDir: string
+  modelDir?: string
+  /**
+   * Or only the model id: the client fetches what it runs (config, tokenizer files, embeddings,
+   * final norm, LM head), verified chunk by chunk, into its local store, and reuses it next time.
+   */
+  modelId?: string
+  /** Where fetched models are stored (default: MINGA_CACHE or ~/.cache/minga). */
+  cacheDir?: string
+  /** With modelId: options for the fetch (providers, parallelism, progress, a signal, a log). */
+  fetch?: Partial<Pick<FetchModelInit, 'providers' | 'parallel' | 'progress' | 'signal' | 'onChunk' | 'requestTimeoutMs' | 'log'>>
   /** Multiaddrs (with /p2p/) of any swarm nodes. */
   bootstrap: string[]
   /** Tensor encoding on the wire: f32 (exact, default) or f16 (half the bytes). */
@@ -59,6 +69,10 @@ export interface SwarmGenerateOptions extends GenerateOptions {
 
 export interface MingaClient {
   readonly modelId: string
+  /** The directory the tokenizer and head were loaded from (the local store's, when fetched). */
+  readonly modelDir: string
+  /** What the fetch did, when the client started from a model id. */
+  readonly fetched?: FetchResult
   readonly config: ModelConfig
   readonly node: MingaNode
   /** The model's tokenizer, run here. */
@@ -80,18 +94,21 @@ export interface MingaClient {
 
 export async function createClient (init: ClientInit): Promise<MingaClient> {
   if (init.bootstrap.length === 0) throw new SwarmError('a client needs at least one bootstrap address')
-  const config = loadModelConfig(init.modelDir)
-  const modelId = computeModelId(init.modelDir)
-  const tokenizer = loadTokenizer(init.modelDir, config)
+  if ((init.modelDir == null) === (init.modelId == null)) throw new SwarmError('a client needs either a model directory or a model id')
+  if (init.modelDir != null) loadModelConfig(init.modelDir) // a bad directory fails before any network work
   const node = await createMingaNode({ listen: [], bootstrap: init.bootstrap, privateKey: init.privateKey, swarmKey: init.swarmKey })
-  let head: ClientHead
+  let model: ResolvedModel | undefined
   try {
-    head = await createClientHead({ modelDir: init.modelDir, threads: init.threads })
+    model = await resolveModel({ modelDir: init.modelDir, modelId: init.modelId, node, cacheDir: init.cacheDir, ...init.fetch, select: { head: true } })
+    const config = loadModelConfig(model.dir)
+    const tokenizer = loadTokenizer(model.dir, config)
+    const head = await createClientHead({ modelDir: model.dir, threads: init.threads })
+    return new SwarmClient(init, node, head, tokenizer, config, model)
   } catch (err) {
+    model?.close()
     await node.stop()
     throw err
   }
-  return new SwarmClient(init, node, head, tokenizer, config, modelId)
 }
 
 class SwarmClient implements MingaClient, HopConnector {
@@ -108,11 +125,15 @@ class SwarmClient implements MingaClient, HopConnector {
     private readonly head: ClientHead,
     readonly tokenizer: TextTokenizer,
     readonly config: ModelConfig,
-    readonly modelId: string
+    private readonly model: ResolvedModel
   ) {}
 
+  get modelId (): string { return this.model.modelId }
+  get modelDir (): string { return this.model.dir }
+  get fetched (): FetchResult | undefined { return this.model.fetched }
+
   chatPromptIds (messages: ChatMessage[]): number[] {
-    this.chatTemplate ??= loadChatTemplate(this.init.modelDir)
+    this.chatTemplate ??= loadChatTemplate(this.modelDir)
     return this.tokenizer.encode(this.chatTemplate.render(messages), { addSpecialTokens: false })
   }
 
@@ -216,6 +237,7 @@ class SwarmClient implements MingaClient, HopConnector {
   async close (): Promise<void> {
     await Promise.all([...this.channels.values()].map(async c => { await (await c.catch(() => undefined))?.close({ timeoutMs: 1000 }) }))
     await this.head.close()
+    this.model.close()
     await this.node.stop()
   }
 

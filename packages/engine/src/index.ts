@@ -1,4 +1,8 @@
-export { computeModelId } from './model-id.ts'
+export {
+  DEFAULT_CHUNK_BYTES, MANIFEST_VERSION, MODEL_FILES, canonicalJson, computeModelId, defaultCacheDir, encodeManifest,
+  loadManifest, manifestId, sha256Hex,
+  type LoadedManifest, type ManifestFile, type ManifestOptions, type ManifestTensor, type ModelManifest
+} from './manifest.ts'
 export { loadModelConfig, parseModelConfig, type ModelConfig, type ModelType, type RopeScaling } from './config.ts'
 export { createSpanExecutor, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type OpenSessionOptions, type SpanStats } from './span-executor.ts'
 export { createClientHead, type ClientHead, type ClientHeadInit } from './client-head.ts'

@@ -6,7 +6,7 @@ import { ModelLoadError, UnsupportedModelError } from './errors.ts'
 
 export type StoredDType = 'F32' | 'F16' | 'BF16'
 
-interface TensorEntry {
+export interface TensorEntry {
   file: string
   dtype: StoredDType
   shape: number[]
@@ -39,6 +39,18 @@ export class SafetensorsCheckpoint {
     } else {
       throw new ModelLoadError(`missing weights in ${modelDir}: neither model.safetensors nor model.safetensors.index.json`)
     }
+  }
+
+  /** Every tensor with its file and absolute byte range [begin, end) in that file. */
+  entries (): Array<[string, TensorEntry]> {
+    return [...this.tensors]
+  }
+
+  /** Reads `target.length` raw bytes of a tensor, from `offset` within its data. */
+  readRaw (name: string, target: Uint8Array, offset = 0): void {
+    const entry = this.entry(name)
+    if (offset < 0 || offset + target.length > entry.end - entry.begin) throw new ModelLoadError(`bytes [${offset}, ${offset + target.length}) are outside tensor ${name}`)
+    this.readAt(entry.file, target, entry.begin + offset)
   }
 
   has (name: string): boolean {

@@ -1,11 +1,12 @@
 // A minga node: joins the swarm, picks its blocks, loads them, measures itself, serves sessions and
 // keeps its announcement fresh until it stops.
 import type { PrivateKey } from '@libp2p/interface'
-import { computeModelId, createSpanExecutor, loadModelConfig, type Quantization, type SpanExecutor } from '@minga/engine'
+import { createSpanExecutor, loadModelConfig, parseModelConfig, type ModelConfig, type Quantization, type SpanExecutor } from '@minga/engine'
 import {
   createMingaNode, DEFAULT_MAX_FRAME_BYTES, findSpans, handleChannel, INFERENCE_PROTOCOL, MAX_PAYLOAD_BYTES, parsePeerId,
   serveInfo, startAnnouncer, type Announcer, type ChannelServer, type MingaNode, type SpanInfo
 } from '@minga/p2p'
+import { resolveModel, serveWeights, type FetchModelInit, type FetchResult, type ResolvedModel, type WeightsProvider } from '@minga/weights'
 import { chooseBlocks } from './block-selection.ts'
 import { ServerConfigError } from './errors.ts'
 import { SessionHandler } from './handler.ts'
@@ -24,7 +25,22 @@ const MOVING_GRACE_MS = 2000
 const SETTLE_MS = 300
 
 export interface ServerInit {
-  modelDir: string
+  /** The model directory; or give `modelId` instead and the span's tensors are fetched from the swarm. */
+  modelDir?: string
+  /** A model id (`minga manifest`): the manifest, the small files and this span's tensors are fetched from providers in the swarm. */
+  modelId?: string
+  /** Share the weights this node holds (the directory, or what it fetched) with the swarm. Default true. */
+  share?: boolean
+  /** Upload cap for sharing, in megabits per second (default: none). */
+  shareMbps?: number
+  /** Chunk transfers served at once (default 8). */
+  maxTransfers?: number
+  /** Where fetched models are stored (default: MINGA_CACHE or ~/.cache/minga). */
+  cacheDir?: string
+  /** Chunk size of the directory's manifest (default 4 MiB; it is part of the model id). */
+  chunkBytes?: number
+  /** With modelId: options for the fetch (providers, parallelism, progress, a signal). */
+  fetch?: Partial<Pick<FetchModelInit, 'providers' | 'parallel' | 'progress' | 'signal' | 'onChunk' | 'requestTimeoutMs'>>
   /** Layers [start, end) to host, or 'auto' to fill the swarm's weakest blocks. */
   blocks: { start: number, end: number } | 'auto'
   /** With blocks 'auto': how many consecutive blocks (default: all). */
@@ -68,6 +84,12 @@ export interface ServerInit {
 
 export interface MingaServer {
   readonly node: MingaNode
+  /** The directory the span was loaded from (the local store's, when fetched). */
+  readonly modelDir: string
+  /** What the fetch did, when the server started from a model id. */
+  readonly fetched?: FetchResult
+  /** The weights provider, unless sharing is off. */
+  readonly weights?: WeightsProvider
   readonly peerId: string
   readonly modelId: string
   readonly start: number
@@ -94,8 +116,10 @@ export interface MingaServer {
 export async function createServer (init: ServerInit): Promise<MingaServer> {
   const log = init.log ?? (() => {})
   const limits = checkLimits(init)
-  const config = loadModelConfig(init.modelDir)
-  const modelId = computeModelId(init.modelDir)
+  if ((init.modelDir == null) === (init.modelId == null)) throw new ServerConfigError('give either a model directory (--model) or a model id (--model-id)')
+  // a directory is checked (and its manifest built) before any network work
+  if (init.modelDir != null) loadModelConfig(init.modelDir)
+  const local = init.modelDir != null ? await resolveModel({ modelDir: init.modelDir, chunkBytes: init.chunkBytes, cacheDir: init.cacheDir }) : undefined
   const node = await createMingaNode({
     listen: init.listen,
     bootstrap: init.bootstrap,
@@ -108,6 +132,8 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   let handler: SessionHandler | undefined
   let announcer: Announcer | undefined
   let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined
+  let model: ResolvedModel | undefined = local
+  let weights: WeightsProvider | undefined
 
   // Shutdown, in steps: withdraw, drain, tell the rest to move, close. The drain is timed from the
   // stop() call; `now` (stop({ immediate: true })) ends whichever step is in progress and skips the rest.
@@ -153,8 +179,10 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       await new Promise<void>(resolve => { server.close(() => { resolve() }); server.closeAllConnections() })
     }
     await channels?.close()
+    await weights?.close()
     await handler?.stop()
     await executor?.close()
+    model?.close()
     await node.stop()
   }
   const stop = async (options: { drainTimeoutMs?: number, immediate?: boolean } = {}): Promise<void> => {
@@ -163,17 +191,35 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     await stopping
   }
   try {
-    const blocks = init.executor != null
+    const pickBlocks = async (config: ModelConfig, modelId: string): Promise<{ start: number, end: number }> => init.executor != null
       ? { start: init.executor.start, end: init.executor.end }
       : init.blocks === 'auto'
       ? chooseBlocks(config.numLayers, init.numBlocks ?? config.numLayers, (init.bootstrap?.length ?? 0) > 0 ? await findSpans(node, modelId, config.numLayers) : [])
       : init.blocks
-    if (!(blocks.start >= 0 && blocks.start < blocks.end && blocks.end <= config.numLayers)) {
-      throw new ServerConfigError(`--blocks ${blocks.start}:${blocks.end} is not within the model's ${config.numLayers} layers`)
-    }
+    let blocks!: { start: number, end: number }
+    model ??= await resolveModel({
+      modelId: init.modelId,
+      node,
+      cacheDir: init.cacheDir,
+      log,
+      ...init.fetch,
+      // the span is chosen from the fetched config.json, and only its tensors are fetched
+      select: async (_manifest, rawConfig) => {
+        const config = parseModelConfig(rawConfig)
+        blocks = await pickBlocks(config, init.modelId!)
+        checkBlocks(blocks, config)
+        return { blocks }
+      }
+    })
+    const modelDir = model.dir
+    const modelId = model.modelId
+    const config = loadModelConfig(modelDir)
+    if (model.fetched != null) log(`fetched ${(model.fetched.bytesFetched / 1e6).toFixed(1)} MB in ${model.fetched.chunksFetched} chunks (${model.fetched.chunksReused} already held) into ${modelDir}`)
+    else blocks = await pickBlocks(config, modelId)
+    checkBlocks(blocks, config)
     log(`model ${modelId}: hosting blocks [${blocks.start}, ${blocks.end}) of ${config.numLayers}`)
     executor = init.executor ?? await createSpanExecutor({
-      modelDir: init.modelDir,
+      modelDir,
       start: blocks.start,
       end: blocks.end,
       quant: init.quant,
@@ -226,9 +272,13 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       metricsServer = await serveMetrics(metrics.registry, init.metricsHost ?? '127.0.0.1', init.metricsPort)
       log(`metrics at ${metricsServer.url}`)
     }
+    if (init.share !== false) weights = await serveWeights(node, [model.source], { shareMbps: init.shareMbps, maxTransfers: init.maxTransfers, log })
 
     return {
       node,
+      modelDir,
+      fetched: model.fetched,
+      weights,
       peerId: node.peerId.toString(),
       modelId,
       start: blocks.start,
@@ -243,6 +293,12 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   } catch (err) {
     await stop({ immediate: true }).catch(() => {})
     throw err
+  }
+}
+
+function checkBlocks (blocks: { start: number, end: number }, config: ModelConfig): void {
+  if (!(blocks.start >= 0 && blocks.start < blocks.end && blocks.end <= config.numLayers)) {
+    throw new ServerConfigError(`--blocks ${blocks.start}:${blocks.end} is not within the model's ${config.numLayers} layers`)
   }
 }
 

@@ -7,7 +7,7 @@ import type { Command } from 'commander'
 import type { ChatMessage } from '@minga/engine'
 import type { SwarmGenerateOptions } from '@minga/client'
 import type { CliIo } from '../index.ts'
-import { addModelOptions, chatEncoder, generateOptions, openModel, type ModelFlags } from '../model.ts'
+import { addModelOptions, chatEncoder, generateOptions, modelDirOf, openModel, type ModelFlags } from '../model.ts'
 import { summary } from './generate.ts'
 
 interface ChatFlags extends ModelFlags {
@@ -17,15 +17,23 @@ interface ChatFlags extends ModelFlags {
 export function registerChat (program: Command, io: CliIo): void {
   const command = program.command('chat')
     .description('chat with the model in the terminal (Ctrl-C stops an answer, Ctrl-D quits)')
-    .requiredOption('--model <dir>', 'Hugging Face model directory with a chat template in tokenizer_config.json')
+    .option('--model <dir>', 'Hugging Face model directory with a chat template in tokenizer_config.json')
+    .option('--model-id <id>', 'with --bootstrap, instead of --model: fetch only what the client runs from the swarm')
   addModelOptions(command)
     .option('--system <text>', 'a system message that starts the conversation')
     .action(async (flags: ChatFlags) => { await chat(flags, io) })
 }
 
 async function chat (flags: ChatFlags, io: CliIo): Promise<void> {
-  const encodeChat = chatEncoder(flags.model)
-  const model = await openModel(flags)
+  const early = flags.model != null ? chatEncoder(flags.model) : undefined // a model without a template fails before loading
+  const model = await openModel(flags, message => { io.stderr.write(`minga: ${message}\n`) })
+  let encodeChat: ReturnType<typeof chatEncoder>
+  try {
+    encodeChat = early ?? chatEncoder(modelDirOf(flags, model))
+  } catch (err) {
+    await model.close()
+    throw err
+  }
   const input = io.stdin ?? process.stdin
   const terminal = (input as NodeJS.ReadStream).isTTY === true && (io.stdout as NodeJS.WriteStream).isTTY === true
   const lines = createInterface({ input, output: terminal ? io.stdout : undefined, terminal })

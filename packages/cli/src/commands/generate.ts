@@ -4,7 +4,7 @@ import type { Command } from 'commander'
 import type { ChatMessage, GenerationResult } from '@minga/engine'
 import type { SwarmGenerationResult } from '@minga/client'
 import type { CliIo } from '../index.ts'
-import { addModelOptions, chatEncoder, generateOptions, openModel, type ModelFlags } from '../model.ts'
+import { addModelOptions, chatEncoder, generateOptions, modelDirOf, openModel, type ModelFlags } from '../model.ts'
 
 interface GenerateFlags extends ModelFlags {
   prompt: string
@@ -16,7 +16,8 @@ interface GenerateFlags extends ModelFlags {
 export function registerGenerate (program: Command, io: CliIo): void {
   const command = program.command('generate')
     .description('generate text from a prompt')
-    .requiredOption('--model <dir>', 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)')
+    .option('--model <dir>', 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)')
+    .option('--model-id <id>', 'with --bootstrap, instead of --model: fetch only what the client runs from the swarm')
     .requiredOption('--prompt <text>', 'the prompt')
   addModelOptions(command)
     .option('--chat', 'the prompt is a user message, sent through the model\'s chat template')
@@ -26,11 +27,12 @@ export function registerGenerate (program: Command, io: CliIo): void {
 }
 
 async function generate (flags: GenerateFlags, io: CliIo): Promise<void> {
-  const encodeChat = flags.chat === true ? chatEncoder(flags.model) : undefined
-  if (flags.system != null && encodeChat == null) throw new Error('--system needs --chat')
-  const model = await openModel(flags)
+  let encodeChat = flags.chat === true && flags.model != null ? chatEncoder(flags.model) : undefined
+  if (flags.system != null && flags.chat !== true) throw new Error('--system needs --chat')
+  const model = await openModel(flags, message => { io.stderr.write(`minga: ${message}\n`) })
   let result: GenerationResult & { route?: SwarmGenerationResult['route'] }
   try {
+    if (flags.chat === true) encodeChat ??= chatEncoder(modelDirOf(flags, model))
     const messages: ChatMessage[] = [...(flags.system != null ? [{ role: 'system', content: flags.system }] : []), { role: 'user', content: flags.prompt }]
     const stream = model.generate(encodeChat != null ? encodeChat(model.tokenizer, messages) : flags.prompt, generateOptions(flags))
     let step = await stream.next()

@@ -4,10 +4,14 @@ import { InvalidArgumentError, type Command } from 'commander'
 import { loadOrCreateIdentity } from '@minga/p2p'
 import { createServer } from '@minga/server'
 import type { CliIo } from '../index.ts'
-import { existingModelDir, integer, number, quantization, swarmKeyOption, userPath, untilSignal } from '../options.ts'
+import { integer, modelChoice, number, quantization, swarmKeyOption, userPath, untilSignal } from '../options.ts'
 
 interface ServeFlags {
-  model: string
+  model?: string
+  modelId?: string
+  share: boolean
+  shareMbps?: number
+  maxTransfers: number
   blocks: { start: number, end: number } | 'auto'
   numBlocks?: number
   listen: string[]
@@ -34,7 +38,11 @@ interface ServeFlags {
 export function registerServe (program: Command, io: CliIo): void {
   program.command('serve')
     .description('host a span of a model\'s layers for the swarm')
-    .requiredOption('--model <dir>', 'Hugging Face model directory')
+    .option('--model <dir>', 'Hugging Face model directory')
+    .option('--model-id <id>', 'or only the model id: fetch this span\'s weights from the swarm (verified, resumable)')
+    .option('--no-share', 'do not share this node\'s weights with the swarm')
+    .option('--share-mbps <Mbit/s>', 'upload cap for sharing weights', number(0, Infinity, { minExclusive: true }))
+    .option('--max-transfers <n>', 'weight chunks sent at once', integer(1), 8)
     .requiredOption('--blocks <start:end|auto>', 'layers to host, e.g. 0:2, or auto to fill the swarm\'s gaps', parseBlocks)
     .option('--num-blocks <n>', 'with --blocks auto: how many consecutive layers (default: all)', integer(1))
     .option('--listen <multiaddr...>', 'addresses to listen on', ['/ip4/127.0.0.1/tcp/0'])
@@ -63,7 +71,10 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
   const log = (message: string): void => { io.stderr.write(`minga serve: ${message}\n`) }
   const swarmKey = await swarmKeyOption(flags.swarmKey)
   const server = await createServer({
-    modelDir: existingModelDir(flags.model),
+    ...modelChoice(flags),
+    share: flags.share,
+    shareMbps: flags.shareMbps,
+    maxTransfers: flags.maxTransfers,
     blocks: flags.blocks,
     numBlocks: flags.numBlocks,
     listen: flags.listen,
