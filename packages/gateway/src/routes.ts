@@ -72,6 +72,13 @@ export function createRouter (ctx: RouterContext): (req: IncomingMessage, res: S
   return (req, res) => {
     const receivedAt = performance.now()
     res.on('error', () => {}) // a client that went away mid-write is handled by the abort path
+    // Browser-based clients call from other origins; the API key, not the origin, is what is checked.
+    res.setHeader('access-control-allow-origin', '*')
+    if (req.method === 'OPTIONS') {
+      res.writeHead(204, { 'access-control-allow-methods': 'GET, POST, OPTIONS', 'access-control-allow-headers': 'authorization, content-type', 'access-control-max-age': '86400' })
+      res.end()
+      return
+    }
     const path = new URL(req.url ?? '/', 'http://gateway').pathname
     const route = routes[path]
     const run = async (): Promise<void> => {

@@ -216,6 +216,7 @@ describe('the OpenAI-compatible gateway', () => {
 
   it('GET /health, /v1/swarm (status, model, last route) and the static page at /', async () => {
     expect(await (await fetch(`${gateway.url}/health`)).json()).toEqual({ status: 'ok' })
+    await openai.completions.create({ model: MODEL, prompt: 'Hi', max_tokens: 1 }) // so there is a last route
     const swarm = await (await fetch(`${gateway.url}/v1/swarm`)).json()
     expect(swarm).toMatchObject({ modelId: gateway.client.modelId, numBlocks: 5, model: MODEL })
     expect(swarm.servers.map((s: { start: number, end: number }) => [s.start, s.end]).sort()).toEqual([[0, 3], [3, 5]])
@@ -226,6 +227,9 @@ describe('the OpenAI-compatible gateway', () => {
     expect(page.headers.get('content-type')).toMatch(/^text\/html/)
     expect(await page.text()).toMatch(/<html/)
     expect((await fetch(`${gateway.url}/../package.json`)).status).toBe(404)
+    const preflight = await fetch(`${gateway.url}/v1/chat/completions`, { method: 'OPTIONS' })
+    expect(preflight.status).toBe(204)
+    expect(preflight.headers.get('access-control-allow-headers')).toMatch(/authorization/)
   })
 
   describe('errors, as the openai client sees them', () => {
