@@ -55,6 +55,8 @@ export async function serveGeneration (
     topP: request.topP,
     topK: request.topK,
     seed: request.seed,
+    presencePenalty: request.presencePenalty,
+    frequencyPenalty: request.frequencyPenalty,
     stop: request.stop,
     signal: controller.signal,
     onRoute: ctx.onRoute

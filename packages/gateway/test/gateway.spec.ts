@@ -160,6 +160,21 @@ describe('the OpenAI-compatible gateway', () => {
     expect(usage).toEqual(completion.usage)
   })
 
+  it('presence and frequency penalties equal the local engine\'s', async () => {
+    for (const penalties of [{ presence_penalty: 1.5 }, { frequency_penalty: 0.8 }]) {
+      const ids = local.tokenizer.encode(loadChatTemplate(model.path).render(user(QUESTIONS[0])), { addSpecialTokens: false })
+      const stream = local.generate(ids, { maxNewTokens: 30, presencePenalty: penalties.presence_penalty, frequencyPenalty: penalties.frequency_penalty })
+      let step = await stream.next()
+      while (step.done !== true) step = await stream.next()
+      const completion = await openai.chat.completions.create({ model: MODEL, messages: user(QUESTIONS[0]), max_tokens: 30, ...penalties })
+      expect(completion.choices[0].message.content).toBe(step.value.text)
+    }
+    // and they do change the greedy answer over 30 tokens
+    const plain = await openai.chat.completions.create({ model: MODEL, messages: user(QUESTIONS[0]), max_tokens: 30 })
+    const penalized = await openai.chat.completions.create({ model: MODEL, messages: user(QUESTIONS[0]), max_tokens: 30, frequency_penalty: 2 })
+    expect(penalized.choices[0].message.content).not.toBe(plain.choices[0].message.content)
+  })
+
   it('4 concurrent streaming requests each equal their single-request output', async () => {
     const answers = await Promise.all(QUESTIONS.map(async q => {
       const stream = await openai.chat.completions.create({ model: MODEL, messages: user(q), max_tokens: MAX_TOKENS, stream: true })
@@ -245,7 +260,7 @@ describe('the OpenAI-compatible gateway', () => {
     it('400 names the bad field: n, a penalty, a bad temperature, a role', async () => {
       for (const [body, param] of [
         [{ n: 2 }, 'n'],
-        [{ presence_penalty: 0.5 }, 'presence_penalty'],
+        [{ presence_penalty: 2.5 }, 'presence_penalty'],
         [{ temperature: -1 }, 'temperature'],
         [{ messages: [{ role: 'wizard', content: 'hi' }] }, 'messages[0].role']
       ] as const) {
