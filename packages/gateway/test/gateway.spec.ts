@@ -34,6 +34,8 @@ describe('the OpenAI-compatible gateway', () => {
   let local: LocalModel
   /** Makes the second server's decode steps fail, for the error-after-streaming-began test. */
   let failDecode = false
+  /** While set, the second server's prefill steps wait for it (to abort a request during its prefill). */
+  let holdPrefill: { reached: boolean, released: Promise<void> } | undefined
   const chatExpected = new Map<string, Expected>()
 
   /** The local engine's greedy answer to a conversation, on the template's rendered prompt. */
@@ -67,6 +69,10 @@ describe('the OpenAI-compatible gateway', () => {
       ...span,
       forward: async (...args: Parameters<typeof span.forward>) => {
         if (failDecode && args[2]?.tokens === 1) throw new Error('injected failure')
+        if (holdPrefill != null && args[2]?.tokens !== 1) {
+          holdPrefill.reached = true
+          await holdPrefill.released
+        }
         return await span.forward(...args)
       }
     }
@@ -207,6 +213,32 @@ describe('the OpenAI-compatible gateway', () => {
     await waitFor(() => servers.every(s => s.openSessions === 0), 'the servers\' open sessions to return to 0', 1000)
     // It stopped because the client left, not because the answer was over.
     expect(await metric('minga_generation_tokens_total') - before).toBeLessThan(full.completionTokens)
+  })
+
+  it('a client that goes away during prefill ends the session at once', async () => {
+    let release!: () => void
+    holdPrefill = { reached: false, released: new Promise(resolve => { release = resolve }) }
+    const gone = await metric('minga_requests_total', { endpoint: 'chat', status: '499' })
+    const controller = new AbortController()
+    const request = fetch(`${gateway.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, messages: user(QUESTIONS[0]), max_tokens: 8, stream: true }),
+      signal: controller.signal
+    })
+    request.catch(() => {})
+    try {
+      await waitFor(() => holdPrefill!.reached, 'the prefill to reach the second server')
+      controller.abort()
+      // The first server is told at once; the second is busy with the held step, and reads the
+      // CLOSE_SESSION queued behind it as soon as it is done.
+      await waitFor(() => servers[0].openSessions === 0, 'the first server to close the session', 1000)
+      await waitFor(async () => await metric('minga_requests_total', { endpoint: 'chat', status: '499' }) === gone + 1, 'the request to end as 499')
+    } finally {
+      release()
+      holdPrefill = undefined
+    }
+    await waitFor(() => servers[1].openSessions === 0, 'the second server to close the session', 1000)
   })
 
   it('/metrics parses as Prometheus text and its counters move after a request', async () => {
