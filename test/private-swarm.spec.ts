@@ -10,7 +10,7 @@ import { createClient } from '@minga/client'
 import { computeModelId, createLocalModel, untilDone } from '@minga/engine'
 import { createMingaNode, loadSwarmKey, writeSwarmKey } from '@minga/p2p'
 import { createServer } from '@minga/server'
-import { startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
+import { startNode, type NodeProcess } from '@minga/cli/processes'
 import { STORIES, tempDir } from '../packages/engine/test/helpers.ts'
 
 /** The CLI in this process (the servers it talks to are separate processes). */

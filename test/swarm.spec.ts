@@ -5,8 +5,9 @@ import { createClient, getSwarmStatus, type MingaClient, type SwarmGenerationRes
 import { computeModelId, createLocalModel, loadModelConfig, untilDone, type GenerateOptions } from '@minga/engine'
 import { createMingaNode, findSpans, type MingaNode } from '@minga/p2p'
 import { createServer, type MingaServer } from '@minga/server'
-import { startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
+import { startNode, type NodeProcess } from '@minga/cli/processes'
 import { STORIES } from '../packages/engine/test/helpers.ts'
+import { until } from './fixtures/until.ts'
 
 const PROMPTS = ['Once upon a time', 'Tom and his dog went to the', 'The little bird was sad because']
 const OPTIONS: GenerateOptions = { maxNewTokens: 30, temperature: 0 }
@@ -130,11 +131,8 @@ describe('--blocks auto and a killed server (processes)', () => {
     await victim.kill()
     const observer = await createMingaNode({ bootstrap: [bootstrapAddr] })
     try {
-      const deadline = Date.now() + 15_000
-      while ((await findSpans(observer, MODEL.modelId, MODEL.numBlocks)).some(s => s.peerId === victim.ready.peerId)) {
-        if (Date.now() > deadline) throw new Error('the killed server was never dropped')
-        await new Promise(resolve => setTimeout(resolve, 500))
-      }
+      await until(async () => !(await findSpans(observer, MODEL.modelId, MODEL.numBlocks)).some(s => s.peerId === victim.ready.peerId),
+        'the killed server\'s records have expired', { timeoutMs: 60_000, intervalMs: 250 })
     } finally {
       await observer.stop()
     }

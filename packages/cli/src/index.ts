@@ -22,6 +22,14 @@ export async function runCli (argv: string[], io: CliIo = { stdout: process.stdo
     .exitOverride()
     .configureOutput({ writeOut: s => io.stdout.write(s), writeErr: s => io.stderr.write(s) })
     .showSuggestionAfterError(true)
+    .option('--check', 'only parse and validate the flags (values, required ones; not files), then exit 0 without starting anything')
+  // Runs after commander has parsed the subcommand's flags and checked the required ones: with
+  // --check we stop there (deployment files such as docker-compose.yml are tested this way).
+  program.hook('preAction', (_program, action) => {
+    if (program.opts().check !== true) return
+    io.stdout.write(`minga ${action.name()}: flags are valid\n`)
+    throw new CommanderError(0, 'minga.check', 'flags are valid')
+  })
   registerGenerate(program, io)
   registerChat(program, io)
   registerApi(program, io)

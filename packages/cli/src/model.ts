@@ -31,7 +31,7 @@ export function addModelOptions (command: Command): Command {
     .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
     .option('--spans <list>', 'run the layers as chained spans, e.g. 0:2,2:5 (default: one span)', parseSpans)
     .option('--threads <n>', 'onnxruntime threads per span (default: all cores)', integer(1))
-    .option('--bootstrap <multiaddr...>', 'generate through the swarm these nodes belong to')
+    .option('--bootstrap <multiaddr...>', 'generate through the swarm these nodes belong to (its servers can read the prompt: use a private swarm for sensitive text)')
     .option('--swarm-key <file>', 'with --bootstrap: the swarm\'s key, if it is private')
     .option('--identity <file>', 'with --bootstrap: keep this client\'s peer id in a key file, e.g. for servers\' --allow')
     .option('--verify-probability <r>', 'with --bootstrap: check each step on a second server with this probability', number(0, 1), 0)

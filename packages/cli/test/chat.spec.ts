@@ -8,7 +8,7 @@ import { createLocalModel, createSpanExecutor, loadChatTemplate, untilDone, type
 import { createMingaNode } from '@minga/p2p'
 import { createServer } from '@minga/server'
 import { STORIES, storiesWithChatTemplate, waitFor } from '../../engine/test/helpers.ts'
-import { REPO_ROOT, startNode } from '../../../scripts/swarm-processes.ts'
+import { REPO_ROOT, startNode } from '../src/processes.ts'
 import { runCli } from '../src/index.ts'
 
 const MAX_TOKENS = 10

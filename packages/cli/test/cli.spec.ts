@@ -3,7 +3,7 @@ import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { STORIES, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, tempDir } from '../../engine/test/helpers.ts'
-import { runMinga } from '../../../scripts/swarm-processes.ts'
+import { runMinga } from '../src/processes.ts'
 
 
 describe('minga generate', () => {

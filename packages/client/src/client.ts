@@ -1,6 +1,6 @@
 // The client SDK: finds spans in the DHT knowing only a bootstrap address, routes through the
-// fastest chain of servers, and generates with the tokenizer, embeddings and LM head kept here
-// (the prompt text never leaves this machine).
+// fastest chain of servers, and generates with the tokenizer, embeddings and LM head kept here.
+// The text stays here, but the first server sees the prompt's embeddings (and so its token ids).
 import type { PrivateKey } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import {

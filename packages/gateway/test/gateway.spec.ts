@@ -8,7 +8,7 @@ import { createMingaNode, type MingaNode } from '@minga/p2p'
 import { createServer, type MingaServer } from '@minga/server'
 import { createGateway, type Gateway } from '../src/index.ts'
 import { STORIES, storiesWithChatTemplate, waitFor } from '../../engine/test/helpers.ts'
-import { runMinga } from '../../../scripts/swarm-processes.ts'
+import { runMinga } from '../../cli/src/processes.ts'
 
 const KEY = 'test-key'
 const MODEL = 'stories'

@@ -6,6 +6,7 @@ import { createLocalModel, untilDone } from '@minga/engine'
 import { createMingaNode, DType, ErrorCode, FrameType, INFERENCE_PROTOCOL, newSessionId, openChannel, type Channel, type FrameInit, type MingaNode } from '@minga/p2p'
 import { createServer, type MingaServer } from '../src/index.ts'
 import { STORIES } from '../../engine/test/helpers.ts'
+import { until } from '../../../test/fixtures/until.ts'
 
 let server: MingaServer
 let peer: MingaNode
@@ -13,7 +14,7 @@ let channel: Channel
 const HIDDEN = 64
 
 beforeAll(async () => {
-  server = await createServer({ modelDir: STORIES, blocks: { start: 1, end: 4 }, throughput: 100, maxSessions: 3, cacheTokens: 600, sessionIdleMs: 1500 })
+  server = await createServer({ modelDir: STORIES, blocks: { start: 1, end: 4 }, throughput: 100, maxSessions: 3, cacheTokens: 600 })
   peer = await createMingaNode({ bootstrap: server.addrs() })
   channel = await openChannel(peer, server.addrs()[0], INFERENCE_PROTOCOL)
 })
@@ -65,18 +66,29 @@ it('refuses sessions beyond its limits with "busy"', async () => {
 })
 
 it('expires idle sessions', async () => {
-  const id = newSessionId()
-  await channel.request(open(id))
-  await new Promise(resolve => setTimeout(resolve, 2500))
-  expect(await rejection(forward(id))).toMatchObject({ code: ErrorCode.EXPIRED, message: expect.stringMatching(/expired: session [0-9a-f]+ was idle/) })
+  // its own server, so that the short idle timeout cannot expire the other tests' sessions on a slow machine
+  const brief = await createServer({ modelDir: STORIES, blocks: { start: 1, end: 4 }, throughput: 100, sessionIdleMs: 500 })
+  const ch = await openChannel(peer, brief.addrs()[0], INFERENCE_PROTOCOL)
+  try {
+    const id = newSessionId()
+    await ch.request(open(id))
+    await until(() => brief.openSessions === 0, 'the idle session has expired')
+    const err: any = await ch.request(forward(id)).catch(e => e)
+    expect(err).toMatchObject({ name: 'RemoteError', code: ErrorCode.EXPIRED, message: expect.stringMatching(/expired: session [0-9a-f]+ was idle/) })
+  } finally {
+    await ch.close()
+    await brief.stop()
+  }
 })
 
 it('frees a session when the stream that opened it closes', async () => {
+  const before = server.openSessions
   const other = await openChannel(peer, server.addrs()[0], INFERENCE_PROTOCOL)
   const id = newSessionId()
   await other.request(open(id))
+  expect(server.openSessions).toBe(before + 1)
   await other.close()
-  await new Promise(resolve => setTimeout(resolve, 300))
+  await until(() => server.openSessions === before, 'the closed stream\'s session is freed')
   expect(await rejection(forward(id))).toMatchObject({ code: ErrorCode.UNKNOWN_SESSION })
 })
 
