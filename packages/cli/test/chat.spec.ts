@@ -1,6 +1,6 @@
 // `minga chat`, `generate --chat` and `minga api`: in this process through runCli where only the
 // command's logic is tested, as real processes where a terminal or a ready line is.
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { PassThrough, Readable } from 'node:stream'
 import { afterAll, describe, expect, it } from 'vitest'
@@ -12,6 +12,8 @@ import { REPO_ROOT, startNode } from '../src/processes.ts'
 import { runCli } from '../src/index.ts'
 
 const MAX_TOKENS = 10
+/** script(1) (util-linux) makes the pseudo-terminal; without it the terminal test is skipped. */
+const HAS_SCRIPT = spawnSync('script', ['--version']).status === 0
 
 /** Runs the CLI in this process with `input` as its stdin (not a terminal). */
 async function runWithStdin (input: string, ...args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
@@ -52,7 +54,7 @@ describe('minga chat', () => {
     expect(stderr.match(/minga chat: \d+ tokens/g)).toHaveLength(2)
   })
 
-  it('in a terminal: Ctrl-C stops the current answer, Ctrl-C at the prompt does not quit, Ctrl-D does', async () => {
+  it.skipIf(!HAS_SCRIPT)('in a terminal (script(1) from util-linux): Ctrl-C stops the current answer, Ctrl-C at the prompt does not quit, Ctrl-D does', async () => {
     // A server whose third decode step waits for the test: the answer is surely still running at Ctrl-C.
     const bootstrap = await createMingaNode({})
     const span = await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5 })
