@@ -16,6 +16,8 @@ export interface ModelFlags {
   topP: number
   seed?: number
   repetitionPenalty: number
+  presencePenalty: number
+  frequencyPenalty: number
   stop: string[]
   quant: 'none' | 'int8' | 'int4'
   spans?: Array<[number, number]>
@@ -45,6 +47,8 @@ export function generateOptions (flags: ModelFlags): GenerateOptions {
     topP: flags.topP,
     seed: flags.seed,
     repetitionPenalty: flags.repetitionPenalty,
+    presencePenalty: flags.presencePenalty,
+    frequencyPenalty: flags.frequencyPenalty,
     stop: flags.stop
   }
 }

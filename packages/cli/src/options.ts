@@ -46,6 +46,8 @@ export function addSamplingOptions (command: Command): Command {
     .option('--top-p <p>', 'sample among the most likely tokens that reach probability p', number(0, 1, { minExclusive: true }), 1)
     .option('--seed <s>', 'random seed: the same seed gives the same output', integer(0))
     .option('--repetition-penalty <r>', 'discourage tokens already seen (> 1)', number(0, Infinity, { minExclusive: true }), 1)
+    .option('--presence-penalty <p>', 'subtract p from the logits of tokens already generated (-2 to 2)', number(-2, 2), 0)
+    .option('--frequency-penalty <f>', 'subtract f per time a token was already generated (-2 to 2)', number(-2, 2), 0)
     .option('--stop <text>', 'stop when the output contains this text (repeatable)', collect, [])
 }
 

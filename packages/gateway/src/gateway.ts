@@ -28,6 +28,8 @@ export interface GatewayInit {
   swarmKey?: Uint8Array
   /** Generation requests at once; more get 429 with retry-after. Default 16. */
   maxConcurrent?: number
+  /** New tokens for a chat request without max_tokens (capped by the context). Default 1024. */
+  defaultMaxTokens?: number
   /** Largest request body; larger ones get 413. Default 1 MiB. */
   maxBodyBytes?: number
   /** Static files served at / (default: this package's public/). */
@@ -54,6 +56,8 @@ const PUBLIC_DIR = fileURLToPath(new URL('../public', import.meta.url))
 export async function createGateway (init: GatewayInit): Promise<Gateway> {
   const maxConcurrent = init.maxConcurrent ?? 16
   if (!(Number.isInteger(maxConcurrent) && maxConcurrent >= 1)) throw new GatewayConfigError(`--max-concurrent must be an integer ≥ 1, got ${maxConcurrent}`)
+  const defaultMaxTokens = init.defaultMaxTokens ?? 1024
+  if (!(Number.isInteger(defaultMaxTokens) && defaultMaxTokens >= 1)) throw new GatewayConfigError(`the default max tokens must be an integer ≥ 1, got ${defaultMaxTokens}`)
   const maxBodyBytes = init.maxBodyBytes ?? 2 ** 20
   if (!(Number.isInteger(maxBodyBytes) && maxBodyBytes >= 1024)) throw new GatewayConfigError(`the body size limit must be an integer ≥ 1024 bytes, got ${maxBodyBytes}`)
   const log = init.log ?? (() => {})
@@ -70,6 +74,7 @@ export async function createGateway (init: GatewayInit): Promise<Gateway> {
     metrics,
     apiKey: init.apiKey,
     maxBodyBytes,
+    defaultMaxTokens,
     publicDir: resolve(init.publicDir ?? PUBLIC_DIR),
     createdAt: Math.floor(Date.now() / 1000),
     log,

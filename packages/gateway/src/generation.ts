@@ -14,6 +14,8 @@ export interface ServingContext {
   readonly client: MingaClient
   readonly modelName: string
   readonly metrics: GatewayMetrics
+  /** New tokens when a chat request names no max_tokens (a session reserves its whole length on every server). */
+  readonly defaultMaxTokens: number
   /** Takes a request slot (429 when full, 503 when the swarm lacks a layer); call the result when done. */
   admit (): Promise<() => void>
   /** The route of the newest request, for GET /v1/swarm. */
@@ -47,11 +49,14 @@ export async function serveGeneration (
   metrics.requestsWaiting.inc()
   let phase: 'waiting' | 'running' | 'done' = 'waiting'
   const stream = client.generate(promptIds, {
-    maxNewTokens: request.maxTokens ?? Math.max(1, client.config.maxPositionEmbeddings - promptIds.length),
+    // (planGeneration caps it at what is left of the context)
+    maxNewTokens: request.maxTokens ?? ctx.defaultMaxTokens,
     temperature: request.temperature,
     topP: request.topP,
     topK: request.topK,
     seed: request.seed,
+    presencePenalty: request.presencePenalty,
+    frequencyPenalty: request.frequencyPenalty,
     stop: request.stop,
     signal: controller.signal,
     onRoute: ctx.onRoute

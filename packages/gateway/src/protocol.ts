@@ -13,6 +13,8 @@ export interface SamplingRequest {
   topP?: number
   topK?: number
   seed?: number
+  presencePenalty?: number
+  frequencyPenalty?: number
   stop: string[]
 }
 
@@ -111,10 +113,6 @@ function parseSampling (body: Record<string, unknown>): Omit<SamplingRequest, 'm
   if (body.stream != null && typeof body.stream !== 'boolean') throw new ApiError(400, 'stream must be a boolean', 'stream')
   const n = body.n ?? 1
   if (n !== 1) throw new ApiError(400, `n must be 1 (one choice per request), got ${JSON.stringify(n)}`, 'n')
-  for (const field of ['presence_penalty', 'frequency_penalty'] as const) {
-    const value = body[field]
-    if (value != null && value !== 0) throw new ApiError(400, `${field} is not supported (only 0)`, field)
-  }
   const streamOptions = body.stream_options as { include_usage?: unknown } | null | undefined
   if (streamOptions != null && (typeof streamOptions !== 'object' || (streamOptions.include_usage != null && typeof streamOptions.include_usage !== 'boolean'))) {
     throw new ApiError(400, 'stream_options must be {"include_usage": boolean}', 'stream_options')
@@ -130,6 +128,8 @@ function parseSampling (body: Record<string, unknown>): Omit<SamplingRequest, 'm
     topP,
     topK: topK === -1 ? 0 : topK, // vLLM's -1 means all tokens, like our 0
     seed: optionalInteger(body, 'seed', Number.MIN_SAFE_INTEGER),
+    presencePenalty: optionalNumber(body, 'presence_penalty', -2, 2),
+    frequencyPenalty: optionalNumber(body, 'frequency_penalty', -2, 2),
     stop: parseStop(body.stop)
   }
 }

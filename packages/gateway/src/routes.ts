@@ -72,6 +72,13 @@ export function createRouter (ctx: RouterContext): (req: IncomingMessage, res: S
   return (req, res) => {
     const receivedAt = performance.now()
     res.on('error', () => {}) // a client that went away mid-write is handled by the abort path
+    // Browser-based clients call from other origins; the API key, not the origin, is what is checked.
+    res.setHeader('access-control-allow-origin', '*')
+    if (req.method === 'OPTIONS') {
+      res.writeHead(204, { 'access-control-allow-methods': 'GET, POST, OPTIONS', 'access-control-allow-headers': 'authorization, content-type', 'access-control-max-age': '86400' })
+      res.end()
+      return
+    }
     const path = new URL(req.url ?? '/', 'http://gateway').pathname
     const route = routes[path]
     const run = async (): Promise<void> => {
@@ -105,7 +112,11 @@ function checkKey (apiKey: string | undefined, req: IncomingMessage): void {
   }
 }
 
-/** The request body, up to `limit` bytes; a larger one is read to its end (so the reply arrives) and refused with 413. */
+/**
+ * The request body, up to `limit` bytes. A larger one is refused with 413 once it has been read to
+ * its end (a client still sending would miss the reply otherwise), unless it goes on past 16 times
+ * the limit: then the connection is dropped.
+ */
 async function readBody (req: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length'] ?? 0)
   const chunks: Buffer[] = []
@@ -113,6 +124,10 @@ async function readBody (req: IncomingMessage, limit: number): Promise<Buffer> {
   for await (const chunk of req as AsyncIterable<Buffer>) {
     total += chunk.length
     if (total <= limit && declared <= limit) chunks.push(chunk)
+    else if (total > 16 * limit) {
+      req.destroy()
+      break
+    }
   }
   if (total > limit || declared > limit) throw new ApiError(413, `the request body is ${Math.max(total, declared)} bytes, over the limit of ${limit}`, null, 'request_too_large')
   return Buffer.concat(chunks)

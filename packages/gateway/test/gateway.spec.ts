@@ -34,6 +34,8 @@ describe('the OpenAI-compatible gateway', () => {
   let local: LocalModel
   /** Makes the second server's decode steps fail, for the error-after-streaming-began test. */
   let failDecode = false
+  /** While set, the second server's prefill steps wait for it (to abort a request during its prefill). */
+  let holdPrefill: { reached: boolean, released: Promise<void> } | undefined
   const chatExpected = new Map<string, Expected>()
 
   /** The local engine's greedy answer to a conversation, on the template's rendered prompt. */
@@ -67,6 +69,10 @@ describe('the OpenAI-compatible gateway', () => {
       ...span,
       forward: async (...args: Parameters<typeof span.forward>) => {
         if (failDecode && args[2]?.tokens === 1) throw new Error('injected failure')
+        if (holdPrefill != null && args[2]?.tokens !== 1) {
+          holdPrefill.reached = true
+          await holdPrefill.released
+        }
         return await span.forward(...args)
       }
     }
@@ -160,6 +166,21 @@ describe('the OpenAI-compatible gateway', () => {
     expect(usage).toEqual(completion.usage)
   })
 
+  it('presence and frequency penalties equal the local engine\'s', async () => {
+    for (const penalties of [{ presence_penalty: 1.5 }, { frequency_penalty: 0.8 }]) {
+      const ids = local.tokenizer.encode(loadChatTemplate(model.path).render(user(QUESTIONS[0])), { addSpecialTokens: false })
+      const stream = local.generate(ids, { maxNewTokens: 30, presencePenalty: penalties.presence_penalty, frequencyPenalty: penalties.frequency_penalty })
+      let step = await stream.next()
+      while (step.done !== true) step = await stream.next()
+      const completion = await openai.chat.completions.create({ model: MODEL, messages: user(QUESTIONS[0]), max_tokens: 30, ...penalties })
+      expect(completion.choices[0].message.content).toBe(step.value.text)
+    }
+    // and they do change the greedy answer over 30 tokens
+    const plain = await openai.chat.completions.create({ model: MODEL, messages: user(QUESTIONS[0]), max_tokens: 30 })
+    const penalized = await openai.chat.completions.create({ model: MODEL, messages: user(QUESTIONS[0]), max_tokens: 30, frequency_penalty: 2 })
+    expect(penalized.choices[0].message.content).not.toBe(plain.choices[0].message.content)
+  })
+
   it('4 concurrent streaming requests each equal their single-request output', async () => {
     const answers = await Promise.all(QUESTIONS.map(async q => {
       const stream = await openai.chat.completions.create({ model: MODEL, messages: user(q), max_tokens: MAX_TOKENS, stream: true })
@@ -194,6 +215,32 @@ describe('the OpenAI-compatible gateway', () => {
     expect(await metric('minga_generation_tokens_total') - before).toBeLessThan(full.completionTokens)
   })
 
+  it('a client that goes away during prefill ends the session at once', async () => {
+    let release!: () => void
+    holdPrefill = { reached: false, released: new Promise(resolve => { release = resolve }) }
+    const gone = await metric('minga_requests_total', { endpoint: 'chat', status: '499' })
+    const controller = new AbortController()
+    const request = fetch(`${gateway.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, messages: user(QUESTIONS[0]), max_tokens: 8, stream: true }),
+      signal: controller.signal
+    })
+    request.catch(() => {})
+    try {
+      await waitFor(() => holdPrefill!.reached, 'the prefill to reach the second server')
+      controller.abort()
+      // The first server is told at once; the second is busy with the held step, and reads the
+      // CLOSE_SESSION queued behind it as soon as it is done.
+      await waitFor(() => servers[0].openSessions === 0, 'the first server to close the session', 1000)
+      await waitFor(async () => await metric('minga_requests_total', { endpoint: 'chat', status: '499' }) === gone + 1, 'the request to end as 499')
+    } finally {
+      release()
+      holdPrefill = undefined
+    }
+    await waitFor(() => servers[1].openSessions === 0, 'the second server to close the session', 1000)
+  })
+
   it('/metrics parses as Prometheus text and its counters move after a request', async () => {
     const families = parsePrometheusTextFormat(await (await fetch(`${gateway.url}/metrics`)).text())
     for (const name of ['minga_requests_running', 'minga_requests_waiting', 'minga_prompt_tokens_total', 'minga_generation_tokens_total',
@@ -216,6 +263,7 @@ describe('the OpenAI-compatible gateway', () => {
 
   it('GET /health, /v1/swarm (status, model, last route) and the static page at /', async () => {
     expect(await (await fetch(`${gateway.url}/health`)).json()).toEqual({ status: 'ok' })
+    await openai.completions.create({ model: MODEL, prompt: 'Hi', max_tokens: 1 }) // so there is a last route
     const swarm = await (await fetch(`${gateway.url}/v1/swarm`)).json()
     expect(swarm).toMatchObject({ modelId: gateway.client.modelId, numBlocks: 5, model: MODEL })
     expect(swarm.servers.map((s: { start: number, end: number }) => [s.start, s.end]).sort()).toEqual([[0, 3], [3, 5]])
@@ -226,6 +274,9 @@ describe('the OpenAI-compatible gateway', () => {
     expect(page.headers.get('content-type')).toMatch(/^text\/html/)
     expect(await page.text()).toMatch(/<html/)
     expect((await fetch(`${gateway.url}/../package.json`)).status).toBe(404)
+    const preflight = await fetch(`${gateway.url}/v1/chat/completions`, { method: 'OPTIONS' })
+    expect(preflight.status).toBe(204)
+    expect(preflight.headers.get('access-control-allow-headers')).toMatch(/authorization/)
   })
 
   describe('errors, as the openai client sees them', () => {
@@ -241,7 +292,7 @@ describe('the OpenAI-compatible gateway', () => {
     it('400 names the bad field: n, a penalty, a bad temperature, a role', async () => {
       for (const [body, param] of [
         [{ n: 2 }, 'n'],
-        [{ presence_penalty: 0.5 }, 'presence_penalty'],
+        [{ presence_penalty: 2.5 }, 'presence_penalty'],
         [{ temperature: -1 }, 'temperature'],
         [{ messages: [{ role: 'wizard', content: 'hi' }] }, 'messages[0].role']
       ] as const) {

@@ -12,6 +12,7 @@ interface ApiFlags {
   apiKey?: string
   swarmKey?: string
   maxConcurrent: number
+  defaultMaxTokens: number
   threads?: number
   json?: boolean
 }
@@ -27,6 +28,7 @@ export function registerApi (program: Command, io: CliIo): void {
     .option('--api-key <key>', 'require "Authorization: Bearer KEY" on the OpenAI endpoints')
     .option('--swarm-key <file>', 'the swarm\'s key, if it is private')
     .option('--max-concurrent <n>', 'generation requests at once; more get 429', integer(1), 16)
+    .option('--default-max-tokens <n>', 'new tokens for a chat request without max_tokens (capped by the context)', integer(1), 1024)
     .option('--threads <n>', 'onnxruntime threads for the head (default: all cores)', integer(1))
     .option('--json', 'print one JSON line {"url"} when listening; logs go to stderr')
     .action(async (flags: ApiFlags) => { await api(flags, io) })
@@ -45,6 +47,7 @@ async function api (flags: ApiFlags, io: CliIo): Promise<void> {
     apiKey: flags.apiKey,
     swarmKey: await swarmKeyOption(flags.swarmKey),
     maxConcurrent: flags.maxConcurrent,
+    defaultMaxTokens: flags.defaultMaxTokens,
     client: { threads: flags.threads },
     log
   })
