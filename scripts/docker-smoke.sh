@@ -65,7 +65,8 @@ done
 
 json() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{process.stdout.write(String(eval("(j)=>"+process.argv[1])(JSON.parse(s))))})' "$1"; }
 model=$(curl -fsS "$gateway/v1/models" | json 'j.data[0].id')
-answer=$(curl -fsS "$gateway/v1/completions" -H 'content-type: application/json' \
+# (503 and a retry-after while a layer's record is being renewed on a loaded machine: curl retries)
+answer=$(curl -fsS --retry 10 --retry-delay 3 "$gateway/v1/completions" -H 'content-type: application/json' \
   -d "{\"model\":\"$model\",\"prompt\":\"Once upon a time\",\"max_tokens\":16,\"temperature\":0}")
 text=$(printf '%s' "$answer" | json 'j.choices[0].text')
 if [ -z "$text" ]; then log "no text in $answer"; exit 1; fi

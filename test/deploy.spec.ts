@@ -49,6 +49,12 @@ describe('docker-compose.yml', () => {
       const result = await check(service.command)
       expect({ name, ...result }).toEqual({ name, code: 0, stdout: `minga ${service.command[0]}: flags are valid\n`, stderr: '' })
     }
+    // the servers' health check runs `minga status`: its flags too
+    for (const name of ['server-1', 'server-2', 'server-3']) {
+      const shell: string = services[name].healthcheck.test[1]
+      const status = /minga\.mjs (status .*?) \|/.exec(shell)![1].replace('"$MINGA_BOOTSTRAP"', services[name].environment.MINGA_BOOTSTRAP).split(' ')
+      expect(await check(status)).toEqual({ code: 0, stdout: 'minga status: flags are valid\n', stderr: '' })
+    }
     // and the check is a real one: a bad flag is refused
     const bad = await check(['serve', '--model', '/model', '--blocks', 'most'])
     expect(bad.code).toBe(2)

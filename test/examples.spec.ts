@@ -9,6 +9,8 @@ import { REPO_ROOT, startNode, type NodeProcess } from '@minga/cli/processes'
 import { STORIES, storiesWithChatTemplate, tempDir } from '../packages/engine/test/helpers.ts'
 
 const PROMPT = 'Once upon a time'
+/** How long a process may take to be ready: minutes, not seconds, on a loaded 2-core machine. */
+const READY_MS = 240_000
 
 interface Example { child: ChildProcess, stdout: () => string, stderr: () => string, exited: Promise<number | string> }
 
@@ -28,7 +30,7 @@ function runExample (file: string, args: string[], env: NodeJS.ProcessEnv = {}):
 }
 
 /** Resolves with the first line the example prints on stdout (fails if it exits first). */
-async function firstLine (example: Example, timeoutMs = 90_000): Promise<string> {
+async function firstLine (example: Example, timeoutMs = READY_MS): Promise<string> {
   return await new Promise((resolve, reject) => {
     const timer = setTimeout(() => { reject(new Error(`no output in ${timeoutMs} ms\n${example.stderr()}`)) }, timeoutMs)
     const check = (): void => {
@@ -55,15 +57,15 @@ describe('examples over a loopback swarm', () => {
     } finally {
       await local.close()
     }
-    bootstrap = await startNode(['bootstrap'], { label: 'bootstrap' })
-  })
+    bootstrap = await startNode(['bootstrap'], { label: 'bootstrap', timeoutMs: READY_MS })
+  }, 600_000)
   afterAll(async () => {
     embedded?.child.kill('SIGKILL')
     await bootstrap?.stop()
     chatModel.remove()
   })
 
-  it('embed-server hosts the model\'s layers inside a program, and sdk-stream streams the local engine\'s text through it', async () => {
+  it('embed-server hosts the model\'s layers inside a program, and sdk-stream streams the local engine\'s text through it', { timeout: 900_000 }, async () => {
     embedded = runExample('embed-server/embed.ts', ['--model', STORIES, '--blocks', '0:5'], { MINGA_BOOTSTRAP: bootstrap.ready.addrs[0] })
     const ready = JSON.parse(await firstLine(embedded))
     expect(ready.blocks).toEqual([0, 5])
@@ -74,7 +76,7 @@ describe('examples over a loopback swarm', () => {
     expect(stream.stderr()).toContain(`${ready.peerId.slice(-6)} [0, 5)`)
 
     // openai-chat: the official client through a gateway over the same node
-    const gateway = await startNode(['api', '--model', chatModel.path, '--bootstrap', bootstrap.ready.addrs[0], '--port', '0'], { label: 'api' })
+    const gateway = await startNode(['api', '--model', chatModel.path, '--bootstrap', bootstrap.ready.addrs[0], '--port', '0'], { label: 'api', timeoutMs: READY_MS })
     try {
       const base = new URL('v1', (gateway.ready as unknown as { url: string }).url).href
       const chat = runExample('openai-chat/chat.ts', ['--message', 'Tell me about the sea', '--max-tokens', '16'], { MINGA_API_URL: base })
@@ -111,9 +113,9 @@ describe('examples/community-swarm', () => {
     state.remove()
   })
 
-  it('sets up a private swarm (key, bootstrap, three --blocks auto servers, gateway) and prints the page\'s URL', async () => {
+  it('sets up a private swarm (key, bootstrap, three --blocks auto servers, gateway) and prints the page\'s URL', { timeout: 900_000 }, async () => {
     swarm = runExample('community-swarm/swarm.ts', ['--model', chatModel.path, '--port', '0', '--dir', state.path])
-    const line = await firstLine(swarm, 180_000)
+    const line = await firstLine(swarm, 3 * READY_MS)
     const url = /^open (\S+) /.exec(line)?.[1]
     expect(url).toBeDefined()
     const page = await fetch(url!)

@@ -13,6 +13,8 @@ import { STORIES, storiesWithChatTemplate } from '../packages/engine/test/helper
 const CHROMIUM = '/usr/bin/chromium'
 const ARTIFACTS = join(tmpdir(), 'minga-artifacts')
 const WAIT = { timeout: 90_000 } // generous: a loaded 2-core machine
+/** How long a node process may take to be ready: minutes, not seconds, under a load of 30. */
+const READY = { timeoutMs: 240_000 }
 
 describe('the web page', () => {
   const model = storiesWithChatTemplate()
@@ -25,13 +27,15 @@ describe('the web page', () => {
 
   beforeAll(async () => {
     if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install chromium; .ci/run does)`)
-    const bootstrap = await startNode(['bootstrap'], { label: 'bootstrap' })
+    const bootstrap = await startNode(['bootstrap'], { label: 'bootstrap', ...READY })
     nodes.push(bootstrap)
-    const join = ['--bootstrap', bootstrap.ready.addrs[0], '--announce-ttl', '6']
+    // (the default announcement TTL: a stopped server withdraws its span itself, and short TTLs
+    // let records lapse on a loaded machine)
+    const join = ['--bootstrap', bootstrap.ready.addrs[0]]
     servers.push(...await Promise.all([['0:2', 'alpha'], ['2:4', 'beta'], ['4:5', 'gamma']].map(async ([blocks, name]) =>
-      await startNode(['serve', '--model', STORIES, '--blocks', blocks, '--public-name', name, ...join], { label: `serve ${blocks}` }))))
+      await startNode(['serve', '--model', STORIES, '--blocks', blocks, '--public-name', name, ...join], { label: `serve ${blocks}`, ...READY }))))
     nodes.push(...servers)
-    gateway = await startNode(['api', '--model', model.path, '--bootstrap', bootstrap.ready.addrs[0], '--port', '0'], { label: 'api' })
+    gateway = await startNode(['api', '--model', model.path, '--bootstrap', bootstrap.ready.addrs[0], '--port', '0'], { label: 'api', ...READY })
     nodes.push(gateway)
     browser = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
@@ -41,7 +45,7 @@ describe('the web page', () => {
     })
     page = browser.pages()[0] ?? await browser.newPage()
     await page.goto((gateway.ready as unknown as { url: string }).url)
-  })
+  }, 600_000)
   afterAll(async () => {
     await browser?.close()
     await Promise.all(nodes.map(async n => await n.stop()))

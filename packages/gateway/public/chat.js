@@ -171,7 +171,7 @@ function renderMessage (message) {
       node.querySelector('.meta')?.remove()
       const parts = []
       if (m.stopped) parts.push('stopped')
-      if (m.failed) parts.push(m.content === '' ? `no answer: ${m.error}` : 'interrupted')
+      if (m.failed) parts.push(m.content === '' ? 'no answer' : 'interrupted') // the reason: in the error box, and the footer's tooltip
       if (m.finish === 'length') parts.push('cut at the max tokens')
       if (m.usage?.completion_tokens != null) parts.push(`${m.usage.completion_tokens} tokens`)
       if (m.speed != null) parts.push(`${m.speed.toFixed(1)} tokens/s`)
@@ -179,6 +179,7 @@ function renderMessage (message) {
       const meta = document.createElement('small')
       meta.className = 'meta'
       meta.textContent = parts.join(' · ')
+      if (m.error) meta.title = m.error
       node.append(meta)
     }
   }
