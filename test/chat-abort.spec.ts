@@ -21,7 +21,7 @@ describe('client.chat and abort', () => {
   beforeAll(async () => {
     bootstrap = await createMingaNode({})
     for (const [start, end] of [[0, 3], [3, 5]]) {
-      servers.push(await createServer({ modelDir: STORIES, blocks: { start, end }, bootstrap: bootstrap.addrs(), throughput: 100 }))
+      servers.push(await createServer({ modelDir: model.path, blocks: { start, end }, bootstrap: bootstrap.addrs(), throughput: 100 }))
     }
     client = await createClient({ modelDir: model.path, bootstrap: bootstrap.addrs() })
   })

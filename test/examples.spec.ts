@@ -66,11 +66,11 @@ describe('examples over a loopback swarm', () => {
   })
 
   it('embed-server hosts the model\'s layers inside a program, and sdk-stream streams the local engine\'s text through it', { timeout: 900_000 }, async () => {
-    embedded = runExample('embed-server/embed.ts', ['--model', STORIES, '--blocks', '0:5'], { MINGA_BOOTSTRAP: bootstrap.ready.addrs[0] })
+    embedded = runExample('embed-server/embed.ts', ['--model', chatModel.path, '--blocks', '0:5'], { MINGA_BOOTSTRAP: bootstrap.ready.addrs[0] })
     const ready = JSON.parse(await firstLine(embedded))
     expect(ready.blocks).toEqual([0, 5])
 
-    const stream = runExample('sdk-stream/stream.ts', ['--model', STORIES, '--bootstrap', bootstrap.ready.addrs[0], '--prompt', PROMPT, '--max-new-tokens', '20'])
+    const stream = runExample('sdk-stream/stream.ts', ['--model', chatModel.path, '--bootstrap', bootstrap.ready.addrs[0], '--prompt', PROMPT, '--max-new-tokens', '20'])
     expect(await stream.exited).toBe(0)
     expect(stream.stdout()).toBe(expectedText)
     expect(stream.stderr()).toContain(`${ready.peerId.slice(-6)} [0, 5)`)

@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { chromium, type BrowserContext, type Page } from 'playwright-core'
 import { startNode, type NodeProcess } from '@minga/cli/processes'
-import { STORIES, storiesWithChatTemplate } from '../packages/engine/test/helpers.ts'
+import { storiesWithChatTemplate } from '../packages/engine/test/helpers.ts'
 
 const CHROMIUM = '/usr/bin/chromium'
 const ARTIFACTS = join(tmpdir(), 'minga-artifacts')
@@ -33,7 +33,7 @@ describe('the web page', () => {
     // let records lapse on a loaded machine)
     const join = ['--bootstrap', bootstrap.ready.addrs[0]]
     servers.push(...await Promise.all([['0:2', 'alpha'], ['2:4', 'beta'], ['4:5', 'gamma']].map(async ([blocks, name]) =>
-      await startNode(['serve', '--model', STORIES, '--blocks', blocks, '--public-name', name, ...join], { label: `serve ${blocks}`, ...READY }))))
+      await startNode(['serve', '--model', model.path, '--blocks', blocks, '--public-name', name, ...join], { label: `serve ${blocks}`, ...READY }))))
     nodes.push(...servers)
     gateway = await startNode(['api', '--model', model.path, '--bootstrap', bootstrap.ready.addrs[0], '--port', '0'], { label: 'api', ...READY })
     nodes.push(gateway)

@@ -57,12 +57,12 @@ describe('minga chat', () => {
   it.skipIf(!HAS_SCRIPT)('in a terminal (script(1) from util-linux): Ctrl-C stops the current answer, Ctrl-C at the prompt does not quit, Ctrl-D does', async () => {
     // A server whose third decode step waits for the test: the answer is surely still running at Ctrl-C.
     const bootstrap = await createMingaNode({})
-    const span = await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5 })
+    const span = await createSpanExecutor({ modelDir: model.path, start: 0, end: 5 })
     let decodeSteps = 0
     let release!: () => void
     const released = new Promise<void>(resolve => { release = resolve })
     const server = await createServer({
-      modelDir: STORIES,
+      modelDir: model.path,
       blocks: { start: 0, end: 5 },
       bootstrap: bootstrap.addrs(),
       throughput: 100,

@@ -39,7 +39,7 @@ export const STORIES_CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m
 
 /**
  * A copy of stories260k with STORIES_CHAT_TEMPLATE in its tokenizer_config.json (the shipped model
- * stays untouched). Same config and weights, so the same model id: servers of STORIES serve it.
+ * stays untouched). The model id covers tokenizer_config.json, so servers must serve this copy too.
  */
 export function storiesWithChatTemplate (): { path: string, remove: () => void } {
   const dir = tempDir('chat-model')

@@ -63,8 +63,8 @@ describe('the OpenAI-compatible gateway', () => {
     local = await createLocalModel({ modelDir: model.path })
     for (const q of QUESTIONS) chatExpected.set(q, await expectChat(user(q)))
     bootstrap = await createMingaNode({})
-    servers.push(await createServer({ modelDir: STORIES, blocks: { start: 0, end: 3 }, bootstrap: bootstrap.addrs(), throughput: 100 }))
-    const span = await createSpanExecutor({ modelDir: STORIES, start: 3, end: 5 })
+    servers.push(await createServer({ modelDir: model.path, blocks: { start: 0, end: 3 }, bootstrap: bootstrap.addrs(), throughput: 100 }))
+    const span = await createSpanExecutor({ modelDir: model.path, start: 3, end: 5 })
     const executor = {
       ...span,
       forward: async (...args: Parameters<typeof span.forward>) => {
@@ -76,7 +76,7 @@ describe('the OpenAI-compatible gateway', () => {
         return await span.forward(...args)
       }
     }
-    servers.push(await createServer({ modelDir: STORIES, blocks: { start: 3, end: 5 }, executor, bootstrap: bootstrap.addrs(), throughput: 100 }))
+    servers.push(await createServer({ modelDir: model.path, blocks: { start: 3, end: 5 }, executor, bootstrap: bootstrap.addrs(), throughput: 100 }))
     gateway = await createGateway({
       modelDir: model.path, modelName: MODEL, bootstrap: bootstrap.addrs(), port: 0, apiKey: KEY, maxConcurrent: 8, maxBodyBytes: 64 * 1024,
       client: { failoverTimeoutMs: 1000 } // a failed server with no replica is given up on quickly
@@ -344,11 +344,17 @@ describe('the OpenAI-compatible gateway', () => {
     describe('a gateway with --max-concurrent 1, on a model without a chat template', () => {
       let small: Gateway
       let smallClient: OpenAI
+      let plainServer: MingaServer
       beforeAll(async () => {
+        // the model id covers tokenizer_config.json too: the template-less model has servers of its own
+        plainServer = await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: bootstrap.addrs(), throughput: 100 })
         small = await createGateway({ modelDir: STORIES, bootstrap: bootstrap.addrs(), port: 0, maxConcurrent: 1 })
         smallClient = new OpenAI({ baseURL: `${small.url}/v1`, apiKey: 'unused', maxRetries: 0 })
       })
-      afterAll(async () => { await small?.close() })
+      afterAll(async () => {
+        await small?.close()
+        await plainServer?.stop({ immediate: true })
+      })
 
       it('chat is a 400 naming the missing template; completions still work', async () => {
         const err = await rejection(smallClient.chat.completions.create({ model: 'stories260k', messages: user('hi') }))
