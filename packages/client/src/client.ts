@@ -5,7 +5,7 @@ import type { PrivateKey } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import {
   computeModelId, createClientHead, generateTokens, loadModelConfig, loadTokenizer, planGeneration,
-  type ClientHead, type GenerateOptions, type GeneratedToken, type GenerationResult, type ModelConfig, type TextTokenizer
+  type ClientHead, type GenerateOptions, type GeneratedToken, type GenerationResult, type ModelConfig, type Quantization, type TextTokenizer
 } from '@minga/engine'
 import { createMingaNode, findSpans, openChannel, type Channel, type MingaNode, type ServerEntry } from '@minga/p2p'
 import { SwarmError } from './errors.ts'
@@ -36,6 +36,8 @@ export interface ClientInit {
   privateKey?: PrivateKey
   /** The swarm's pre-shared key (a key file's bytes, see loadSwarmKey) if the swarm is private. */
   swarmKey?: Uint8Array
+  /** Quantization of the LM head the client runs (default int8; `none` is f32). */
+  headQuant?: Quantization
   threads?: number
 }
 
@@ -71,7 +73,7 @@ export async function createClient (init: ClientInit): Promise<MingaClient> {
   const node = await createMingaNode({ listen: [], bootstrap: init.bootstrap, privateKey: init.privateKey, swarmKey: init.swarmKey })
   let head: ClientHead
   try {
-    head = await createClientHead({ modelDir: init.modelDir, threads: init.threads })
+    head = await createClientHead({ modelDir: init.modelDir, headQuant: init.headQuant, threads: init.threads })
   } catch (err) {
     await node.stop()
     throw err

@@ -59,11 +59,28 @@ export class SafetensorsCheckpoint {
 
   /** Reads a tensor and checks its shape. */
   readShaped (name: string, shape: number[]): Float32Array {
+    this.checkShape(name, shape)
+    return this.read(name)
+  }
+
+  checkShape (name: string, shape: number[]): void {
     const actual = this.shape(name)
     if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
       throw new ModelLoadError(`tensor ${name} has shape [${actual}], expected [${shape}] from config.json`)
     }
-    return this.read(name)
+  }
+
+  /** Reads rows [first, first + count) of a 2-D tensor (an embedding's rows are tokens), widened to f32. */
+  readRows (name: string, first: number, count: number): Float32Array {
+    const entry = this.entry(name)
+    const [rows, width] = entry.shape
+    if (entry.shape.length !== 2 || first < 0 || count < 0 || first + count > rows) {
+      throw new ModelLoadError(`rows [${first}, ${first + count}) are not within tensor ${name} of shape [${entry.shape}]`)
+    }
+    const rowBytes = width * BYTES[entry.dtype]
+    const bytes = new Uint8Array(count * rowBytes)
+    this.readAt(entry.file, bytes, entry.begin + first * rowBytes)
+    return toFloat32(bytes, entry.dtype)
   }
 
   close (): void {

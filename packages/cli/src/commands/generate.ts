@@ -1,6 +1,6 @@
 // `minga generate`: a prompt in, new text out, on this machine or, with --bootstrap, through a swarm.
 import { InvalidArgumentError, type Command } from 'commander'
-import { createLocalModel, type GenerateOptions, type GenerationResult } from '@minga/engine'
+import { createLocalModel, DEFAULT_HEAD_QUANT, type GenerateOptions, type GenerationResult, type Quantization } from '@minga/engine'
 import { createClient, type SwarmGenerationResult } from '@minga/client'
 import { loadOrCreateIdentity } from '@minga/p2p'
 import type { CliIo } from '../index.ts'
@@ -16,7 +16,8 @@ interface GenerateFlags {
   seed?: number
   repetitionPenalty: number
   stop: string[]
-  quant: 'none' | 'int8' | 'int4'
+  quant: Quantization
+  headQuant: Quantization
   spans?: Array<[number, number]>
   threads?: number
   bootstrap?: string[]
@@ -33,6 +34,7 @@ export function registerGenerate (program: Command, io: CliIo): void {
     .requiredOption('--prompt <text>', 'the prompt')
   addSamplingOptions(command)
     .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
+    .option('--head-quant <q>', 'weights of the LM head this machine runs: none (f32), int8 or int4', quantization, DEFAULT_HEAD_QUANT)
     .option('--spans <list>', 'run the layers as chained spans, e.g. 0:2,2:5 (default: one span)', parseSpans)
     .option('--threads <n>', 'onnxruntime threads per span (default: all cores)', integer(1))
     .option('--bootstrap <multiaddr...>', 'generate through the swarm these nodes belong to')
@@ -60,11 +62,12 @@ async function generate (flags: GenerateFlags, io: CliIo): Promise<void> {
       modelDir,
       bootstrap: flags.bootstrap!,
       threads: flags.threads,
+      headQuant: flags.headQuant,
       swarmKey: await swarmKeyOption(flags.swarmKey),
       verifyProbability: flags.verifyProbability,
       privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined
     })
-    : await createLocalModel({ modelDir, quant: flags.quant, spans: flags.spans, threads: flags.threads })
+    : await createLocalModel({ modelDir, quant: flags.quant, headQuant: flags.headQuant, spans: flags.spans, threads: flags.threads })
   let result: GenerationResult & { route?: SwarmGenerationResult['route'] }
   try {
     const stream = model.generate(flags.prompt, options)
