@@ -8,6 +8,7 @@ import { InvalidArgumentError, ShapeError } from '../errors.ts'
 import { buildHeadGraph, HEAD_IO, type HeadWeight } from '../graph/head-graph.ts'
 import { quantizeByRows, quantizedBytes, type Quantization } from '../quantize.ts'
 import { SafetensorsCheckpoint } from '../safetensors.ts'
+import { collectGarbage } from './collect-garbage.ts'
 import { sessionOptions } from './ort-options.ts'
 import { serveRequests, Transfer } from './rpc.ts'
 
@@ -28,20 +29,30 @@ let head: ort.InferenceSession
 
 async function load ({ modelDir, headQuant, threads }: HeadLoadArgs): Promise<HeadLoadResult> {
   config = loadModelConfig(modelDir)
-  const { vocabSize, hiddenSize } = config
   checkpoint = new SafetensorsCheckpoint(modelDir) // stays open: embeddings are read per token
   try {
-    checkpoint.checkShape(EMBEDDINGS, [vocabSize, hiddenSize])
-    const finalNorm = checkpoint.readShaped('model.norm.weight', [hiddenSize])
-    const tied = config.tieWordEmbeddings || !checkpoint.has('lm_head.weight')
-    const lmHead = readHeadWeight(tied ? EMBEDDINGS : 'lm_head.weight', headQuant)
-    const preparedBytes = finalNorm.byteLength + (lmHead instanceof Float32Array ? lmHead.byteLength : quantizedBytes(lmHead))
-    head = await ort.InferenceSession.create(buildHeadGraph(config, finalNorm, lmHead), sessionOptions(threads))
+    checkpoint.checkShape(EMBEDDINGS, [config.vocabSize, config.hiddenSize])
+    let graph: Uint8Array | undefined
+    let preparedBytes: number
+    ;({ graph, preparedBytes } = buildGraph(headQuant))
+    // Peak memory: only the graph's bytes are alive when onnxruntime copies them, not the JS weights.
+    collectGarbage()
+    head = await ort.InferenceSession.create(graph, sessionOptions(threads))
+    graph = undefined
+    setImmediate(collectGarbage) // after this call's frames, which still hold the graph, are gone
     return { config, bytesRead: checkpoint.bytesRead, preparedBytes }
   } catch (err) {
     checkpoint.close()
     throw err
   }
+}
+
+function buildGraph (headQuant: Quantization): { graph: Uint8Array, preparedBytes: number } {
+  const finalNorm = checkpoint.readShaped('model.norm.weight', [config.hiddenSize])
+  const tied = config.tieWordEmbeddings || !checkpoint.has('lm_head.weight')
+  const lmHead = readHeadWeight(tied ? EMBEDDINGS : 'lm_head.weight', headQuant)
+  const preparedBytes = finalNorm.byteLength + (lmHead instanceof Float32Array ? lmHead.byteLength : quantizedBytes(lmHead))
+  return { graph: buildHeadGraph(config, finalNorm, lmHead), preparedBytes }
 }
 
 function readHeadWeight (name: string, quant: Quantization): HeadWeight {
