@@ -46,7 +46,10 @@ export async function createClientHead (init: ClientHeadInit): Promise<ClientHea
         const own = ownBuffer(hidden)
         return await worker.call('logits', { hidden: own, tokens }, [own.buffer])
       },
-      close: async () => { await worker.terminate() }
+      close: async () => {
+        await worker.call('close', {}).catch(() => {}) // a failed worker has nothing left to close
+        await worker.terminate()
+      }
     }
   } catch (err) {
     await worker.terminate()

@@ -1,8 +1,10 @@
 // The client head runs quantized (int8 by default): it must pick f32's top-1 token at ≥ 99 % of 200
 // teacher-forced stories260k positions, and the default head must still give the reference output.
+import { readdirSync, readlinkSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { argmax, createClientHead, createLocalModel, createSpanExecutor, DEFAULT_HEAD_QUANT, untilDone, type ClientHead, type Quantization } from '../src/index.ts'
 import { quantizeBlockwise, quantizeByRows } from '../src/quantize.ts'
+import { SafetensorsCheckpoint } from '../src/safetensors.ts'
 import { seededRandom } from '../src/sampler.ts'
 import { STORIES, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS } from './helpers.ts'
 
@@ -75,6 +77,21 @@ describe('quantized client head on stories260k', () => {
     } finally {
       await model.close()
     }
+  })
+
+  it('reads embeddings from the checkpoint, which it keeps open until closed', async () => {
+    const openCheckpoints = (): number => readdirSync('/proc/self/fd').filter(fd => {
+      try { return readlinkSync(`/proc/self/fd/${fd}`).endsWith('stories260k/model.safetensors') } catch { return false }
+    }).length
+    const before = openCheckpoints()
+    const head = await createClientHead({ modelDir: STORIES })
+    expect(openCheckpoints()).toBe(before + 1)
+    const checkpoint = new SafetensorsCheckpoint(STORIES)
+    const matrix = checkpoint.read('model.embed_tokens.weight')
+    checkpoint.close()
+    expect(Array.from(await head.embed([7, 1]))).toEqual([...matrix.slice(7 * 64, 8 * 64), ...matrix.slice(64, 128)])
+    await head.close()
+    expect(openCheckpoints()).toBe(before)
   })
 
   it('rejects an unknown head quantization by name', async () => {

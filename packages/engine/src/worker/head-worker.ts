@@ -81,4 +81,10 @@ async function logits ({ hidden, tokens }: { hidden: Float32Array, tokens: numbe
   return new Transfer(result, [result.buffer as ArrayBuffer])
 }
 
-serveRequests({ load, embed, logits })
+/** File descriptors belong to the process, not the worker: close them before the worker ends. */
+async function close (): Promise<void> {
+  checkpoint?.close()
+  await head?.release()
+}
+
+serveRequests({ load, embed, logits, close })
