@@ -8,8 +8,7 @@
 // would make onnxruntime-node copy the whole cache back to JS on every step.
 import type { ModelConfig } from '../config.ts'
 import type { LayerWeights } from '../layer-weights.ts'
-import { quantizeBlockwise, type Quantization } from '../quantize.ts'
-import { matMulNBits } from './matmul-nbits.ts'
+import { QUANT_BLOCK_SIZE, quantizeBlockwise, type Quantization } from '../quantize.ts'
 import { GraphBuilder, MS_DOMAIN } from './onnx.ts'
 
 export interface SpanGraphInit {
@@ -114,7 +113,14 @@ export function linear (g: GraphBuilder, quant: Quantization, name: string, inpu
     const w = g.initializer(`${name}.weight`, 'float32', [k, n], transpose(weight, n, k))
     ;[out] = g.node('MatMul', [input, w], {}, { name })
   } else {
-    out = matMulNBits(g, name, input, quantizeBlockwise(weight, n, k, quant === 'int4' ? 4 : 8))
+    const q = quantizeBlockwise(weight, n, k, quant === 'int4' ? 4 : 8)
+    const blob = (QUANT_BLOCK_SIZE * q.bits) / 8
+    const data = g.initializer(`${name}.qweight`, 'uint8', [n, q.blocksPerRow, blob], q.data)
+    const scales = g.initializer(`${name}.scales`, 'float32', [n * q.blocksPerRow], q.scales)
+    const zeros = g.initializer(`${name}.zero_points`, 'uint8', [q.zeroPoints.length], q.zeroPoints)
+    ;[out] = g.node('MatMulNBits', [input, data, scales, zeros], {
+      K: k, N: n, bits: q.bits, block_size: QUANT_BLOCK_SIZE, accuracy_level: 4
+    }, { name, domain: MS_DOMAIN })
   }
   if (bias == null) return out
   const b = g.initializer(`${name}.bias`, 'float32', [n], bias)
