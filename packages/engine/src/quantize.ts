@@ -64,7 +64,7 @@ export function quantizeBlockwise (weight: Float32Array, n: number, k: number, b
  * quantizeBlockwise over a weight read `chunkRows` rows at a time, so that the weight's f32 form
  * never exists whole (the client head quantizes a vocab × hidden matrix this way).
  */
-export function quantizeByRows (n: number, k: number, bits: 4 | 8, readRows: (first: number, count: number) => Float32Array, chunkRows = 512): QuantizedWeight {
+export function quantizeByRows (n: number, k: number, bits: 4 | 8, readRows: (from: number, to: number) => Float32Array, chunkRows = 512): QuantizedWeight {
   const blocksPerRow = Math.ceil(k / QUANT_BLOCK_SIZE)
   const dataPerRow = blocksPerRow * QUANT_BLOCK_SIZE * bits / 8
   const zpPerRow = Math.ceil((blocksPerRow * bits) / 8)
@@ -76,7 +76,7 @@ export function quantizeByRows (n: number, k: number, bits: 4 | 8, readRows: (fi
   }
   for (let first = 0; first < n; first += chunkRows) {
     const count = Math.min(chunkRows, n - first)
-    const part = quantizeBlockwise(readRows(first, count), count, k, bits)
+    const part = quantizeBlockwise(readRows(first, first + count), count, k, bits)
     out.data.set(part.data, first * dataPerRow)
     out.scales.set(part.scales, first * blocksPerRow)
     out.zeroPoints.set(part.zeroPoints, first * zpPerRow)

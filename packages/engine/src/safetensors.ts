@@ -52,9 +52,7 @@ export class SafetensorsCheckpoint {
   /** Reads one tensor and widens it to f32. */
   read (name: string): Float32Array {
     const entry = this.entry(name)
-    const bytes = new Uint8Array(entry.end - entry.begin)
-    this.readAt(entry.file, bytes, entry.begin)
-    return toFloat32(bytes, entry.dtype)
+    return this.readRange(entry, 0, entry.end - entry.begin)
   }
 
   /** Reads a tensor and checks its shape. */
@@ -63,24 +61,18 @@ export class SafetensorsCheckpoint {
     return this.read(name)
   }
 
+  /** Reads rows [from, to) of a tensor (first dimension), widened to f32: big tensors a slice at a time. */
+  readRows (name: string, from: number, to: number): Float32Array {
+    const entry = this.entry(name)
+    const rowBytes = (entry.end - entry.begin) / entry.shape[0]
+    return this.readRange(entry, from * rowBytes, to * rowBytes)
+  }
+
   checkShape (name: string, shape: number[]): void {
     const actual = this.shape(name)
     if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
       throw new ModelLoadError(`tensor ${name} has shape [${actual}], expected [${shape}] from config.json`)
     }
-  }
-
-  /** Reads rows [first, first + count) of a 2-D tensor (an embedding's rows are tokens), widened to f32. */
-  readRows (name: string, first: number, count: number): Float32Array {
-    const entry = this.entry(name)
-    const [rows, width] = entry.shape
-    if (entry.shape.length !== 2 || first < 0 || count < 0 || first + count > rows) {
-      throw new ModelLoadError(`rows [${first}, ${first + count}) are not within tensor ${name} of shape [${entry.shape}]`)
-    }
-    const rowBytes = width * BYTES[entry.dtype]
-    const bytes = new Uint8Array(count * rowBytes)
-    this.readAt(entry.file, bytes, entry.begin + first * rowBytes)
-    return toFloat32(bytes, entry.dtype)
   }
 
   close (): void {
@@ -92,6 +84,12 @@ export class SafetensorsCheckpoint {
     const entry = this.tensors.get(name)
     if (entry == null) throw new ModelLoadError(`tensor ${name} is missing from the checkpoint in ${this.modelDir}`)
     return entry
+  }
+
+  private readRange (entry: TensorEntry, from: number, to: number): Float32Array {
+    const bytes = new Uint8Array(to - from)
+    this.readAt(entry.file, bytes, entry.begin + from)
+    return toFloat32(bytes, entry.dtype)
   }
 
   private readHeader (file: string): void {

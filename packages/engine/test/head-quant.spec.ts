@@ -106,7 +106,7 @@ describe('quantizeByRows', () => {
     const random = seededRandom(bits)
     const weight = Float32Array.from({ length: n * k }, () => random() * 2 - 1)
     const whole = quantizeBlockwise(weight, n, k, bits)
-    const chunked = quantizeByRows(n, k, bits, (first, count) => weight.slice(first * k, (first + count) * k), 8)
+    const chunked = quantizeByRows(n, k, bits, (from, to) => weight.slice(from * k, to * k), 8)
     expect(chunked).toEqual(whole)
   })
 })

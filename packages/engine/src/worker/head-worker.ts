@@ -59,7 +59,7 @@ function readHeadWeight (name: string, quant: Quantization): HeadWeight {
   const { vocabSize, hiddenSize } = config
   if (quant === 'none') return checkpoint.readShaped(name, [vocabSize, hiddenSize])
   checkpoint.checkShape(name, [vocabSize, hiddenSize])
-  return quantizeByRows(vocabSize, hiddenSize, quant === 'int4' ? 4 : 8, (first, count) => checkpoint.readRows(name, first, count))
+  return quantizeByRows(vocabSize, hiddenSize, quant === 'int4' ? 4 : 8, (from, to) => checkpoint.readRows(name, from, to))
 }
 
 function embed ({ ids }: { ids: number[] }): Transfer<Float32Array> {
@@ -68,7 +68,7 @@ function embed ({ ids }: { ids: number[] }): Transfer<Float32Array> {
     if (!Number.isInteger(id) || id < 0 || id >= vocabSize) throw new InvalidArgumentError(`token id ${id} is outside the vocabulary of ${vocabSize}`)
   }
   const out = new Float32Array(ids.length * hiddenSize)
-  ids.forEach((id, i) => { out.set(checkpoint.readRows(EMBEDDINGS, id, 1), i * hiddenSize) })
+  ids.forEach((id, i) => { out.set(checkpoint.readRows(EMBEDDINGS, id, id + 1), i * hiddenSize) })
   return new Transfer(out, [out.buffer])
 }
 
