@@ -2,7 +2,7 @@
 // by `generate` and `chat`, with the flags that choose it.
 import { InvalidArgumentError, type Command } from 'commander'
 import { createClient, type MingaClient } from '@minga/client'
-import { createLocalModel, loadChatTemplate, type ChatMessage, type GenerateOptions, type LocalModel } from '@minga/engine'
+import { createLocalModel, DEFAULT_HEAD_QUANT, loadChatTemplate, type ChatMessage, type Quantization, type GenerateOptions, type LocalModel } from '@minga/engine'
 import { loadOrCreateIdentity } from '@minga/p2p'
 import { addSamplingOptions, existingModelDir, integer, modelChoice, number, quantization, swarmKeyOption, userPath } from './options.ts'
 
@@ -19,7 +19,8 @@ export interface ModelFlags {
   presencePenalty: number
   frequencyPenalty: number
   stop: string[]
-  quant: 'none' | 'int8' | 'int4'
+  quant: Quantization
+  headQuant: Quantization
   spans?: Array<[number, number]>
   threads?: number
   bootstrap?: string[]
@@ -31,6 +32,7 @@ export interface ModelFlags {
 export function addModelOptions (command: Command): Command {
   return addSamplingOptions(command)
     .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
+    .option('--head-quant <q>', 'weights of the LM head this machine runs: none (f32), int8 or int4', quantization, DEFAULT_HEAD_QUANT)
     .option('--spans <list>', 'run the layers as chained spans, e.g. 0:2,2:5 (default: one span)', parseSpans)
     .option('--threads <n>', 'onnxruntime threads per span (default: all cores)', integer(1))
     .option('--bootstrap <multiaddr...>', 'generate through the swarm these nodes belong to (its servers can read the prompt: use a private swarm for sensitive text)')
@@ -60,6 +62,7 @@ export async function openModel (flags: ModelFlags, log: (message: string) => vo
     return await createClient({
       ...choice,
       fetch: { log },
+      headQuant: flags.headQuant,
       bootstrap: flags.bootstrap,
       threads: flags.threads,
       swarmKey: await swarmKeyOption(flags.swarmKey),
@@ -67,7 +70,7 @@ export async function openModel (flags: ModelFlags, log: (message: string) => vo
       privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined
     })
   }
-  return await createLocalModel({ modelDir: choice.modelDir!, quant: flags.quant, spans: flags.spans, threads: flags.threads })
+  return await createLocalModel({ modelDir: choice.modelDir!, quant: flags.quant, headQuant: flags.headQuant, spans: flags.spans, threads: flags.threads })
 }
 
 /**

@@ -7,8 +7,8 @@ import { runMinga } from '../src/processes.ts'
 
 
 describe('minga generate', () => {
-  it('--json prints exactly one object with the reference ids', async () => {
-    const { code, stdout } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '40', '--temperature', '0', '--json')
+  it('--json prints exactly one object with the reference ids (f32 layers and head, like llama2.c)', async () => {
+    const { code, stdout } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '40', '--temperature', '0', '--quant', 'none', '--head-quant', 'none', '--json')
     expect(code).toBe(0)
     expect(stdout.trim().split('\n')).toHaveLength(1)
     const result = JSON.parse(stdout)
@@ -27,8 +27,8 @@ describe('minga generate', () => {
     expect(stderr).toMatch(/20 tokens \(length\), prefill [\d.]+ ms, [\d.]+ tokens\/s/)
   })
 
-  it.each(['int8', 'int4'])('runs with --quant %s', async (quant) => {
-    const { code, stdout } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '10', '--quant', quant, '--json')
+  it.each(['int8', 'int4'])('runs with --quant %s --head-quant %s', async (quant) => {
+    const { code, stdout } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '10', '--quant', quant, '--head-quant', quant, '--json')
     expect(code).toBe(0)
     expect(JSON.parse(stdout).ids).toHaveLength(10)
   })
@@ -51,6 +51,7 @@ describe('minga generate', () => {
       { why: 'bad --temperature', args: ['--model', STORIES, '--temperature', '-1'], message: /'--temperature <t>' argument '-1' is invalid/ },
       { why: 'bad --max-new-tokens', args: ['--model', STORIES, '--max-new-tokens', '0'], message: /'--max-new-tokens <n>' argument '0' is invalid/ },
       { why: 'bad --quant', args: ['--model', STORIES, '--quant', 'int3'], message: /'--quant <q>' argument 'int3' is invalid. expected one of none, int8, int4/ },
+      { why: 'bad --head-quant', args: ['--model', STORIES, '--head-quant', 'f16'], message: /'--head-quant <q>' argument 'f16' is invalid. expected one of none, int8, int4/ },
       { why: 'bad --seed', args: ['--model', STORIES, '--seed', 'x'], message: /'--seed <s>' argument 'x' is invalid/ },
       { why: 'unknown flag', args: ['--model', STORIES, '--tempreature', '1'], message: /unknown option '--tempreature'/ }
     ])('$why', async ({ args, message }) => {

@@ -7,7 +7,7 @@ import { resolveModel, type FetchModelInit, type FetchResult, type ResolvedModel
 import {
   createClientHead, generateTokens, loadChatTemplate, loadModelConfig, loadTokenizer, planGeneration,
   type ChatMessage, type ChatTemplate, type ClientHead, type GenerateOptions, type GeneratedToken, type GenerationResult,
-  type ModelConfig, type TextTokenizer
+  type ModelConfig, type Quantization, type TextTokenizer
 } from '@minga/engine'
 import { createMingaNode, findSpans, openChannel, type Channel, type MingaNode, type ServerEntry } from '@minga/p2p'
 import { SwarmError } from './errors.ts'
@@ -47,6 +47,8 @@ export interface ClientInit {
   privateKey?: PrivateKey
   /** The swarm's pre-shared key (a key file's bytes, see loadSwarmKey) if the swarm is private. */
   swarmKey?: Uint8Array
+  /** Quantization of the LM head the client runs (default int8; `none` is f32). */
+  headQuant?: Quantization
   threads?: number
 }
 
@@ -102,7 +104,7 @@ export async function createClient (init: ClientInit): Promise<MingaClient> {
     model = await resolveModel({ modelDir: init.modelDir, modelId: init.modelId, node, cacheDir: init.cacheDir, ...init.fetch, select: { head: true } })
     const config = loadModelConfig(model.dir)
     const tokenizer = loadTokenizer(model.dir, config)
-    const head = await createClientHead({ modelDir: model.dir, threads: init.threads })
+    const head = await createClientHead({ modelDir: model.dir, headQuant: init.headQuant, threads: init.threads })
     return new SwarmClient(init, node, head, tokenizer, config, model)
   } catch (err) {
     model?.close()

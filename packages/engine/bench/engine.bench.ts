@@ -183,7 +183,7 @@ function logSoftmax (row: Float32Array): Float64Array {
 async function runAgreement (modelDir: string, quants: Quantization[], threads: number): Promise<AgreementResult> {
   const config = loadModelConfig(modelDir)
   const vocab = config.vocabSize
-  const head = await createClientHead({ modelDir, threads })
+  const head = await createClientHead({ modelDir, headQuant: 'none', threads }) // compare the layers' quantization alone
   const open = async (quant: Quantization): Promise<SpanExecutor> =>
     await createSpanExecutor({ modelDir, start: 0, end: config.numLayers, quant, threads })
   try {

@@ -5,7 +5,7 @@ export {
 } from './manifest.ts'
 export { loadModelConfig, parseModelConfig, type ModelConfig, type ModelType, type RopeScaling } from './config.ts'
 export { createSpanExecutor, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type OpenSessionOptions, type SpanStats } from './span-executor.ts'
-export { createClientHead, type ClientHead, type ClientHeadInit } from './client-head.ts'
+export { createClientHead, DEFAULT_HEAD_QUANT, type ClientHead, type ClientHeadInit } from './client-head.ts'
 export { createLocalModel, type LocalModel, type LocalModelInit } from './local-model.ts'
 export { generateTokens, planGeneration, untilDone, type GenerateOptions, type GeneratedToken, type GenerationPlan, type GenerationResult, type LayerChain } from './generate.ts'
 export { createSampler, validateSampling, argmax, seededRandom, type Sampler, type SamplingOptions } from './sampler.ts'

@@ -6,7 +6,7 @@ import { forwardThrough, logitsOf, maxAbsDiff, STORIES, STORIES_PROMPT_IDS } fro
 let head: ClientHead
 let spans: SpanExecutor[]
 beforeAll(async () => {
-  head = await createClientHead({ modelDir: STORIES })
+  head = await createClientHead({ modelDir: STORIES, headQuant: 'none' })
   spans = [await createSpanExecutor({ modelDir: STORIES, start: 0, end: 3 }), await createSpanExecutor({ modelDir: STORIES, start: 3, end: 5 })]
 })
 afterAll(async () => { await Promise.all([head?.close(), ...(spans ?? []).map(async s => { await s.close() })]) })

@@ -46,7 +46,7 @@ describe.each(FIXTURES)('$name', ({ spec, spans: spanRanges }) => {
 
   beforeAll(async () => {
     model = await makeRandomModel(dir.path, spec)
-    head = await createClientHead({ modelDir: dir.path })
+    head = await createClientHead({ modelDir: dir.path, headQuant: 'none' })
     spans = await Promise.all(spanRanges.map(async ([start, end]) => await createSpanExecutor({ modelDir: dir.path, start, end })))
   })
   afterAll(async () => {

@@ -10,6 +10,8 @@ export const STORIES = join(REPO_ROOT, '../shared/models/stories260k')
 export const STORIES_PROMPT = 'Once upon a time'
 export const STORIES_PROMPT_IDS = [1, 403, 407, 261, 378]
 /** llama2.c's own greedy continuation (../shared/models/README.md). */
+/** What reproduces llama2.c's f32 reference exactly: f32 layers and an f32 LM head. */
+export const STORIES_F32 = { quant: 'none', headQuant: 'none' } as const
 export const STORIES_REFERENCE_IDS = [432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426, 385, 328, 432, 358, 394, 261, 370, 432, 352, 266, 268, 388, 426]
 
 export function tempDir (label: string): { path: string, remove: () => void } {
