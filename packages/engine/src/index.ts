@@ -1,12 +1,16 @@
 export { computeModelId } from './model-id.ts'
 export { loadModelConfig, parseModelConfig, type ModelConfig, type ModelType, type RopeScaling } from './config.ts'
-export { createSpanExecutor, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type OpenSessionOptions, type SpanStats } from './span-executor.ts'
+export {
+  createSpanExecutor, DEFAULT_CACHE_BYTES, KV_BLOCK_TOKENS, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type OpenSessionOptions, type SpanStats
+} from './span-executor.ts'
+export { prepareSpan, preparedSpanBytes, type PrepareSpanInit, type PrepareProgress, type PreparedSpan } from './prepared/prepare-span.ts'
+export { defaultCacheDir, PREPARED_FORMAT } from './prepared/store.ts'
 export { createClientHead, type ClientHead, type ClientHeadInit } from './client-head.ts'
 export { createLocalModel, type LocalModel, type LocalModelInit } from './local-model.ts'
 export { generateTokens, planGeneration, untilDone, type GenerateOptions, type GeneratedToken, type GenerationPlan, type GenerationResult, type LayerChain } from './generate.ts'
 export { createSampler, validateSampling, argmax, seededRandom, type Sampler, type SamplingOptions } from './sampler.ts'
 export { loadTokenizer, type TextTokenizer, type TextStream } from './tokenizer.ts'
-export { QUANTIZATIONS, type Quantization } from './quantize.ts'
+export { DEFAULT_QUANT, QUANTIZATIONS, type Quantization } from './quantize.ts'
 export {
   ModelLoadError, UnsupportedModelError, InvalidArgumentError, ContextLengthError, UnknownSessionError,
   SessionLimitError, ShapeError, PositionError, WorkerError

@@ -15,7 +15,7 @@ async function run (model: LocalModel, prompt: string, options: GenerateOptions)
 
 describe('stories260k', () => {
   let whole: LocalModel
-  beforeAll(async () => { whole = await createLocalModel({ modelDir: STORIES }) })
+  beforeAll(async () => { whole = await createLocalModel({ modelDir: STORIES, quant: 'none' }) })
   afterAll(async () => { await whole?.close() })
 
   it('reproduces the reference greedy continuation', async () => {
@@ -30,7 +30,7 @@ describe('stories260k', () => {
     { name: '[0,2)+[2,5)', spans: [[0, 2], [2, 5]] as Array<[number, number]> },
     { name: 'one span per layer', spans: [[0, 1], [1, 2], [2, 3], [3, 4], [4, 5]] as Array<[number, number]> }
   ])('gives the same ids as chained spans $name', async ({ spans }) => {
-    const chained = await createLocalModel({ modelDir: STORIES, spans })
+    const chained = await createLocalModel({ modelDir: STORIES, quant: 'none', spans })
     try {
       for (const prompt of [STORIES_PROMPT, 'Tom and his dog went to the', 'The sun']) {
         const expected = await run(whole, prompt, { maxNewTokens: 30 })
@@ -93,8 +93,8 @@ describe('sub-spans', () => {
   it('a session can run part of a span: [0,3) of [0,5) then [3,5) of [2,5) equals the whole model', async () => {
     const { createClientHead, createSpanExecutor } = await import('../src/index.ts')
     const head = await createClientHead({ modelDir: STORIES })
-    const first = await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5 })
-    const second = await createSpanExecutor({ modelDir: STORIES, start: 2, end: 5 })
+    const first = await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5, quant: 'none' })
+    const second = await createSpanExecutor({ modelDir: STORIES, start: 2, end: 5, quant: 'none' })
     try {
       await first.openSession('s', 8, { start: 0, end: 3 })
       await second.openSession('s', 8, { start: 3, end: 5 })

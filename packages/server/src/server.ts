@@ -165,7 +165,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       quant: init.quant,
       threads: init.threads,
       maxSessions: init.maxSessions,
-      maxCacheTokens: init.cacheTokens
+      cacheBytes: init.cacheTokens
     })
     const throughput = init.throughput ?? await measureThroughput(executor)
     log(`throughput ${throughput.toFixed(1)} tokens/s through the span`)
