@@ -41,7 +41,7 @@ export async function runFailoverTrials (init: TrialsInit): Promise<TrialResult[
     sampled: { maxNewTokens, temperature: 0.8, topK: 40, seed: 7 }
   }
   const expected = new Map<string, number[]>()
-  const local = await createLocalModel({ modelDir: init.modelDir })
+  const local = await createLocalModel({ modelDir: init.modelDir, quant: 'none' })
   try {
     for (const [name, options] of Object.entries(runs)) expected.set(name, (await untilDone(local.generate(prompt, options))).ids)
   } finally {
@@ -52,7 +52,7 @@ export async function runFailoverTrials (init: TrialsInit): Promise<TrialResult[
   const bootstrapAddr = bootstrap.ready.addrs[0]
   const servers = new Set<NodeProcess>()
   const startServer = async (span: [number, number]): Promise<NodeProcess> => {
-    const server = await startNode(['serve', '--model', init.modelDir, '--blocks', `${span[0]}:${span[1]}`, '--bootstrap', bootstrapAddr, '--announce-ttl', '10', '--threads', '1'], { label: `serve ${span}` })
+    const server = await startNode(['serve', '--model', init.modelDir, '--quant', 'none', '--blocks', `${span[0]}:${span[1]}`, '--bootstrap', bootstrapAddr, '--announce-ttl', '10', '--threads', '1'], { label: `serve ${span}` })
     servers.add(server)
     return server
   }

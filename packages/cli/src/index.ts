@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander'
 import { registerBootstrap } from './commands/bootstrap.ts'
 import { registerGenerate } from './commands/generate.ts'
 import { registerKeygen } from './commands/keygen.ts'
+import { registerPrepare } from './commands/prepare.ts'
 import { registerServe } from './commands/serve.ts'
 import { registerStatus } from './commands/status.ts'
 
@@ -20,6 +21,7 @@ export async function runCli (argv: string[], io: CliIo = { stdout: process.stdo
     .showSuggestionAfterError(true)
   registerGenerate(program, io)
   registerServe(program, io)
+  registerPrepare(program, io)
   registerStatus(program, io)
   registerBootstrap(program, io)
   registerKeygen(program, io)

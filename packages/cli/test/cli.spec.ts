@@ -8,7 +8,7 @@ import { runMinga } from '../../../scripts/swarm-processes.ts'
 
 describe('minga generate', () => {
   it('--json prints exactly one object with the reference ids', async () => {
-    const { code, stdout } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '40', '--temperature', '0', '--json')
+    const { code, stdout } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '40', '--temperature', '0', '--quant', 'none', '--json')
     expect(code).toBe(0)
     expect(stdout.trim().split('\n')).toHaveLength(1)
     const result = JSON.parse(stdout)
@@ -21,7 +21,7 @@ describe('minga generate', () => {
   })
 
   it('streams text to stdout and diagnostics to stderr', async () => {
-    const { code, stdout, stderr } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '20')
+    const { code, stdout, stderr } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '20', '--quant', 'none')
     expect(code).toBe(0)
     expect(stdout).toMatch(/^, there was a little girl named Lily\./)
     expect(stderr).toMatch(/20 tokens \(length\), prefill [\d.]+ ms, [\d.]+ tokens\/s/)

@@ -1,7 +1,7 @@
 export { computeModelId } from './model-id.ts'
 export { loadModelConfig, parseModelConfig, type ModelConfig, type ModelType, type RopeScaling } from './config.ts'
 export {
-  createSpanExecutor, DEFAULT_CACHE_BYTES, KV_BLOCK_TOKENS, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type OpenSessionOptions, type SpanStats
+  createSpanExecutor, DEFAULT_CACHE_BYTES, KV_BLOCK_TOKENS, kvBytesPerToken, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type OpenSessionOptions, type SpanStats
 } from './span-executor.ts'
 export { prepareSpan, preparedSpanBytes, type PrepareSpanInit, type PrepareProgress, type PreparedSpan } from './prepared/prepare-span.ts'
 export { defaultCacheDir, PREPARED_FORMAT } from './prepared/store.ts'

@@ -9,6 +9,11 @@ export type { SpanStats }
 
 /** KV caches grow in blocks of this many tokens, as their sessions fill them. */
 export const KV_BLOCK_TOKENS = 64
+/** Bytes of one token's keys and values (f32) over `layers` layers. */
+export function kvBytesPerToken (config: ModelConfig, layers: number): number {
+  return 2 * config.numKvHeads * config.headDim * Float32Array.BYTES_PER_ELEMENT * layers
+}
+
 /** The KV cache budget of a span unless told otherwise. */
 export const DEFAULT_CACHE_BYTES = 256 * 2 ** 20
 

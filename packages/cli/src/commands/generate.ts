@@ -1,6 +1,6 @@
 // `minga generate`: a prompt in, new text out, on this machine or, with --bootstrap, through a swarm.
 import { InvalidArgumentError, type Command } from 'commander'
-import { createLocalModel, type GenerateOptions, type GenerationResult } from '@minga/engine'
+import { createLocalModel, DEFAULT_QUANT, type GenerateOptions, type GenerationResult } from '@minga/engine'
 import { createClient, type SwarmGenerationResult } from '@minga/client'
 import { loadOrCreateIdentity } from '@minga/p2p'
 import type { CliIo } from '../index.ts'
@@ -32,7 +32,7 @@ export function registerGenerate (program: Command, io: CliIo): void {
     .requiredOption('--model <dir>', 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)')
     .requiredOption('--prompt <text>', 'the prompt')
   addSamplingOptions(command)
-    .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
+    .option('--quant <q>', 'weights of the spans\' linear layers: none (f32), int8 or int4', quantization, DEFAULT_QUANT)
     .option('--spans <list>', 'run the layers as chained spans, e.g. 0:2,2:5 (default: one span)', parseSpans)
     .option('--threads <n>', 'onnxruntime threads per span (default: all cores)', integer(1))
     .option('--bootstrap <multiaddr...>', 'generate through the swarm these nodes belong to')

@@ -6,7 +6,7 @@ import { ContextLengthError, InvalidArgumentError, PositionError, SessionLimitEr
 import { SPAN_IO } from '../graph/span-graph.ts'
 import { prepareSpan } from '../prepared/prepare-span.ts'
 import type { Quantization } from '../quantize.ts'
-import { KV_BLOCK_TOKENS } from '../span-executor.ts'
+import { KV_BLOCK_TOKENS, kvBytesPerToken } from '../span-executor.ts'
 import { sessionOptions } from './ort-options.ts'
 import { emitEvent, serveRequests, Transfer } from './rpc.ts'
 
@@ -70,7 +70,7 @@ async function load (args: SpanLoadArgs): Promise<SpanLoadResult> {
   const maxPositions = config.maxPositionEmbeddings
   span = { start: args.start, end: args.end }
   limits = { maxSessions: args.maxSessions, cacheBytes: args.cacheBytes, maxPositions }
-  tokenLayerBytes = 2 * config.numKvHeads * config.headDim * Float32Array.BYTES_PER_ELEMENT
+  tokenLayerBytes = kvBytesPerToken(config, 1)
   const prepared = await prepareSpan({
     modelDir: args.modelDir,
     modelId: args.modelId,
@@ -84,7 +84,9 @@ async function load (args: SpanLoadArgs): Promise<SpanLoadResult> {
   // ORT reads each layer's graph and its external weights from the files itself.
   for (const [i, path] of prepared.graphs.entries()) {
     const index = args.start + i
-    const session = await ort.InferenceSession.create(path, sessionOptions(args.threads))
+    // No arena and no memory patterns: the caches are ours, and per-session arenas would each keep
+    // their peak activations; prepacking stays on (MatMulNBits is far slower without it).
+    const session = await ort.InferenceSession.create(path, { ...sessionOptions(args.threads), enableCpuMemArena: false, enableMemPattern: false })
     graphs.set(index, { session, fetches: [SPAN_IO.hiddenOut, SPAN_IO.newKey(index), SPAN_IO.newValue(index)] })
   }
   return { config, bytesRead: prepared.bytesRead, maxPositions, preparedBytes: prepared.bytes, preparedDir: prepared.dir, built: prepared.built }
