@@ -48,7 +48,8 @@ export function describe (m: SpanMemory): string {
 }
 
 export function mib (bytes: number): string {
-  return bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(2)} GiB` : `${Math.round(bytes / 2 ** 20)} MiB`
+  if (bytes >= 2 ** 30) return `${(bytes / 2 ** 30).toFixed(2)} GiB`
+  return `${(bytes / 2 ** 20).toFixed(bytes < 10 * 2 ** 20 ? 1 : 0)} MiB`
 }
 
 /** Room left under this process's cgroup memory limit (v2 memory.max or v1 memory.limit_in_bytes), if one applies. */
