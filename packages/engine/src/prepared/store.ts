@@ -2,6 +2,9 @@
 // quantization and format version; per layer a graph (layer-N.onnx), its weights (layer-N.weights)
 // and a manifest (layer-N.json) with both files' sizes and CRC-32s. Files are written under
 // temporary names and renamed; the manifest goes last, so an entry without one is unfinished.
+// A file whose inode and modification time are still those the manifest recorded has not been
+// touched since it was checksummed, and is not read again: warm starts stay fast. Anything else
+// (rewritten, truncated, copied elsewhere) is checksummed in full.
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
@@ -23,7 +26,7 @@ interface Manifest {
   modelId: string
   layer: number
   quant: Quantization
-  files: Record<string, { bytes: number, crc32: number }>
+  files: Record<string, { bytes: number, crc32: number, stamp: string }>
 }
 
 export type LayerState = { state: 'ok', bytes: number } | { state: 'missing' } | { state: 'damaged', reason: string }
@@ -65,7 +68,7 @@ export class PreparedStore {
       const size = existsSync(path) ? statSync(path).size : -1
       if (size < 0) return { state: 'damaged', reason: `${file} is missing` }
       if (size !== expected.bytes) return { state: 'damaged', reason: `${file} has ${size} bytes, expected ${expected.bytes}` }
-      if (fileCrc32(path) !== expected.crc32) return { state: 'damaged', reason: `${file} fails its checksum` }
+      if (stamp(path) !== expected.stamp && fileCrc32(path) !== expected.crc32) return { state: 'damaged', reason: `${file} fails its checksum` }
       bytes += size
     }
     return { state: 'ok', bytes }
@@ -86,7 +89,7 @@ export class PreparedStore {
       writeFiles(temp)
       const manifest: Manifest = { format: PREPARED_FORMAT, modelId: this.modelId, layer, quant: this.quant, files: {} }
       for (const kind of ['graph', 'weights'] as const) {
-        manifest.files[names[kind]] = { bytes: statSync(temp[kind]).size, crc32: fileCrc32(temp[kind]) }
+        manifest.files[names[kind]] = { bytes: statSync(temp[kind]).size, crc32: fileCrc32(temp[kind]), stamp: stamp(temp[kind]) }
       }
       for (const kind of ['graph', 'weights'] as const) renameSync(temp[kind], join(this.dir, names[kind]))
       writeFileSync(manifestTemp, JSON.stringify(manifest, null, 2) + '\n')
@@ -105,6 +108,12 @@ export class PreparedStore {
       if (match != null && !alive(Number(match[2]))) rmSync(join(this.dir, name), { force: true })
     }
   }
+}
+
+/** Inode and modification time (ns): a rename keeps both, any write changes the time. */
+function stamp (path: string): string {
+  const { ino, mtimeNs } = statSync(path, { bigint: true })
+  return `${ino}:${mtimeNs}`
 }
 
 function fileCrc32 (path: string): number {
