@@ -41,7 +41,7 @@ export async function runFailoverTrials (init: TrialsInit): Promise<TrialResult[
     sampled: { maxNewTokens, temperature: 0.8, topK: 40, seed: 7 }
   }
   const expected = new Map<string, number[]>()
-  const local = await createLocalModel({ modelDir: init.modelDir })
+  const local = await createLocalModel({ modelDir: init.modelDir, quant: 'none' })
   try {
     for (const [name, options] of Object.entries(runs)) expected.set(name, (await untilDone(local.generate(prompt, options))).ids)
   } finally {
@@ -54,7 +54,7 @@ export async function runFailoverTrials (init: TrialsInit): Promise<TrialResult[
   // Generous bounds, not expectations: on a starved machine renewals and lookups run late, and the
   // client skips a killed server's stale entry after one failed dial anyway.
   const startServer = async (span: [number, number]): Promise<NodeProcess> => {
-    const server = await startNode(['serve', '--model', init.modelDir, '--blocks', `${span[0]}:${span[1]}`, '--bootstrap', bootstrapAddr, '--announce-ttl', '30', '--threads', '1'], { label: `serve ${span}` })
+    const server = await startNode(['serve', '--model', init.modelDir, '--quant', 'none', '--blocks', `${span[0]}:${span[1]}`, '--bootstrap', bootstrapAddr, '--announce-ttl', '30', '--threads', '1'], { label: `serve ${span}` })
     servers.add(server)
     return server
   }

@@ -15,7 +15,7 @@ const MODEL = { modelId: computeModelId(STORIES), numBlocks: loadModelConfig(STO
 const expected = new Map<string, number[]>()
 
 beforeAll(async () => {
-  const local = await createLocalModel({ modelDir: STORIES })
+  const local = await createLocalModel({ modelDir: STORIES, quant: 'none' })
   try {
     for (const prompt of PROMPTS) expected.set(prompt, (await untilDone(local.generate(prompt, OPTIONS))).ids)
   } finally {
@@ -34,7 +34,7 @@ describe('three servers as separate processes', () => {
     const bootstrap = await startNode(['bootstrap'], { label: 'bootstrap' })
     nodes.push(bootstrap)
     for (const blocks of ['0:2', '2:4', '4:5']) {
-      nodes.push(await startNode(['serve', '--model', STORIES, '--blocks', blocks, '--bootstrap', bootstrap.ready.addrs[0]], { label: `serve ${blocks}` }))
+      nodes.push(await startNode(['serve', '--model', STORIES, '--quant', 'none', '--blocks', blocks, '--bootstrap', bootstrap.ready.addrs[0]], { label: `serve ${blocks}` }))
     }
     client = await createClient({ modelDir: STORIES, bootstrap: [bootstrap.ready.addrs[0]] })
   })
@@ -69,8 +69,8 @@ describe('replicas, concurrency and departures (in-process nodes)', () => {
   beforeAll(async () => {
     bootstrap = await createMingaNode({})
     const addrs = bootstrap.addrs()
-    fast = await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 5000 })
-    slow = await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 5 })
+    fast = await createServer({ modelDir: STORIES, quant: 'none', blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 5000 })
+    slow = await createServer({ modelDir: STORIES, quant: 'none', blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 5 })
     for (let i = 0; i < 2; i++) clients.push(await createClient({ modelDir: STORIES, bootstrap: addrs }))
   })
   afterAll(async () => {
@@ -108,7 +108,7 @@ describe('--blocks auto and a killed server (processes)', () => {
     bootstrapAddr = bootstrap.ready.addrs[0]
     // One after another, as volunteers arrive: each sees the spans announced before it.
     for (let i = 0; i < 3; i++) {
-      nodes.push(await startNode(['serve', '--model', STORIES, '--blocks', 'auto', '--num-blocks', '2', '--bootstrap', bootstrapAddr, '--announce-ttl', '4'], { label: `auto ${i}` }))
+      nodes.push(await startNode(['serve', '--model', STORIES, '--quant', 'none', '--blocks', 'auto', '--num-blocks', '2', '--bootstrap', bootstrapAddr, '--announce-ttl', '4'], { label: `auto ${i}` }))
     }
   })
   afterAll(async () => { await Promise.all(nodes.map(async n => await n.stop())) })

@@ -7,6 +7,7 @@ import { registerGenerate } from './commands/generate.ts'
 import { registerKeygen } from './commands/keygen.ts'
 import { registerManifest } from './commands/manifest.ts'
 import { registerSeed } from './commands/seed.ts'
+import { registerPrepare } from './commands/prepare.ts'
 import { registerServe } from './commands/serve.ts'
 import { registerStatus } from './commands/status.ts'
 
@@ -36,6 +37,7 @@ export async function runCli (argv: string[], io: CliIo = { stdout: process.stdo
   registerChat(program, io)
   registerApi(program, io)
   registerServe(program, io)
+  registerPrepare(program, io)
   registerStatus(program, io)
   registerBootstrap(program, io)
   registerKeygen(program, io)

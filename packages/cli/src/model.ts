@@ -2,7 +2,7 @@
 // by `generate` and `chat`, with the flags that choose it.
 import { InvalidArgumentError, type Command } from 'commander'
 import { createClient, type MingaClient } from '@minga/client'
-import { createLocalModel, DEFAULT_HEAD_QUANT, loadChatTemplate, type ChatMessage, type Quantization, type GenerateOptions, type LocalModel } from '@minga/engine'
+import { createLocalModel, DEFAULT_HEAD_QUANT, DEFAULT_QUANT, loadChatTemplate, type ChatMessage, type Quantization, type GenerateOptions, type LocalModel } from '@minga/engine'
 import { loadOrCreateIdentity } from '@minga/p2p'
 import { addSamplingOptions, existingModelDir, integer, modelChoice, number, quantization, swarmKeyOption, userPath } from './options.ts'
 
@@ -31,7 +31,7 @@ export interface ModelFlags {
 
 export function addModelOptions (command: Command): Command {
   return addSamplingOptions(command)
-    .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
+    .option('--quant <q>', 'weights of the spans\' linear layers: none (f32), int8 or int4', quantization, DEFAULT_QUANT)
     .option('--head-quant <q>', 'weights of the LM head this machine runs: none (f32), int8 or int4', quantization, DEFAULT_HEAD_QUANT)
     .option('--spans <list>', 'run the layers as chained spans, e.g. 0:2,2:5 (default: one span)', parseSpans)
     .option('--threads <n>', 'onnxruntime threads per span (default: all cores)', integer(1))

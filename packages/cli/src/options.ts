@@ -104,3 +104,11 @@ function alive (pid: number): boolean {
     return err.code === 'EPERM'
   }
 }
+
+/** `START:END` layers (START < END), or `auto` where allowed. */
+export function parseBlocks (value: string): { start: number, end: number } | 'auto' {
+  if (value === 'auto') return 'auto'
+  const match = /^(\d+):(\d+)$/.exec(value)
+  if (match == null || Number(match[1]) >= Number(match[2])) throw new InvalidArgumentError('expected START:END with START < END (e.g. 0:2), or auto.')
+  return { start: Number(match[1]), end: Number(match[2]) }
+}

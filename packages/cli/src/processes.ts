@@ -25,11 +25,14 @@ export interface StartOptions {
   onLog?: (line: string) => void
   timeoutMs?: number
   env?: NodeJS.ProcessEnv
+  /** A command that runs the node, e.g. `['sh', '-c', 'echo $$ > …/cgroup.procs && exec "$@"', 'sh']`. */
+  wrap?: string[]
 }
 
 /** Runs `minga <args> --json` and resolves once it prints its ready line. */
 export async function startNode (args: string[], options: StartOptions): Promise<NodeProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'packages/cli/src/bin.ts'), ...args, '--json'], {
+  const [command, ...argv] = [...(options.wrap ?? []), process.execPath, '--import', 'tsx', join(REPO_ROOT, 'packages/cli/src/bin.ts'), ...args, '--json']
+  const child = spawn(command, argv, {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, MINGA_PARENT_PID: String(process.pid), ...options.env }

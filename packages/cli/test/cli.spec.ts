@@ -21,7 +21,7 @@ describe('minga generate', () => {
   })
 
   it('streams text to stdout and diagnostics to stderr', async () => {
-    const { code, stdout, stderr } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '20')
+    const { code, stdout, stderr } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '20', '--quant', 'none')
     expect(code).toBe(0)
     expect(stdout).toMatch(/^, there was a little girl named Lily\./)
     expect(stderr).toMatch(/20 tokens \(length\), prefill [\d.]+ ms, [\d.]+ tokens\/s/)
@@ -64,5 +64,27 @@ describe('minga generate', () => {
       // commander may add a "Did you mean" hint; our own errors are one line.
       expect(lines.length).toBeLessThanOrEqual(2)
     })
+  })
+})
+
+describe('minga prepare', () => {
+  const cache = tempDir('cli-prepare')
+  afterAll(() => { cache.remove() })
+
+  it('prepares a span once, one progress line per layer when stderr is not a terminal; then finds it prepared', async () => {
+    const args = ['prepare', '--model', STORIES, '--blocks', '1:4', '--quant', 'int4', '--cache-dir', cache.path, '--json']
+    const first = await runMinga(...args)
+    expect(first.code).toBe(0)
+    expect(JSON.parse(first.stdout)).toMatchObject({ layers: [1, 4], built: [1, 2, 3], bytes: expect.any(Number) })
+    expect(first.stderr.trim().split('\n')).toEqual([1, 2, 3].map((layer, i) => expect.stringMatching(new RegExp(`^minga prepare: prepared layer ${layer} \\(${i + 1}/3, [\\d.]+ s\\)$`))))
+    const again = await runMinga(...args)
+    expect(JSON.parse(again.stdout)).toMatchObject({ built: [], bytes: JSON.parse(first.stdout).bytes })
+    expect(again.stderr).toBe('')
+  })
+
+  it('rejects --blocks auto', async () => {
+    const { code, stderr } = await runMinga('prepare', '--model', STORIES, '--blocks', 'auto')
+    expect(code).toBe(2)
+    expect(stderr).toMatch(/auto is for serve; prepare needs START:END/)
   })
 })

@@ -4,12 +4,12 @@
 // checkpoints are cached, keyed by the files' paths, sizes and modification times.
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs'
-import { homedir } from 'node:os'
 import { join, relative, resolve } from 'node:path'
 import { CID } from 'multiformats/cid'
 import * as raw from 'multiformats/codecs/raw'
 import { create as createDigest } from 'multiformats/hashes/digest'
 import { sha256 } from 'multiformats/hashes/sha2'
+import { defaultCacheDir } from './cache-dir.ts'
 import { ModelLoadError } from './errors.ts'
 import { SafetensorsCheckpoint } from './safetensors.ts'
 
@@ -60,12 +60,6 @@ export interface ManifestOptions {
   chunkBytes?: number
   /** Where manifests of large checkpoints are cached (default: defaultCacheDir()); null: never cache. */
   cacheDir?: string | null
-}
-
-/** $MINGA_CACHE, else ~/.cache/minga (as the benchmarks use). */
-export function defaultCacheDir (): string {
-  if (process.env.MINGA_CACHE != null && process.env.MINGA_CACHE !== '') return resolve(process.env.MINGA_CACHE)
-  return join(homedir(), '.cache', 'minga')
 }
 
 /** The model id of a model directory: the CID of its manifest (cached for large checkpoints). */

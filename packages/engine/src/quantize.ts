@@ -3,6 +3,8 @@
 
 export type Quantization = 'none' | 'int8' | 'int4'
 export const QUANTIZATIONS: Quantization[] = ['none', 'int8', 'int4']
+/** The quantization of spans unless told otherwise: a quarter of f32's memory for a 0.5 % top-1 difference. */
+export const DEFAULT_QUANT: Quantization = 'int8'
 export const QUANT_BLOCK_SIZE = 32
 
 export interface QuantizedWeight {

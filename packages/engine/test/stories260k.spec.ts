@@ -94,8 +94,8 @@ describe('sub-spans', () => {
   it('a session can run part of a span: [0,3) of [0,5) then [3,5) of [2,5) equals the whole model', async () => {
     const { createClientHead, createSpanExecutor } = await import('../src/index.ts')
     const head = await createClientHead({ modelDir: STORIES, headQuant: 'none' })
-    const first = await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5 })
-    const second = await createSpanExecutor({ modelDir: STORIES, start: 2, end: 5 })
+    const first = await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5, quant: 'none' })
+    const second = await createSpanExecutor({ modelDir: STORIES, start: 2, end: 5, quant: 'none' })
     try {
       await first.openSession('s', 8, { start: 0, end: 3 })
       await second.openSession('s', 8, { start: 3, end: 5 })

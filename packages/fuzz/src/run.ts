@@ -31,7 +31,7 @@ export async function runFuzz (opts: FuzzOptions): Promise<FuzzReport> {
 
   // the reference: the same prompts, greedy, through the local engine
   log('local reference…')
-  const local = await createLocalModel({ modelDir, threads: 1 })
+  const local = await createLocalModel({ modelDir, quant: 'none', threads: 1 })
   const reference: number[][] = []
   try {
     for (const p of prompts) reference.push((await collect(local.generate(p, { maxNewTokens, temperature: 0 }))).ids)
@@ -43,7 +43,7 @@ export async function runFuzz (opts: FuzzOptions): Promise<FuzzReport> {
   let logLines = 0
   log('starting `minga serve`…')
   const server: NodeProcess = await startNode(
-    ['serve', '--model', modelDir, '--blocks', `0:${m.numLayers}`, '--listen', '/ip4/127.0.0.1/tcp/0', '--throughput', '1000', '--threads', '1', '--max-sessions', String(maxSessions)],
+    ['serve', '--model', modelDir, '--quant', 'none', '--blocks', `0:${m.numLayers}`, '--listen', '/ip4/127.0.0.1/tcp/0', '--throughput', '1000', '--threads', '1', '--max-sessions', String(maxSessions)],
     {
       label: 'minga serve',
       onLog: line => {

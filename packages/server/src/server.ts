@@ -1,7 +1,10 @@
 // A minga node: joins the swarm, picks its blocks, loads them, measures itself, serves sessions and
 // keeps its announcement fresh until it stops.
 import type { PrivateKey } from '@libp2p/interface'
-import { createSpanExecutor, loadModelConfig, parseModelConfig, type ModelConfig, type Quantization, type SpanExecutor } from '@minga/engine'
+import {
+  createSpanExecutor, DEFAULT_CACHE_BYTES, DEFAULT_QUANT, kvBytesPerToken, loadModelConfig, parseModelConfig,
+  type ModelConfig, type PrepareProgress, type Quantization, type SpanExecutor
+} from '@minga/engine'
 import {
   createMingaNode, DEFAULT_MAX_FRAME_BYTES, findSpans, handleChannel, INFERENCE_PROTOCOL, MAX_PAYLOAD_BYTES, parsePeerId,
   serveInfo, startAnnouncer, type Announcer, type ChannelServer, type MingaNode, type SpanInfo
@@ -11,6 +14,7 @@ import { chooseBlocks } from './block-selection.ts'
 import { ServerConfigError } from './errors.ts'
 import { SessionHandler } from './handler.ts'
 import { createServerMetrics, serveMetrics, type ServerMetrics } from './metrics.ts'
+import { availableMemory, checkSpanFits, describe } from './memory.ts'
 import { measureThroughput } from './throughput.ts'
 
 export const MINGA_VERSION = '0.1.0'
@@ -35,8 +39,6 @@ export interface ServerInit {
   shareMbps?: number
   /** Chunk transfers served at once (default 8). */
   maxTransfers?: number
-  /** Where fetched models are stored (default: MINGA_CACHE or ~/.cache/minga). */
-  cacheDir?: string
   /** Chunk size of the directory's manifest (default 4 MiB; it is part of the model id). */
   chunkBytes?: number
   /** With modelId: options for the fetch (providers, parallelism, progress, a signal). */
@@ -49,9 +51,21 @@ export interface ServerInit {
   bootstrap?: string[]
   publicName?: string
   maxSessions?: number
-  /** KV cache budget in tokens (sum over sessions of their lengths). */
+  /** KV cache budget in MiB, all sessions together (default 256). Caches grow as sessions fill them. */
+  cacheMb?: number
+  /** The same budget in tokens of the whole span, instead of cacheMb. */
   cacheTokens?: number
+  /** Default int8; 'none' keeps f32. */
   quant?: Quantization
+  /** The cache folder: prepared spans (prepared/), fetched models (models/), manifests (default: the engine's defaultCacheDir()). */
+  cacheDir?: string
+  /** Each layer prepared on the first start of a span. */
+  onPrepareProgress?: (progress: PrepareProgress) => void
+  /**
+   * Memory the node may use, in bytes (default: MemAvailable, or less under a cgroup limit). A span
+   * that needs more (weights + KV cache budget + runtime) is refused before anything loads.
+   */
+  availableMemory?: number
   privateKey?: PrivateKey
   /** Announce this many tokens/s instead of measuring. */
   throughput?: number
@@ -218,15 +232,31 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     else blocks = await pickBlocks(config, modelId)
     checkBlocks(blocks, config)
     log(`model ${modelId}: hosting blocks [${blocks.start}, ${blocks.end}) of ${config.numLayers}`)
-    executor = init.executor ?? await createSpanExecutor({
-      modelDir,
-      start: blocks.start,
-      end: blocks.end,
-      quant: init.quant,
-      threads: init.threads,
-      maxSessions: init.maxSessions,
-      maxCacheTokens: init.cacheTokens
-    })
+    if (init.executor != null) {
+      executor = init.executor
+    } else {
+      const quant = init.quant ?? DEFAULT_QUANT
+      const cacheBytes = init.cacheTokens != null ? init.cacheTokens * kvBytesPerToken(config, blocks.end - blocks.start) : limits.cacheBytes
+      const available = init.availableMemory != null ? { bytes: init.availableMemory, source: 'as configured' } : availableMemory()
+      const need = checkSpanFits(config, quant, blocks, cacheBytes, available)
+      log(`blocks [${blocks.start}, ${blocks.end}) at ${quant} take ≈ ${describe(need)}`)
+      executor = await createSpanExecutor({
+        modelDir,
+        modelId,
+        cacheDir: init.cacheDir,
+        start: blocks.start,
+        end: blocks.end,
+        quant,
+        threads: init.threads,
+        maxSessions: init.maxSessions,
+        cacheBytes,
+        onPrepareProgress: init.onPrepareProgress,
+        log
+      })
+      log(executor.prepared.built.length > 0
+        ? `prepared ${executor.prepared.built.length} layer${executor.prepared.built.length === 1 ? '' : 's'} into ${executor.prepared.dir}`
+        : `loaded the prepared span from ${executor.prepared.dir}`)
+    }
     const throughput = init.throughput ?? await measureThroughput(executor)
     log(`throughput ${throughput.toFixed(1)} tokens/s through the span`)
 
@@ -303,7 +333,7 @@ function checkBlocks (blocks: { start: number, end: number }, config: ModelConfi
 }
 
 /** Checks the limits before anything starts; each bad value is a ServerConfigError naming it. */
-function checkLimits (init: ServerInit): { allow?: Set<string>, maxSessionsPerPeer: number, maxFrameBytes: number, drainTimeoutMs: number } {
+function checkLimits (init: ServerInit): { allow?: Set<string>, maxSessionsPerPeer: number, maxFrameBytes: number, drainTimeoutMs: number, cacheBytes: number } {
   const allow = init.allow != null
     ? new Set(init.allow.map(id => {
       try {
@@ -321,5 +351,9 @@ function checkLimits (init: ServerInit): { allow?: Set<string>, maxSessionsPerPe
   }
   const drainTimeoutMs = init.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS
   if (!(drainTimeoutMs >= 0)) throw new ServerConfigError(`--drain-timeout must be ≥ 0, got ${drainTimeoutMs / 1000} s`)
-  return { allow, maxSessionsPerPeer, maxFrameBytes, drainTimeoutMs }
+  if (init.cacheMb != null && init.cacheTokens != null) throw new ServerConfigError('give the KV cache budget as --cache-mb or as --cache-tokens, not both')
+  if (init.cacheMb != null && !(init.cacheMb > 0)) throw new ServerConfigError(`--cache-mb must be > 0, got ${init.cacheMb}`)
+  if (init.cacheTokens != null && !(Number.isInteger(init.cacheTokens) && init.cacheTokens >= 1)) throw new ServerConfigError(`--cache-tokens must be an integer ≥ 1, got ${init.cacheTokens}`)
+  const cacheBytes = init.cacheMb != null ? Math.round(init.cacheMb * 2 ** 20) : DEFAULT_CACHE_BYTES
+  return { allow, maxSessionsPerPeer, maxFrameBytes, drainTimeoutMs, cacheBytes }
 }

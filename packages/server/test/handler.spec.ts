@@ -14,7 +14,7 @@ let channel: Channel
 const HIDDEN = 64
 
 beforeAll(async () => {
-  server = await createServer({ modelDir: STORIES, blocks: { start: 1, end: 4 }, throughput: 100, maxSessions: 3, cacheTokens: 600 })
+  server = await createServer({ modelDir: STORIES, blocks: { start: 1, end: 4 }, throughput: 100, maxSessions: 3, cacheTokens: 600, quant: 'none' })
   peer = await createMingaNode({ bootstrap: server.addrs() })
   channel = await openChannel(peer, server.addrs()[0], INFERENCE_PROTOCOL)
 })
@@ -59,10 +59,19 @@ it('refuses sessions beyond its limits with "busy"', async () => {
   for (const id of ids) await channel.request(open(id, 100))
   expect(await rejection(open(newSessionId(), 100))).toMatchObject({ code: ErrorCode.BUSY, message: expect.stringMatching(/busy: all 3 sessions are in use/) })
   for (const id of ids) await channel.request({ type: FrameType.CLOSE_SESSION, sessionId: id })
+  // KV caches grow as sessions fill them, within the budget of 600 tokens (0.44 MiB for these 3 layers)
   const big = newSessionId()
-  await channel.request(open(big, 500))
-  expect(await rejection(open(newSessionId(), 100))).toMatchObject({ code: ErrorCode.BUSY, message: expect.stringMatching(/busy: a cache of 100 tokens does not fit \(84 of 600 free\)/) })
-  await channel.request({ type: FrameType.CLOSE_SESSION, sessionId: big })
+  await channel.request(open(big, 501))
+  await channel.request(forward(big, { tokens: 500, payload: tensor(500) }))
+  const small = newSessionId()
+  await channel.request(open(small, 200))
+  expect(await rejection(forward(small, { tokens: 128, payload: tensor(128) }))).toMatchObject({
+    code: ErrorCode.BUSY, message: expect.stringMatching(/busy: the KV cache is full \(0\.3\d of 0\.44 MB in use\): session [0-9a-f]+ cannot grow to 128 tokens/)
+  })
+  // the session that could not grow is still usable within what fits, and the big one carries on
+  expect((await channel.request(forward(small, { tokens: 64, payload: tensor(64) }))).type).toBe(FrameType.RESULT)
+  expect((await channel.request(forward(big, { position: 500 }))).type).toBe(FrameType.RESULT)
+  for (const id of [big, small]) await channel.request({ type: FrameType.CLOSE_SESSION, sessionId: id })
 })
 
 it('expires idle sessions', async () => {
@@ -93,9 +102,9 @@ it('frees a session when the stream that opened it closes', async () => {
 })
 
 it('keeps serving a normal client exactly after all of the above', async () => {
-  const full = await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: server.addrs(), throughput: 100 })
+  const full = await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: server.addrs(), throughput: 100, quant: 'none' })
   try {
-    const local = await createLocalModel({ modelDir: STORIES })
+    const local = await createLocalModel({ modelDir: STORIES, quant: 'none' })
     const client = await createClient({ modelDir: STORIES, bootstrap: server.addrs() })
     try {
       const [remote, here] = await Promise.all([client, local].map(async m => await untilDone(m.generate('Once upon a time', { maxNewTokens: 20 }))))

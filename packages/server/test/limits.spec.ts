@@ -19,7 +19,7 @@ const MODEL_ID = computeModelId(STORIES)
 let expected: number[]
 
 beforeAll(async () => {
-  const local = await createLocalModel({ modelDir: STORIES })
+  const local = await createLocalModel({ modelDir: STORIES, quant: 'none' })
   try {
     expected = await idsOf(local.generate(PROMPT, OPTIONS))
   } finally {
@@ -56,6 +56,7 @@ describe('allow list, sessions per peer, frame size', () => {
     server = await createServer({
       modelDir: STORIES,
       blocks: { start: 0, end: 5 },
+      quant: 'none',
       throughput: 100,
       allow: [allowed.peerId.toString(), clientKeyHolder.peerId.toString()],
       maxSessionsPerPeer: 2,
@@ -129,8 +130,8 @@ describe('graceful stop', () => {
     bootstrap = await createMingaNode({})
     const addrs = bootstrap.addrs()
     ;[leaving, staying] = await Promise.all([
-      createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 5000, drainTimeoutMs: 6000 }),
-      createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 5, drainTimeoutMs: 30_000 })
+      createServer({ modelDir: STORIES, quant: 'none', blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 5000, drainTimeoutMs: 6000 }),
+      createServer({ modelDir: STORIES, quant: 'none', blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 5, drainTimeoutMs: 30_000 })
     ])
     peer = await createMingaNode({ bootstrap: addrs })
   })

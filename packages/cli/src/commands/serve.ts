@@ -1,10 +1,12 @@
 // `minga serve`: host a span of a model's layers for the swarm until SIGINT/SIGTERM (the first one
 // drains: withdraw, refuse new sessions, let open ones finish; a second one stops at once).
-import { InvalidArgumentError, type Command } from 'commander'
+import type { Command } from 'commander'
+import { DEFAULT_QUANT } from '@minga/engine'
 import { loadOrCreateIdentity } from '@minga/p2p'
 import { createServer } from '@minga/server'
 import type { CliIo } from '../index.ts'
-import { integer, modelChoice, number, quantization, swarmKeyOption, userPath, untilSignal } from '../options.ts'
+import { integer, modelChoice, number, parseBlocks, quantization, swarmKeyOption, userPath, untilSignal } from '../options.ts'
+import { prepareProgressView } from '../progress.ts'
 
 interface ServeFlags {
   model?: string
@@ -18,7 +20,9 @@ interface ServeFlags {
   bootstrap?: string[]
   publicName?: string
   maxSessions: number
+  cacheMb?: number
   cacheTokens?: number
+  cacheDir?: string
   quant: 'none' | 'int8' | 'int4'
   identity?: string
   throughput?: number
@@ -50,8 +54,10 @@ export function registerServe (program: Command, io: CliIo): void {
     .option('--public-name <name>', 'a name shown by `minga status`')
     .option('--max-sessions <n>', 'inference sessions open at once', integer(1), 16)
     .option('--max-sessions-per-peer <n>', 'sessions one peer may hold at once', integer(1), 8)
-    .option('--cache-tokens <n>', 'KV cache budget in tokens, summed over sessions (default: 16 × context)', integer(1))
-    .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
+    .option('--cache-mb <MiB>', 'KV cache budget of all sessions together; caches grow as sessions fill them (default 256)', number(0, Infinity, { minExclusive: true }))
+    .option('--cache-tokens <n>', 'the KV cache budget in tokens of the whole span, instead of --cache-mb', integer(1))
+    .option('--cache-dir <dir>', 'the cache folder: prepared spans go under its prepared/ (default $MINGA_CACHE or ~/.cache/minga)')
+    .option('--quant <q>', 'weights of the linear layers: none (f32), int8 or int4', quantization, DEFAULT_QUANT)
     .option('--identity <file>', 'keep this node\'s peer id in a key file (created if missing)')
     .option('--throughput <tokens/s>', 'announce this speed instead of measuring it', number(0, Infinity, { minExclusive: true }))
     .option('--announce-ttl <seconds>', 'lifetime of the DHT announcement (renewed every third)', integer(2, 3600), 60)
@@ -70,6 +76,7 @@ export function registerServe (program: Command, io: CliIo): void {
 async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
   const log = (message: string): void => { io.stderr.write(`minga serve: ${message}\n`) }
   const swarmKey = await swarmKeyOption(flags.swarmKey)
+  const progress = prepareProgressView(io, 'minga serve: preparing')
   const server = await createServer({
     ...modelChoice(flags),
     share: flags.share,
@@ -81,7 +88,10 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
     bootstrap: flags.bootstrap,
     publicName: flags.publicName,
     maxSessions: flags.maxSessions,
+    cacheMb: flags.cacheMb,
     cacheTokens: flags.cacheTokens,
+    cacheDir: flags.cacheDir != null ? userPath(flags.cacheDir) : undefined,
+    onPrepareProgress: progress.update,
     quant: flags.quant,
     privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined,
     throughput: flags.throughput,
@@ -96,7 +106,7 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
     metricsPort: flags.metricsPort,
     metricsHost: flags.metricsHost,
     log
-  })
+  }).finally(progress.stop)
   const ready = { peerId: server.peerId, addrs: server.addrs(), blocks: [server.start, server.end], ...(server.metricsUrl != null ? { metricsUrl: server.metricsUrl } : {}) }
   if (flags.json === true) io.stdout.write(JSON.stringify(ready) + '\n')
   else io.stdout.write(`serving blocks [${server.start}, ${server.end}) of model ${server.modelId}\n${server.addrs().map(a => `  ${a}`).join('\n')}\n`)
@@ -115,11 +125,4 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
     process.off('SIGTERM', again)
   }
   log('stopped')
-}
-
-function parseBlocks (value: string): { start: number, end: number } | 'auto' {
-  if (value === 'auto') return 'auto'
-  const match = /^(\d+):(\d+)$/.exec(value)
-  if (match == null || Number(match[1]) >= Number(match[2])) throw new InvalidArgumentError('expected START:END with START < END (e.g. 0:2), or auto.')
-  return { start: Number(match[1]), end: Number(match[2]) }
 }
