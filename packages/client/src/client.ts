@@ -7,7 +7,8 @@ import {
   computeModelId, createClientHead, generateTokens, loadModelConfig, loadTokenizer, planGeneration,
   type ClientHead, type GenerateOptions, type GeneratedToken, type GenerationResult, type ModelConfig, type TextTokenizer
 } from '@minga/engine'
-import { createMingaNode, findSpans, openChannel, type Channel, type MingaNode, type ServerEntry } from '@minga/p2p'
+import { CHAIN_PROTOCOL, createMingaNode, findSpans, handleChannel, openChannel, type Channel, type MingaNode, type ServerEntry } from '@minga/p2p'
+import { ChainInbox } from './chain.ts'
 import { SwarmError } from './errors.ts'
 import { RemoteSession, type HopConnector, type RemoteHop, type SessionEvents } from './remote-session.ts'
 import { hopCostMs, planRange, type RouteHop } from './routing.ts'
@@ -29,8 +30,16 @@ export interface ClientInit {
   modelDir: string
   /** Multiaddrs (with /p2p/) of any swarm nodes. */
   bootstrap: string[]
-  /** Tensor encoding on the wire: f32 (exact, default) or f16 (half the bytes). */
-  wireDtype?: 'f32' | 'f16'
+  /**
+   * Tensor encoding on the wire: f32 (exact, default), f16 (half the bytes) or q8 (8-bit blocks of
+   * 32 values with an f16 scale: 34 bytes per 32 values).
+   */
+  wireDtype?: 'f32' | 'f16' | 'q8'
+  /**
+   * Chains (default on): send a step to the route's first server only, and let each server pass it
+   * on to the next; the client still gets every hop's output. Off: the client relays every hop.
+   */
+  chains?: boolean
   /** Per-request timeout. Default 60 s. */
   requestTimeoutMs?: number
   privateKey?: PrivateKey
@@ -70,13 +79,18 @@ export async function createClient (init: ClientInit): Promise<MingaClient> {
   const tokenizer = loadTokenizer(init.modelDir, config)
   const node = await createMingaNode({ listen: [], bootstrap: init.bootstrap, privateKey: init.privateKey, swarmKey: init.swarmKey })
   let head: ClientHead
+  let chains: ChainInbox | undefined
   try {
+    if (init.chains !== false) {
+      chains = new ChainInbox(init.requestTimeoutMs ?? 60_000)
+      await handleChannel(node, CHAIN_PROTOCOL, chains.onFrame)
+    }
     head = await createClientHead({ modelDir: init.modelDir, threads: init.threads })
   } catch (err) {
     await node.stop()
     throw err
   }
-  return new SwarmClient(init, node, head, tokenizer, config, modelId)
+  return new SwarmClient(init, node, head, tokenizer, config, modelId, chains)
 }
 
 class SwarmClient implements MingaClient, HopConnector {
@@ -92,7 +106,8 @@ class SwarmClient implements MingaClient, HopConnector {
     private readonly head: ClientHead,
     private readonly tokenizer: TextTokenizer,
     readonly config: ModelConfig,
-    readonly modelId: string
+    readonly modelId: string,
+    private readonly chains: ChainInbox | undefined
   ) {}
 
   async * generate (prompt: string | number[], options: SwarmGenerateOptions = {}): AsyncGenerator<GeneratedToken, SwarmGenerationResult> {
@@ -103,6 +118,7 @@ class SwarmClient implements MingaClient, HopConnector {
       maxLength: plan.sessionLength,
       hiddenSize: this.config.hiddenSize,
       wireDtype: this.init.wireDtype ?? 'f32',
+      chains: this.chains,
       failoverTimeoutMs: this.init.failoverTimeoutMs ?? 30_000,
       maxHistoryBytes: this.init.maxHistoryBytes ?? 512 * 2 ** 20,
       verifyProbability: this.init.verifyProbability ?? 0,
@@ -132,7 +148,7 @@ class SwarmClient implements MingaClient, HopConnector {
     await this.measureRoundTrips(servers)
     route = planRange(start, end, this.config.numLayers, servers, peer => this.rtt.get(peer))
     const byPeer = new Map(servers.map(s => [s.peerId, s]))
-    return await Promise.all(route.map(async hop => ({ hop, channel: await this.channelTo(byPeer.get(hop.peerId)!) })))
+    return await Promise.all(route.map(async hop => ({ hop, channel: await this.channelTo(byPeer.get(hop.peerId)!), addr: dialAddr(byPeer.get(hop.peerId)!) })))
   }
 
   async alternative (start: number, end: number, exclude: Set<string>): Promise<RemoteHop | undefined> {
@@ -141,7 +157,7 @@ class SwarmClient implements MingaClient, HopConnector {
     const cost = (s: ServerEntry): number => hopCostMs(s, end - start, this.rtt.get(s.peerId) ?? 1000)
     const best = candidates.sort((a, b) => cost(a) - cost(b))[0]
     if (best == null) return undefined
-    return { hop: { peerId: best.peerId, start, end }, channel: await this.channelTo(best) }
+    return { hop: { peerId: best.peerId, start, end }, channel: await this.channelTo(best), addr: dialAddr(best) }
   }
 
   penalize (peerId: string, reason?: unknown): void {
@@ -226,6 +242,14 @@ class SwarmClient implements MingaClient, HopConnector {
     }
     throw new SwarmError(`cannot reach server ${server.peerId}: ${(lastError as Error)?.message ?? 'no address'}`)
   }
+}
+
+/** The address a chain's previous hop dials this server at: its first announced one, with /p2p/. */
+function dialAddr (server: ServerEntry): string {
+  const addr = server.addrs[0]
+  if (addr == null) return server.peerId
+  const full = addr.includes('/p2p/') ? addr : `${addr}/p2p/${server.peerId}`
+  return new TextEncoder().encode(full).length <= 255 ? full : server.peerId
 }
 
 function describeHop (hop: RouteHop): { peerId: string, blocks: [number, number] } {

@@ -33,7 +33,7 @@ export {
 } from './frames.ts'
 
 export {
-  DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, INFERENCE_PROTOCOL, errorCodeFor, handleChannel,
+  CHAIN_PROTOCOL, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, INFERENCE_PROTOCOL, errorCodeFor, handleChannel,
   openChannel,
   type Channel, type ChannelOptions, type ChannelServer, type FrameContext, type FrameHandler, type HandleChannelOptions,
   type RequestOptions

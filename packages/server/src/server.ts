@@ -8,6 +8,7 @@ import {
 } from '@minga/p2p'
 import { chooseBlocks } from './block-selection.ts'
 import { ServerConfigError } from './errors.ts'
+import { ChainForwarder } from './forwarding.ts'
 import { SessionHandler } from './handler.ts'
 import { measureThroughput } from './throughput.ts'
 
@@ -97,6 +98,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   let executor: SpanExecutor | undefined
   let channels: ChannelServer | undefined
   let handler: SessionHandler | undefined
+  const chain = new ChainForwarder({ node, maxFrameBytes: limits.maxFrameBytes, timeoutMs: 30_000, log })
   let announcer: Announcer | undefined
 
   // Shutdown, in steps: withdraw, drain, tell the rest to move, close. The drain is timed from the
@@ -139,6 +141,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     }
     // (e) close
     await channels?.close()
+    await chain.close()
     await handler?.stop()
     await executor?.close()
     await node.stop()
@@ -175,6 +178,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       idleTimeoutMs: init.sessionIdleMs ?? 5 * 60_000,
       maxSessionsPerPeer: limits.maxSessionsPerPeer,
       allow: limits.allow,
+      chain,
       log
     })
     handler = sessions
