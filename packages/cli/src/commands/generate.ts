@@ -23,7 +23,16 @@ interface GenerateFlags {
   swarmKey?: string
   identity?: string
   verifyProbability: number
+  wire: 'f16' | 'f32' | 'q8'
+  chains: boolean
   json?: boolean
+}
+
+const WIRES = ['f16', 'f32', 'q8']
+
+function wire (value: string): GenerateFlags['wire'] {
+  if (!WIRES.includes(value)) throw new InvalidArgumentError(`must be one of ${WIRES.join(', ')}, got "${value}"`)
+  return value as GenerateFlags['wire']
 }
 
 export function registerGenerate (program: Command, io: CliIo): void {
@@ -39,6 +48,8 @@ export function registerGenerate (program: Command, io: CliIo): void {
     .option('--swarm-key <file>', 'with --bootstrap: the swarm\'s key, if it is private')
     .option('--identity <file>', 'with --bootstrap: keep this client\'s peer id in a key file, e.g. for servers\' --allow')
     .option('--verify-probability <r>', 'with --bootstrap: check each step on a second server with this probability', number(0, 1), 0)
+    .option('--wire <dtype>', 'with --bootstrap: hidden states on the wire: f16, f32 or q8 (8-bit blocks)', wire, 'f16')
+    .option('--no-chains', 'with --bootstrap: relay every hop from this client instead of letting servers forward steps')
     .option('--json', 'print one JSON object with ids, text and timings instead of streaming text')
     .action(async (flags: GenerateFlags) => { await generate(flags, io) })
 }
@@ -62,6 +73,8 @@ async function generate (flags: GenerateFlags, io: CliIo): Promise<void> {
       threads: flags.threads,
       swarmKey: await swarmKeyOption(flags.swarmKey),
       verifyProbability: flags.verifyProbability,
+      wireDtype: flags.wire,
+      chains: flags.chains,
       privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined
     })
     : await createLocalModel({ modelDir, quant: flags.quant, spans: flags.spans, threads: flags.threads })
