@@ -35,6 +35,12 @@ interface Waiter {
   settle: (report: ChainReport) => void
 }
 
+/**
+ * After a chain member's channel closed, how long to wait for the broken link's report before
+ * relaying without it (then a hop that did run answers WRONG_POSITION and is failed over, exactly).
+ */
+const CLOSED_GRACE_MS = 2000
+
 export class ChainInbox {
   private readonly waiters = new Map<string, Waiter>()
 
@@ -42,13 +48,18 @@ export class ChainInbox {
 
   /**
    * Waits for the report of a chain step at `position` whose hops after the first are `members`. It
-   * resolves (never rejects): with the outputs, or, if a member's channel closes or no report comes
-   * within the timeout, as broken with no outputs at all (the caller then relays from the second hop).
+   * resolves (never rejects): with the outputs, or, if no report comes within the timeout (or within
+   * a short grace after a member's channel closed: its upstream normally reports the broken link),
+   * as broken with no outputs at all (the caller then relays from the second hop).
    */
   expect (members: ChainMember[], position: number, tokens: number, hiddenSize: number): ChainWait {
     const keys = members.map(m => sessionIdToHex(m.sessionId))
     let timer: ReturnType<typeof setTimeout> | undefined
-    const closed = (): void => { finish({ outputs: [], broken: true }) }
+    const giveUp = (): void => { finish({ outputs: [], broken: true }) }
+    const closed = (): void => {
+      clearTimeout(timer)
+      timer = setTimeout(giveUp, CLOSED_GRACE_MS)
+    }
     let settle!: (report: ChainReport) => void
     const report = new Promise<ChainReport>(resolve => { settle = resolve })
     let done = false
@@ -62,12 +73,12 @@ export class ChainInbox {
     }
     const waiter: Waiter = { position, tokens, hiddenSize, members, settle: finish }
     for (const key of keys) this.waiters.set(key, waiter)
+    timer = setTimeout(giveUp, this.timeoutMs)
     for (const m of members) {
-      if (m.channel.closed) queueMicrotask(closed)
+      if (m.channel.closed) closed()
       else m.channel.stream.addEventListener('close', closed)
     }
-    timer = setTimeout(closed, this.timeoutMs)
-    return { report, cancel: () => { finish({ outputs: [], broken: true }) } }
+    return { report, cancel: giveUp }
   }
 
   /** The CHAIN_PROTOCOL handler. */

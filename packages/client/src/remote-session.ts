@@ -137,7 +137,8 @@ export class RemoteSession implements LayerChain {
     let last = i
     let verifyLast = this.drawVerify()
     if (this.policy.chains == null || relayOnly) return { last, verifyLast }
-    while (!verifyLast && last + 1 < this.hops.length && this.hops[last + 1].upstream === this.hops[last].hop.peerId) {
+    const linked = (k: number): boolean => this.hops[k].upstream === this.hops[k - 1].hop.peerId && !this.hops[k].channel.closed
+    while (!verifyLast && last + 1 < this.hops.length && linked(last + 1)) {
       last++
       verifyLast = this.drawVerify()
     }
