@@ -8,6 +8,7 @@ import { untilDone } from '@minga/engine'
 import { createMingaNode, type MingaNode } from '@minga/p2p'
 import { createServer, type MingaServer } from '@minga/server'
 import { STORIES, STORIES_PROMPT, STORIES_REFERENCE_IDS } from '../packages/engine/test/helpers.ts'
+import { until } from './fixtures/until.ts'
 
 const TOKENS = 20
 const expected = STORIES_REFERENCE_IDS.slice(0, TOKENS)
@@ -52,7 +53,7 @@ for (const [wireDtype, tokens] of [[undefined, STORIES_REFERENCE_IDS.length], ['
   }, 120_000)
 }
 
-it('a broken link mid-generation: the client relays, fails over to the replica, and the ids do not change', async () => {
+it('a server that dies mid-generation: the client relays, fails over to the replica, and the ids do not change', async () => {
   const result = await withClient(undefined, async client => {
     const stream = client.generate(STORIES_PROMPT, { maxNewTokens: TOKENS })
     let step = await stream.next()
@@ -63,10 +64,29 @@ it('a broken link mid-generation: the client relays, fails over to the replica, 
     return step.value
   })
   expect(result.ids).toEqual(expected)
-  expect(result.events.brokenChains).toBeGreaterThanOrEqual(1)
   expect(result.events.failovers).toBeGreaterThanOrEqual(1)
   expect(result.route.map(h => h.peerId)).toEqual([first.peerId, spare.peerId, last.peerId])
   // the last server's session still names the old middle server as its upstream, so that link is
   // relayed by the client from then on, while [first → spare] is a chain again
   expect(result.events.chainedHops).toBeGreaterThan(0)
+}, 120_000)
+
+it('a server that leaves the chain\'s previous hop off its allow list breaks that link: the client relays to it, every step', async () => {
+  const client = await createClient({ modelDir: STORIES, bootstrap: bootstrap.addrs() })
+  // (after the test above only the slow spare holds [2, 4)) the best [2, 4) server: every route goes
+  // through it, and only the client may talk to it
+  const picky = await createServer({ modelDir: STORIES, blocks: { start: 2, end: 4 }, bootstrap: bootstrap.addrs(), throughput: 5000, threads: 1, allow: [client.node.peerId.toString()] })
+  try {
+    await until(async () => (await client.status().catch(() => undefined))?.servers.some(s => s.peerId === picky.peerId) === true, 'the DHT shows the picky server', { timeoutMs: 60_000, intervalMs: 300 })
+    const result = await untilDone(client.generate(STORIES_PROMPT, { maxNewTokens: TOKENS }))
+    expect(result.route.map(h => h.peerId)).toEqual([first.peerId, picky.peerId, last.peerId])
+    expect(result.ids).toEqual(expected)
+    // every step: the first server's forward is refused, so the client relays to the picky one,
+    // and from it to the last server (whose link from the picky one is relayed as well, being after a break)
+    expect(result.events.brokenChains).toBe(TOKENS)
+    expect(result.events.failovers).toBe(0)
+  } finally {
+    await client.close()
+    await picky.stop({ immediate: true })
+  }
 }, 120_000)

@@ -8,7 +8,7 @@ import {
   ErrorCode, FrameFlag, FrameType, ProtocolError, sessionIdToHex, tensorF32, type Channel, type Frame, type FrameInit
 } from '@minga/p2p'
 
-/** One hop after a chain's first, as the inbox needs to know it. */
+/** One hop of a chain, as the inbox needs to know it (any of them may report). */
 export interface ChainMember {
   sessionId: Uint8Array
   peerId: string
@@ -47,7 +47,7 @@ export class ChainInbox {
   constructor (private readonly timeoutMs: number) {}
 
   /**
-   * Waits for the report of a chain step at `position` whose hops after the first are `members`. It
+   * Waits for the report of a chain step at `position` whose hops are `members`, the first included. It
    * resolves (never rejects): with the outputs, or, if no report comes within the timeout (or within
    * a short grace after a member's channel closed: its upstream normally reports the broken link),
    * as broken with no outputs at all (the caller then relays from the second hop).
@@ -89,7 +89,7 @@ export class ChainInbox {
       throw new ProtocolError(ErrorCode.UNKNOWN_SESSION, 'no chain step of this client waits for that report')
     }
     const broken = (frame.flags & FrameFlag.CHAIN_BROKEN) !== 0
-    const expected = waiter.members.length + 1
+    const expected = waiter.members.length
     if (frame.position !== waiter.position || frame.tokens !== waiter.tokens || frame.hiddenSize !== waiter.hiddenSize || frame.stack > expected || (!broken && frame.stack !== expected)) {
       throw new ProtocolError(ErrorCode.WRONG_SHAPE, `a chain report of ${frame.stack} × ${frame.tokens} × ${frame.hiddenSize} at ${frame.position} does not fit the step (${expected} × ${waiter.tokens} × ${waiter.hiddenSize} at ${waiter.position})`)
     }

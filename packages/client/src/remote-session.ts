@@ -156,7 +156,7 @@ export class RemoteSession implements LayerChain {
   private async chained (i: number, last: number, input: Float32Array, tokens: number): Promise<Float32Array[]> {
     const first = this.hops[i]
     const rest = this.hops.slice(i + 1, last + 1)
-    const wait = this.policy.chains!.expect(rest.map(h => ({ sessionId: h.sessionId, peerId: h.hop.peerId, channel: h.channel })), first.position, tokens, this.policy.hiddenSize)
+    const wait = this.policy.chains!.expect([first, ...rest].map(h => ({ sessionId: h.sessionId, peerId: h.hop.peerId, channel: h.channel })), first.position, tokens, this.policy.hiddenSize)
     let firstOutput: Float32Array
     let forwarded = false
     try {

@@ -168,10 +168,16 @@ export class SessionHandler {
     return session?.peer === peer ? session : undefined
   }
 
-  /** A session `peer` may send steps to: its own, or one whose owner named it as the upstream hop. */
+  /**
+   * A session `peer` may send steps to: its own, or one whose owner named it as the upstream hop
+   * (and, on a server with an allow list, only if that list has it too).
+   */
   private usableBy (id: string, peer: string): OpenSession | undefined {
     const session = this.sessions.get(id)
-    return session != null && (session.peer === peer || session.upstream.has(peer)) ? session : undefined
+    if (session == null) return undefined
+    if (session.peer === peer) return session
+    const { allow } = this.init
+    return session.upstream.has(peer) && (allow == null || allow.has(peer)) ? session : undefined
   }
 
   private async release (id: string): Promise<void> {
