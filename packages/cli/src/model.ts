@@ -27,6 +27,8 @@ export interface ModelFlags {
   swarmKey?: string
   identity?: string
   verifyProbability: number
+  wire: 'f16' | 'f32' | 'q8'
+  chains: boolean
 }
 
 export function addModelOptions (command: Command): Command {
@@ -39,6 +41,8 @@ export function addModelOptions (command: Command): Command {
     .option('--swarm-key <file>', 'with --bootstrap: the swarm\'s key, if it is private')
     .option('--identity <file>', 'with --bootstrap: keep this client\'s peer id in a key file, e.g. for servers\' --allow')
     .option('--verify-probability <r>', 'with --bootstrap: check each step on a second server with this probability', number(0, 1), 0)
+    .option('--wire <dtype>', 'with --bootstrap: hidden states on the wire: f16, f32 or q8 (8-bit blocks)', wire, 'f16')
+    .option('--no-chains', 'with --bootstrap: relay every hop from this client instead of letting servers forward steps')
 }
 
 export function generateOptions (flags: ModelFlags): GenerateOptions {
@@ -67,6 +71,8 @@ export async function openModel (flags: ModelFlags, log: (message: string) => vo
       threads: flags.threads,
       swarmKey: await swarmKeyOption(flags.swarmKey),
       verifyProbability: flags.verifyProbability,
+      wireDtype: flags.wire,
+      chains: flags.chains,
       privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined
     })
   }
@@ -86,6 +92,13 @@ export function chatEncoder (modelDir: string): (tokenizer: LocalModel['tokenize
 /** The directory a model was opened from: --model's, or the client's store of fetched files. */
 export function modelDirOf (flags: ModelFlags, model: LocalModel | MingaClient): string {
   return flags.model ?? (model as MingaClient).modelDir
+}
+
+const WIRES = ['f16', 'f32', 'q8']
+
+function wire (value: string): ModelFlags['wire'] {
+  if (!WIRES.includes(value)) throw new InvalidArgumentError(`must be one of ${WIRES.join(', ')}, got "${value}"`)
+  return value as ModelFlags['wire']
 }
 
 function parseSpans (value: string): Array<[number, number]> {

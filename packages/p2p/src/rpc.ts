@@ -19,6 +19,8 @@ import { LpReader, isOversize, writeMessage } from './wire.ts'
 
 /** Protocol id of minga's inference channel. */
 export const INFERENCE_PROTOCOL = '/minga/inference/1.0.0'
+/** Protocol id on which a chain's last hop (or a hop whose next link broke) reports to the client. */
+export const CHAIN_PROTOCOL = '/minga/chain/1.0.0'
 
 /** Streams stay open while idle for this long (a decode session may pause between steps). */
 export const DEFAULT_IDLE_TIMEOUT_MS = 30 * 60 * 1000

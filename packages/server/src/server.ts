@@ -12,6 +12,7 @@ import {
 import { resolveModel, serveWeights, type FetchModelInit, type FetchResult, type ResolvedModel, type WeightsProvider } from '@minga/weights'
 import { chooseBlocks } from './block-selection.ts'
 import { ServerConfigError } from './errors.ts'
+import { ChainForwarder } from './forwarding.ts'
 import { SessionHandler } from './handler.ts'
 import { createServerMetrics, serveMetrics, type ServerMetrics } from './metrics.ts'
 import { availableMemory, checkSpanFits, describe } from './memory.ts'
@@ -144,6 +145,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   let executor: SpanExecutor | undefined
   let channels: ChannelServer | undefined
   let handler: SessionHandler | undefined
+  const chain = new ChainForwarder({ node, maxFrameBytes: limits.maxFrameBytes, timeoutMs: 30_000, log })
   let announcer: Announcer | undefined
   let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined
   let model: ResolvedModel | undefined = local
@@ -194,6 +196,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     }
     await channels?.close()
     await weights?.close()
+    await chain.close()
     await handler?.stop()
     await executor?.close()
     model?.close()
@@ -269,6 +272,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       maxSessionsPerPeer: limits.maxSessionsPerPeer,
       allow: limits.allow,
       onForward: metrics.forward,
+      chain,
       log
     })
     openSessions = () => sessions.openSessions
