@@ -31,7 +31,7 @@ describe('prepared spans', () => {
   const cache = tempDir('prepared')
   afterAll(() => { cache.remove() })
   const init = { modelDir: STORIES, start: 0, end: 5, quant: 'int8' as const, cacheDir: cache.path }
-  const dir = join(cache.path, computeModelId(STORIES), `int8-v${PREPARED_FORMAT}`)
+  const dir = join(cache.path, 'prepared', computeModelId(STORIES), `int8-v${PREPARED_FORMAT}`)
   let first: Awaited<ReturnType<typeof startAndRun>>
 
   it('the first start prepares every layer; a second start reads no checkpoint tensor and gives identical output', async () => {
