@@ -1,7 +1,8 @@
 // The client SDK: finds spans in the DHT knowing only a bootstrap address, routes through the
 // fastest chain of servers, and generates with the tokenizer, embeddings and LM head kept here
 // (the prompt text never leaves this machine).
-import type { PrivateKey } from '@libp2p/interface'
+import type { PeerId, PrivateKey } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import {
   computeModelId, createClientHead, generateTokens, loadModelConfig, loadTokenizer, planGeneration,
@@ -10,7 +11,7 @@ import {
 import { createMingaNode, findSpans, openChannel, type Channel, type MingaNode, type ServerEntry } from '@minga/p2p'
 import { SwarmError } from './errors.ts'
 import { RemoteSession, type HopConnector, type RemoteHop, type SessionEvents } from './remote-session.ts'
-import { hopCostMs, planRange, type RouteHop } from './routing.ts'
+import { hopCostMs, planRange, type RouteHop, type RouteServer } from './routing.ts'
 import { statusOf, type SwarmStatus } from './status.ts'
 
 /** How long a list of servers read from the DHT is reused for new sessions. */
@@ -124,13 +125,13 @@ class SwarmClient implements MingaClient, HopConnector {
     let servers = await this.usableServers(urgent ? Infinity : SERVER_LIST_MAX_AGE_MS)
     let route: RouteHop[]
     try {
-      route = planRange(start, end, this.config.numLayers, servers, peer => this.rtt.get(peer))
+      route = planRange(start, end, this.config.numLayers, servers.map(this.routeServer), peer => this.rtt.get(peer))
     } catch {
       servers = await this.usableServers(0) // the list we had cannot do it: ask the DHT again
-      route = planRange(start, end, this.config.numLayers, servers, peer => this.rtt.get(peer))
+      route = planRange(start, end, this.config.numLayers, servers.map(this.routeServer), peer => this.rtt.get(peer))
     }
     await this.measureRoundTrips(servers)
-    route = planRange(start, end, this.config.numLayers, servers, peer => this.rtt.get(peer))
+    route = planRange(start, end, this.config.numLayers, servers.map(this.routeServer), peer => this.rtt.get(peer))
     const byPeer = new Map(servers.map(s => [s.peerId, s]))
     return await Promise.all(route.map(async hop => ({ hop, channel: await this.channelTo(byPeer.get(hop.peerId)!) })))
   }
@@ -138,7 +139,7 @@ class SwarmClient implements MingaClient, HopConnector {
   async alternative (start: number, end: number, exclude: Set<string>): Promise<RemoteHop | undefined> {
     const candidates = (await this.usableServers(Infinity)).filter(s => s.start <= start && end <= s.end && !exclude.has(s.peerId))
     await this.measureRoundTrips(candidates)
-    const cost = (s: ServerEntry): number => hopCostMs(s, end - start, this.rtt.get(s.peerId) ?? 1000)
+    const cost = (s: ServerEntry): number => hopCostMs(this.routeServer(s), end - start, this.rtt.get(s.peerId) ?? 1000)
     const best = candidates.sort((a, b) => cost(a) - cost(b))[0]
     if (best == null) return undefined
     return { hop: { peerId: best.peerId, start, end }, channel: await this.channelTo(best) }
@@ -191,15 +192,35 @@ class SwarmClient implements MingaClient, HopConnector {
     return servers
   }
 
+  /**
+   * A server for the route planner: relayed when every connection to it goes through a relay (or,
+   * before any, when it announces only relayed addresses). DCUtR may later upgrade it to direct.
+   */
+  private readonly routeServer = (s: ServerEntry): RouteServer => {
+    const connections = this.node.libp2p.getConnections(peerIdFromString(s.peerId))
+    const relayed = connections.length > 0
+      ? connections.every(c => c.limits != null || c.remoteAddr.toString().includes('/p2p-circuit'))
+      : s.addrs.length > 0 && s.addrs.every(a => a.includes('/p2p-circuit'))
+    return { peerId: s.peerId, start: s.start, end: s.end, throughput: s.throughput, relayed }
+  }
+
+  /**
+   * Hands a server's announced addresses to libp2p and returns its peer id to dial: libp2p tries
+   * direct addresses first and relayed ones (/p2p-circuit) last, and reuses a connection that is up.
+   */
+  private async dialTarget (server: ServerEntry): Promise<PeerId> {
+    const peer = peerIdFromString(server.peerId)
+    const multiaddrs = server.addrs.flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })
+    await this.node.libp2p.peerStore.merge(peer, { multiaddrs })
+    return peer
+  }
+
   /** Round trips by libp2p ping, measured once per server and reused. */
   private async measureRoundTrips (servers: ServerEntry[]): Promise<void> {
     await Promise.all(servers.filter(s => !this.rtt.has(s.peerId)).map(async s => {
-      for (const addr of s.addrs) {
-        try {
-          this.rtt.set(s.peerId, await this.node.libp2p.services.ping.ping(multiaddr(addr), { signal: AbortSignal.timeout(5000) }))
-          return
-        } catch {}
-      }
+      try {
+        this.rtt.set(s.peerId, await this.node.libp2p.services.ping.ping(await this.dialTarget(s), { signal: AbortSignal.timeout(5000) }))
+      } catch {}
     }))
   }
 
@@ -216,15 +237,12 @@ class SwarmClient implements MingaClient, HopConnector {
   }
 
   private async dial (server: ServerEntry): Promise<Channel> {
-    let lastError: unknown
-    for (const addr of server.addrs) {
-      try {
-        return await openChannel(this.node, addr, undefined, { timeoutMs: this.init.requestTimeoutMs })
-      } catch (err) {
-        lastError = err
-      }
+    if (server.addrs.length === 0) throw new SwarmError(`cannot reach server ${server.peerId}: it announces no address`)
+    try {
+      return await openChannel(this.node, await this.dialTarget(server), undefined, { timeoutMs: this.init.requestTimeoutMs })
+    } catch (err) {
+      throw new SwarmError(`cannot reach server ${server.peerId}: ${(err as Error)?.message ?? err}`)
     }
-    throw new SwarmError(`cannot reach server ${server.peerId}: ${(lastError as Error)?.message ?? 'no address'}`)
   }
 }
 

@@ -4,9 +4,11 @@ import { InvalidArgumentError, type Command } from 'commander'
 import { loadOrCreateIdentity } from '@minga/p2p'
 import { createServer } from '@minga/server'
 import type { CliIo } from '../index.ts'
-import { existingModelDir, integer, number, quantization, swarmKeyOption, userPath, untilSignal } from '../options.ts'
+import { addRelayOptions, existingModelDir, integer, number, quantization, relayLimits, swarmKeyOption, userPath, untilSignal, type RelayFlags } from '../options.ts'
 
-interface ServeFlags {
+interface ServeFlags extends RelayFlags {
+  reachability: 'auto' | 'public' | 'private'
+  rebalanceInterval: number
   model: string
   blocks: { start: number, end: number } | 'auto'
   numBlocks?: number
@@ -30,8 +32,8 @@ interface ServeFlags {
 }
 
 export function registerServe (program: Command, io: CliIo): void {
-  program.command('serve')
-    .description('host a span of a model\'s layers for the swarm')
+  addRelayOptions(program.command('serve')
+    .description('host a span of a model\'s layers for the swarm'))
     .requiredOption('--model <dir>', 'Hugging Face model directory')
     .requiredOption('--blocks <start:end|auto>', 'layers to host, e.g. 0:2, or auto to fill the swarm\'s gaps', parseBlocks)
     .option('--num-blocks <n>', 'with --blocks auto: how many consecutive layers (default: all)', integer(1))
@@ -51,6 +53,8 @@ export function registerServe (program: Command, io: CliIo): void {
     .option('--allow <peerid...>', 'only these peers may open sessions (default: anyone)')
     .option('--max-frame-mb <MiB>', 'largest inference frame accepted; bigger ones get TOO_LARGE (default 64)', number(0, 1024, { minExclusive: true }))
     .option('--drain-timeout <seconds>', 'on SIGINT/SIGTERM, how long open sessions may go on before they are told to move', number(0, 86_400), 30)
+    .option('--rebalance-interval <seconds>', 'with --blocks auto: how often (on average) to check whether moving would heal the swarm', number(0.1, 86_400), 120)
+    .option('--reachability <mode>', 'auto: take a relay slot if peers cannot dial this node back; public: never; private: always', reachabilityMode, 'auto')
     .option('--json', 'print one JSON line when serving; logs go to stderr')
     .action(async (flags: ServeFlags) => { await serve(flags, io) })
 }
@@ -78,6 +82,9 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
     maxSessionsPerPeer: flags.maxSessionsPerPeer,
     maxFrameBytes: flags.maxFrameMb != null ? Math.round(flags.maxFrameMb * 2 ** 20) : undefined,
     drainTimeoutMs: flags.drainTimeout * 1000,
+    rebalanceIntervalMs: Math.round(flags.rebalanceInterval * 1000),
+    relay: relayLimits(flags),
+    reachability: flags.reachability,
     log
   })
   const ready = { peerId: server.peerId, addrs: server.addrs(), blocks: [server.start, server.end] }
@@ -98,6 +105,11 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
     process.off('SIGTERM', again)
   }
   log('stopped')
+}
+
+function reachabilityMode (value: string): 'auto' | 'public' | 'private' {
+  if (value !== 'auto' && value !== 'public' && value !== 'private') throw new InvalidArgumentError('expected auto, public or private.')
+  return value
 }
 
 function parseBlocks (value: string): { start: number, end: number } | 'auto' {
