@@ -16,6 +16,9 @@ import { statusOf, type SwarmStatus } from './status.ts'
 
 /** How long a list of servers read from the DHT is reused for new sessions. */
 const SERVER_LIST_MAX_AGE_MS = 5000
+/** How long a direct dial may take before a server's relayed addresses are tried. */
+const DIRECT_DIAL_MS = 3000
+const DIAL_MS = 10_000
 
 export interface ClientInit {
   /** Give up re-routing a failed hop after this long (default 30 s). */
@@ -85,6 +88,8 @@ class SwarmClient implements MingaClient, HopConnector {
   private readonly rtt = new Map<string, number>()
   private readonly avoided = new Map<string, { failures: number, until: number }>()
   private readonly bannedPeers = new Set<string>()
+  /** Servers whose direct addresses failed while relayed ones exist: go through the relay at once. */
+  private readonly directFailed = new Set<string>()
   private known?: { at: number, servers: ServerEntry[] }
 
   constructor (
@@ -205,13 +210,28 @@ class SwarmClient implements MingaClient, HopConnector {
   }
 
   /**
-   * Hands a server's announced addresses to libp2p and returns its peer id to dial: libp2p tries
-   * direct addresses first and relayed ones (/p2p-circuit) last, and reuses a connection that is up.
+   * Connects to a server (unless a connection is up) and returns its peer id. Direct addresses
+   * first; a server behind NAT also announces relayed ones (/p2p-circuit), tried when the direct
+   * ones fail within DIRECT_DIAL_MS (its private addresses are usually unreachable, and a dial to
+   * them would otherwise use up the whole dial timeout). A direct failure is remembered.
    */
-  private async dialTarget (server: ServerEntry): Promise<PeerId> {
+  private async connect (server: ServerEntry): Promise<PeerId> {
     const peer = peerIdFromString(server.peerId)
-    const multiaddrs = server.addrs.flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })
-    await this.node.libp2p.peerStore.merge(peer, { multiaddrs })
+    if (this.node.libp2p.getConnections(peer).length > 0) return peer
+    const addrs = server.addrs.flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })
+    const direct = addrs.filter(a => !a.toString().includes('/p2p-circuit'))
+    const relayed = addrs.filter(a => a.toString().includes('/p2p-circuit'))
+    if (direct.length > 0 && !(relayed.length > 0 && this.directFailed.has(server.peerId))) {
+      try {
+        await this.node.libp2p.dial(direct, { signal: AbortSignal.timeout(relayed.length > 0 ? DIRECT_DIAL_MS : DIAL_MS) })
+        return peer
+      } catch (err) {
+        if (relayed.length === 0) throw err
+        this.directFailed.add(server.peerId)
+      }
+    }
+    if (relayed.length === 0) throw new SwarmError('it announces no address')
+    await this.node.libp2p.dial(relayed, { signal: AbortSignal.timeout(DIAL_MS) })
     return peer
   }
 
@@ -219,7 +239,7 @@ class SwarmClient implements MingaClient, HopConnector {
   private async measureRoundTrips (servers: ServerEntry[]): Promise<void> {
     await Promise.all(servers.filter(s => !this.rtt.has(s.peerId)).map(async s => {
       try {
-        this.rtt.set(s.peerId, await this.node.libp2p.services.ping.ping(await this.dialTarget(s), { signal: AbortSignal.timeout(5000) }))
+        this.rtt.set(s.peerId, await this.node.libp2p.services.ping.ping(await this.connect(s), { signal: AbortSignal.timeout(5000) }))
       } catch {}
     }))
   }
@@ -239,7 +259,7 @@ class SwarmClient implements MingaClient, HopConnector {
   private async dial (server: ServerEntry): Promise<Channel> {
     if (server.addrs.length === 0) throw new SwarmError(`cannot reach server ${server.peerId}: it announces no address`)
     try {
-      return await openChannel(this.node, await this.dialTarget(server), undefined, { timeoutMs: this.init.requestTimeoutMs })
+      return await openChannel(this.node, await this.connect(server), undefined, { timeoutMs: this.init.requestTimeoutMs })
     } catch (err) {
       throw new SwarmError(`cannot reach server ${server.peerId}: ${(err as Error)?.message ?? err}`)
     }

@@ -282,7 +282,7 @@ export async function createMingaNode (init: MingaNodeInit = {}): Promise<MingaN
     libp2p,
     peerId: libp2p.peerId,
     privateKey,
-    addrs: () => libp2p.getMultiaddrs().map(ma => ma.toString()),
+    addrs: () => shareableAddrs(libp2p.getMultiaddrs().map(ma => ma.toString())),
     bootstrap: async (addrs, timeoutMs = init.bootstrapTimeoutMs ?? DEFAULT_BOOTSTRAP_TIMEOUT_MS) => {
       await bootstrapTo(libp2p, addrs, timeoutMs, swarmKey !== undefined)
     },
@@ -308,6 +308,19 @@ export async function createMingaNode (init: MingaNodeInit = {}): Promise<MingaN
     throw err
   }
   return node
+}
+
+const isLoopback = (addr: string): boolean => addr.startsWith('/ip4/127.') || addr.startsWith('/ip6/::1/')
+
+/**
+ * Direct addresses first, relayed ones after. A relay hands out all its addresses, loopback
+ * included: a relayed address through the relay's loopback only helps nodes on the relay's machine,
+ * so it is dropped unless this node is itself on loopback only.
+ */
+function shareableAddrs (addrs: string[]): string[] {
+  const direct = addrs.filter(a => !a.includes('/p2p-circuit'))
+  const localOnly = direct.every(isLoopback)
+  return [...direct, ...addrs.filter(a => a.includes('/p2p-circuit') && (localOnly || !isLoopback(a)))]
 }
 
 /** A peer id from its string form (12D3Koo…, Qm…); InvalidArgumentError naming the value if it is not one. */
