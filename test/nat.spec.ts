@@ -29,7 +29,7 @@ describe.skipIf(unavailable !== undefined)('a swarm across NAT (network namespac
     }
     removeLeftovers()
     lab = createNatLab(3)
-    const relay = await startNode(['bootstrap', '--relay', '--listen', '/ip4/0.0.0.0/tcp/0'], { label: 'bootstrap/relay', prefix: lab.exec(lab.publicNs) })
+    const relay = await startNode(['bootstrap', '--relay', '--listen', '/ip4/0.0.0.0/tcp/0'], { label: 'bootstrap/relay', prefix: lab.exec(lab.publicNs), timeoutMs: 180_000 })
     nodes.push(relay)
     bootstrapId = relay.ready.peerId
     bootstrapPort = relay.ready.addrs[0].split('/tcp/')[1].split('/')[0]
@@ -37,9 +37,9 @@ describe.skipIf(unavailable !== undefined)('a swarm across NAT (network namespac
       const home = lab.homes[i]
       nodes.push(await startNode([
         'serve', '--model', STORIES, '--blocks', blocks, '--listen', `/ip4/${home.addr}/tcp/0`, '--bootstrap', bootstrapAddr(i)
-      ], { label: `home ${i + 1} serve ${blocks}`, prefix: lab.exec(home.ns) }))
+      ], { label: `home ${i + 1} serve ${blocks}`, prefix: lab.exec(home.ns), timeoutMs: 180_000 }))
     }
-  })
+  }, 600_000) // three processes one after another: slow on a loaded machine
 
   afterAll(async () => {
     await Promise.all(nodes.map(async n => await n.stop()))

@@ -6,8 +6,9 @@
 // Against flapping and herds: checks come at randomized intervals; a move that looks worth it is
 // re-checked after a random delay against a fresh view of the swarm (by then another server may have
 // started moving: a mover withdraws its old span first, which makes the others see that leaving
-// their own span would open a gap); a move needs the weakest block to gain MIN_GAIN×; and after a
-// move the server sits out a few checks.
+// their own span would open a gap); of servers with the same span, the one with the smallest peer
+// id goes first; a move needs the weakest block to gain MIN_GAIN×; and after a move the server sits
+// out a few checks.
 import { chooseBlocks, type AnnouncedSpan } from './block-selection.ts'
 
 /** A move must make the weakest block this many times faster (or cover a block nobody holds). */
@@ -60,7 +61,7 @@ export interface RebalancerInit {
   /** Mean time between checks; each interval is randomized ±30%. */
   intervalMs: number
   /** This server's span and throughput now, and the other servers' (a fresh DHT read). */
-  view: () => Promise<{ self: AnnouncedSpan, others: AnnouncedSpan[] }>
+  view: () => Promise<{ self: AnnouncedSpan & { peerId: string }, others: Array<AnnouncedSpan & { peerId?: string }> }>
   numLayers: number
   /** Performs the move; resolves when the server serves the new span. */
   move: (plan: MovePlan) => Promise<void>
@@ -88,9 +89,18 @@ export function startRebalancer (init: RebalancerInit): Rebalancer {
     })
   }
 
+  // A server with the same span and a smaller peer id would make the same move: let it go first,
+  // once (if it does not, e.g. it is not on --blocks auto, this server moves at its next check).
+  let deferred = false
   const check = async (): Promise<MovePlan | undefined> => {
     const { self, others } = await init.view()
-    return planMove(init.numLayers, self, others)
+    const plan = planMove(init.numLayers, self, others)
+    if (plan === undefined) { deferred = false; return undefined }
+    if (!deferred && others.some(o => o.start === self.start && o.end === self.end && o.peerId != null && o.peerId < self.peerId)) {
+      deferred = true
+      return undefined
+    }
+    return plan
   }
 
   const loop = async (): Promise<void> => {
@@ -107,6 +117,7 @@ export function startRebalancer (init: RebalancerInit): Rebalancer {
         if (plan === undefined) continue
         init.log(`rebalancing: moving to blocks [${plan.start}, ${plan.end}) because ${plan.reason}`)
         await init.move(plan)
+        deferred = false
         cooldown = COOLDOWN_CHECKS
       } catch (err: any) {
         if (!stopped) init.log(`rebalancing check failed: ${err?.message ?? err}`)

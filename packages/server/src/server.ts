@@ -317,7 +317,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
           const self = node.peerId.toString()
           const others = (await findSpans(node, modelId, config.numLayers)).filter(e => e.peerId !== self)
           const span = active ?? blocks
-          return { self: { start: span.start, end: span.end, throughput: active?.throughput ?? 0 }, others }
+          return { self: { peerId: self, start: span.start, end: span.end, throughput: active?.throughput ?? 0 }, others }
         },
         move: moveTo,
         log
