@@ -18,14 +18,29 @@ export type HostReply =
 
 const nodes = new Map<string, (crash: boolean) => Promise<void>>()
 
+/**
+ * libp2p limits inbound connections per remote host (5 a second by default), and on loopback every
+ * node is the same host: a join refused that way is retried after a pause.
+ */
+async function retried<T> (fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn()
+    } catch (err: any) {
+      if (attempt >= 10 || err?.name !== 'BootstrapError') throw err
+      await new Promise(resolve => setTimeout(resolve, 500 * attempt + Math.random() * 500))
+    }
+  }
+}
+
 async function handle (req: HostRequest): Promise<HostReply> {
   if (req.cmd === 'dht') {
-    const node = await createMingaNode({ bootstrap: req.bootstrap, reachability: 'public' })
+    const node = await retried(async () => await createMingaNode({ bootstrap: req.bootstrap, reachability: 'public' }))
     nodes.set(node.peerId.toString(), async () => { await node.stop() })
     return { id: req.id, ok: true, peerId: node.peerId.toString(), addrs: node.addrs() }
   }
   if (req.cmd === 'serve') {
-    const server = await createServer({
+    const server = await retried(async () => await createServer({
       modelDir: req.modelDir,
       blocks: req.blocks,
       numBlocks: req.numBlocks,
@@ -36,7 +51,7 @@ async function handle (req: HostRequest): Promise<HostReply> {
       maxSessions: 8,
       announceTtlMs: req.ttlMs,
       drainTimeoutMs: 0
-    })
+    }))
     nodes.set(server.peerId, async (crash) => { await server.stop({ immediate: crash }) })
     return { id: req.id, ok: true, peerId: server.peerId, addrs: server.addrs(), blocks: [server.start, server.end] }
   }
@@ -49,8 +64,8 @@ async function handle (req: HostRequest): Promise<HostReply> {
 
 process.on('message', (req: HostRequest) => {
   void handle(req).then(
-    reply => { process.send!(reply) },
-    (err: any) => { process.send!({ id: req.id, ok: false, error: err?.message ?? String(err) } satisfies HostReply) }
+    reply => { if (process.connected) process.send!(reply) },
+    (err: any) => { if (process.connected) process.send!({ id: req.id, ok: false, error: err?.message ?? String(err) } satisfies HostReply) }
   )
 })
 process.on('disconnect', () => {

@@ -107,16 +107,22 @@ async function main (): Promise<void> {
   const bootstrap = [boot.addrs[0]]
   const dhtNodes = NODES - 1 - SERVERS
   log(`swarm: 1 bootstrap + ${dhtNodes} DHT-only nodes + ${SERVERS} servers of stories260k in ${PROCESSES} processes`)
-  await mapLimit(Array.from({ length: dhtNodes }), 4, async (_, i) => await hosts[(i + 1) % PROCESSES].request({ cmd: 'dht', bootstrap }))
+  // each node joins through the bootstrap and two random nodes that joined before, so that joins
+  // do not all land on one node
+  const joined: string[] = []
+  const joinVia = (): string[] => [...bootstrap, ...[...joined].sort(() => Math.random() - 0.5).slice(0, 2)]
+  await mapLimit(Array.from({ length: dhtNodes }), 2, async (_, i) => {
+    joined.push((await hosts[(i + 1) % PROCESSES].request({ cmd: 'dht', bootstrap: joinVia() })).addrs[0])
+  })
   const tDht = performance.now()
   // small spans: 1 or 2 blocks, spread over the 5 blocks
   const spans = Array.from({ length: SERVERS }, (_, i) => {
     const start = i % numBlocks
     return { start, end: Math.min(numBlocks, start + 1 + (Math.floor(i / numBlocks) % 2)) }
   })
-  const servers: Started[] = await mapLimit(spans, 4, async (blocks, i) => {
+  const servers: Started[] = await mapLimit(spans, 2, async (blocks, i) => {
     const host = hosts[i % PROCESSES]
-    const r = await host.request({ cmd: 'serve', bootstrap, modelDir: STORIES, blocks, ttlMs: TTL_MS })
+    const r = await host.request({ cmd: 'serve', bootstrap: joinVia(), modelDir: STORIES, blocks, ttlMs: TTL_MS })
     return { host, peerId: r.peerId, blocks: r.blocks }
   })
   const tServers = performance.now()
@@ -199,7 +205,7 @@ async function main (): Promise<void> {
         kills++
       }
       const host = hosts[k % PROCESSES]
-      const r = await host.request({ cmd: 'serve', bootstrap, modelDir: STORIES, blocks: 'auto', numBlocks: 1 + (k % 2), ttlMs: TTL_MS })
+      const r = await host.request({ cmd: 'serve', bootstrap: joinVia(), modelDir: STORIES, blocks: 'auto', numBlocks: 1 + (k % 2), ttlMs: TTL_MS })
       live.push({ host, peerId: r.peerId, blocks: r.blocks })
       churnLog.push(`killed ${victim?.blocks?.join(':') ?? '-'}, started ${r.blocks!.join(':')}`)
     }

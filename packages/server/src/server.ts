@@ -153,6 +153,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
 
   /** Steps (a)–(d) of a shutdown, also what a move does to the span it leaves. */
   const drain = async (span: ActiveSpan, drainTimeoutMs: number): Promise<void> => {
+    const drainEnds = Date.now() + drainTimeoutMs // timed from the start, withdrawal included
     const { sessions } = span
     // (b) no new sessions from here on: BUSY "busy: this server is shutting down"
     sessions.accepting = false
@@ -162,7 +163,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     if (sessions.openSessions > 0) {
       // (c) open sessions go on until they close or the drain timeout passes
       log(`draining: ${sessions.openSessions} open session${sessions.openSessions === 1 ? '' : 's'} may go on for up to ${Math.ceil(drainTimeoutMs / 1000)} s`)
-      await within(drainTimeoutMs, now, sessions.whenEmpty())
+      await within(drainEnds - Date.now(), now, sessions.whenEmpty())
     }
     if (sessions.openSessions > 0) {
       // (d) their next FORWARD gets BUSY "moving: …"; a moment for them to send it, then close
