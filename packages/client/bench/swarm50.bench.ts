@@ -22,7 +22,7 @@ import type { HostCommand, HostReply } from './swarm50-host.ts'
 const STORIES = fileURLToPath(new URL('../../../../shared/models/stories260k', import.meta.url))
 const HOST = fileURLToPath(new URL('./swarm50-host.ts', import.meta.url))
 const PROMPTS = ['Once upon a time', 'Tom and his dog went to the', 'The little bird was sad because', 'One day, a girl named Lily']
-const TTL_MS = 10_000
+const TTL_MS = 60_000
 
 const { values: flags } = parseArgs({
   options: {
@@ -113,6 +113,7 @@ async function main (): Promise<void> {
   const joinVia = (): string[] => [...bootstrap, ...[...joined].sort(() => Math.random() - 0.5).slice(0, 2)]
   await mapLimit(Array.from({ length: dhtNodes }), 2, async (_, i) => {
     joined.push((await hosts[(i + 1) % PROCESSES].request({ cmd: 'dht', bootstrap: joinVia() })).addrs[0])
+    if (joined.length % 10 === 0) log(`${joined.length} DHT-only nodes up after ${round((performance.now() - t0) / 1000)} s`)
   })
   const tDht = performance.now()
   // small spans: 1 or 2 blocks, spread over the 5 blocks
@@ -123,6 +124,7 @@ async function main (): Promise<void> {
   const servers: Started[] = await mapLimit(spans, 2, async (blocks, i) => {
     const host = hosts[i % PROCESSES]
     const r = await host.request({ cmd: 'serve', bootstrap: joinVia(), modelDir: STORIES, blocks, ttlMs: TTL_MS })
+    if ((i + 1) % 5 === 0) log(`server ${i + 1} of ${SERVERS} up after ${round((performance.now() - t0) / 1000)} s`)
     return { host, peerId: r.peerId, blocks: r.blocks }
   })
   const tServers = performance.now()
