@@ -7,7 +7,7 @@ import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { createClient, getSwarmStatus } from '@minga/client'
 import { computeModelId, loadModelConfig } from '@minga/engine'
-import { REPO_ROOT, startNode, type NodeProcess } from './swarm-processes.ts'
+import { REPO_ROOT, startNode, type NodeProcess } from '@minga/cli/processes'
 
 const { values: flags } = parseArgs({
   options: {
@@ -17,13 +17,24 @@ const { values: flags } = parseArgs({
     servers: { type: 'string', default: '3' }
   }
 })
-const modelDir = resolve(process.env.INIT_CWD ?? process.cwd(), flags.model ?? process.env.MINGA_MODEL ?? join(REPO_ROOT, '../shared/models/stories260k'))
+const modelDir = resolve(process.env.INIT_CWD ?? process.cwd(), flags.model ?? process.env.MINGA_MODEL ?? join(REPO_ROOT, 'models/stories260k'))
 if (!existsSync(join(modelDir, 'config.json'))) {
   process.stderr.write(`minga demo: no model at ${modelDir}.\n` +
     'Point it at a Hugging Face Llama-family directory (config.json, model.safetensors, tokenizer.json):\n' +
     '  pnpm demo --model /path/to/model    or    MINGA_MODEL=/path/to/model npm start\n')
   process.exit(1)
 }
+
+const NEXT_STEPS = `
+What next:
+  pnpm --silent minga serve --model DIR --blocks auto --bootstrap ADDR   host layers of a real model (any Hugging Face Llama, Mistral or Qwen2 directory) in a swarm
+  pnpm --silent minga bootstrap --listen /ip4/0.0.0.0/tcp/31337          start a swarm of your own that others can join
+  pnpm --silent minga generate --model DIR --bootstrap ADDR --prompt …   generate through a swarm
+  pnpm --silent minga status --bootstrap ADDR                            see which machines hold which layers
+  pnpm --silent minga chat --model DIR --bootstrap ADDR                  chat in the terminal (a model with a chat template)
+  pnpm --silent minga api --model DIR --bootstrap ADDR                   an OpenAI-compatible API, a chat page and the swarm's map on http://127.0.0.1:8080
+  README.md explains each, private swarms (--swarm-key) and what the servers can see of a prompt.
+`
 
 const say = (line: string): void => { process.stdout.write(`\x1b[2m[demo]\x1b[0m ${line}\n`) }
 const nodes: NodeProcess[] = []
@@ -46,10 +57,9 @@ try {
   }
 
   const model = { modelId: computeModelId(modelDir), numBlocks: config.numLayers }
-  for (let attempt = 0; ; attempt++) {
-    const [status] = await getSwarmStatus({ bootstrap: [bootstrapAddr], model })
-    if (status.coverage.every(c => c.servers > 0)) break
-    if (attempt === 50) throw new Error('the swarm never covered every layer')
+  const deadline = Date.now() + 60_000
+  while (!(await getSwarmStatus({ bootstrap: [bootstrapAddr], model }))[0].coverage.every(c => c.servers > 0)) {
+    if (Date.now() > deadline) throw new Error('the swarm did not cover every layer within 60 s')
     await new Promise(resolve => setTimeout(resolve, 200))
   }
   say(`all ${config.numLayers} layers are covered`)
@@ -81,3 +91,4 @@ try {
   await stopAll()
   say('stopped every node')
 }
+if (process.exitCode !== 1) process.stdout.write(NEXT_STEPS)

@@ -2,7 +2,7 @@
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { expect, it } from 'vitest'
-import { REPO_ROOT } from '../scripts/swarm-processes.ts'
+import { REPO_ROOT } from '@minga/cli/processes'
 
 it('pnpm demo starts a swarm, covers every layer, generates through a route and stops everything', async () => {
   const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', 'scripts/demo.ts', '--max-new-tokens', '24'], { cwd: REPO_ROOT, timeout: 120_000 })

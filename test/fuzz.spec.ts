@@ -1,12 +1,13 @@
-// The wire fuzzer of scripts/fuzz.ts, at test size: ≥ 10k random and mutated frames against a real
+// The wire fuzzer of @minga/fuzz, at test size: ≥ 10k random and mutated frames against a real
 // `minga serve` process while a normal client generates through it.
 import { expect, it } from 'vitest'
-import { runFuzz, summary, type FuzzReport } from '../scripts/fuzz.ts'
+import { runFuzz, summary, type FuzzReport } from '@minga/fuzz'
+import { STORIES } from '../packages/engine/test/helpers.ts'
 
 const FRAMES = 10_000
 
 it(`a live server survives ${FRAMES} fuzzed frames and a concurrent session still equals the local engine`, async () => {
-  const report: FuzzReport = await runFuzz({ frames: FRAMES, seed: 20251123, workers: 8 })
+  const report: FuzzReport = await runFuzz({ frames: FRAMES, seed: 20251123, workers: 8, modelDir: STORIES })
   console.log(summary(report))
 
   // no crash, no hang, a clean shutdown

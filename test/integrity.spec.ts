@@ -25,14 +25,14 @@ function corrupting (executor: SpanExecutor): SpanExecutor {
 }
 
 beforeAll(async () => {
-  const local = await createLocalModel({ modelDir: STORIES })
+  const local = await createLocalModel({ modelDir: STORIES, quant: 'none' })
   expected = (await untilDone(local.generate('Once upon a time', { maxNewTokens: 20 }))).ids
   await local.close()
   bootstrap = await createMingaNode({})
   const addrs = bootstrap.addrs()
-  for (let i = 0; i < 2; i++) servers.push(await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 1 }))
+  for (let i = 0; i < 2; i++) servers.push(await createServer({ modelDir: STORIES, quant: 'none', blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 1 }))
   // The liar announces the best throughput, so every route starts through it.
-  const executor = corrupting(await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5 }))
+  const executor = corrupting(await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5, quant: 'none' }))
   liar = await createServer({ modelDir: STORIES, blocks: 'auto', executor, bootstrap: addrs, throughput: 10_000 })
   servers.push(liar)
 })

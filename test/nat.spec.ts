@@ -4,7 +4,7 @@
 // client generates through both: the output equals the local engine's.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLocalModel, untilDone } from '@minga/engine'
-import { runMingaWith, startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
+import { runMingaWith, startNode, type NodeProcess } from '@minga/cli/processes'
 import { STORIES } from '../packages/engine/test/helpers.ts'
 import { createNatLab, natLabUnavailable, removeLeftovers, type NatLab } from './netns.ts'
 

@@ -10,7 +10,7 @@ import { createClient } from '@minga/client'
 import { computeModelId, createLocalModel, untilDone } from '@minga/engine'
 import { createMingaNode, loadSwarmKey, writeSwarmKey } from '@minga/p2p'
 import { createServer } from '@minga/server'
-import { startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
+import { startNode, type NodeProcess } from '@minga/cli/processes'
 import { STORIES, tempDir } from '../packages/engine/test/helpers.ts'
 
 /** The CLI in this process (the servers it talks to are separate processes). */
@@ -77,12 +77,12 @@ describe('a private swarm', () => {
   let expected: number[]
   beforeAll(async () => {
     await Promise.all([writeSwarmKey(keyFile), writeSwarmKey(otherFile)])
-    const local = createLocalModel({ modelDir: STORIES })
+    const local = createLocalModel({ modelDir: STORIES, quant: 'none' })
     const bootstrap = await startNode(['bootstrap', '--swarm-key', keyFile], { label: 'bootstrap (private)' })
     nodes.push(bootstrap)
     bootstrapAddr = bootstrap.ready.addrs[0]
     nodes.push(...await Promise.all(['0:3', '3:5'].map(async blocks =>
-      await startNode(['serve', '--model', STORIES, '--blocks', blocks, '--bootstrap', bootstrapAddr, '--swarm-key', keyFile, '--throughput', '100'], { label: `serve ${blocks} (private)` }))))
+      await startNode(['serve', '--model', STORIES, '--quant', 'none', '--blocks', blocks, '--bootstrap', bootstrapAddr, '--swarm-key', keyFile, '--throughput', '100'], { label: `serve ${blocks} (private)` }))))
     const model = await local
     try {
       expected = (await untilDone(model.generate(PROMPT, OPTIONS))).ids

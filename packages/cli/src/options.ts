@@ -4,6 +4,7 @@ import { isAbsolute, resolve } from 'node:path'
 import { InvalidArgumentError, type Command } from 'commander'
 import { QUANTIZATIONS, type Quantization } from '@minga/engine'
 import { DEFAULT_RELAY_LIMITS, loadSwarmKey, type RelayLimits } from '@minga/p2p'
+import { modelCid } from '@minga/weights'
 
 export function integer (min: number, max = Number.MAX_SAFE_INTEGER) {
   return (value: string): number => {
@@ -45,6 +46,8 @@ export function addSamplingOptions (command: Command): Command {
     .option('--top-p <p>', 'sample among the most likely tokens that reach probability p', number(0, 1, { minExclusive: true }), 1)
     .option('--seed <s>', 'random seed: the same seed gives the same output', integer(0))
     .option('--repetition-penalty <r>', 'discourage tokens already seen (> 1)', number(0, Infinity, { minExclusive: true }), 1)
+    .option('--presence-penalty <p>', 'subtract p from the logits of tokens already generated (-2 to 2)', number(-2, 2), 0)
+    .option('--frequency-penalty <f>', 'subtract f per time a token was already generated (-2 to 2)', number(-2, 2), 0)
     .option('--stop <text>', 'stop when the output contains this text (repeatable)', collect, [])
 }
 
@@ -53,6 +56,18 @@ export function existingModelDir (path: string): string {
   const dir = userPath(path)
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`model directory ${dir} does not exist`)
   return dir
+}
+
+/**
+ * The model named by `--model DIR` or `--model-id ID` (exactly one): what createServer and
+ * createClient take. An id is fetched from the swarm, so it needs `--bootstrap`.
+ */
+export function modelChoice (flags: { model?: string, modelId?: string, bootstrap?: string[] }): { modelDir?: string, modelId?: string } {
+  if ((flags.model == null) === (flags.modelId == null)) throw new Error('give either --model DIR or --model-id ID (see `minga manifest`)')
+  if (flags.model != null) return { modelDir: existingModelDir(flags.model) }
+  modelCid(flags.modelId!)
+  if ((flags.bootstrap ?? []).length === 0) throw new Error('--model-id needs --bootstrap: the model is fetched from the swarm')
+  return { modelId: flags.modelId }
 }
 
 /** The swarm key named by --swarm-key (checked: a missing or malformed file is a one-line error). */
@@ -88,6 +103,14 @@ function alive (pid: number): boolean {
   } catch (err: any) {
     return err.code === 'EPERM'
   }
+}
+
+/** `START:END` layers (START < END), or `auto` where allowed. */
+export function parseBlocks (value: string): { start: number, end: number } | 'auto' {
+  if (value === 'auto') return 'auto'
+  const match = /^(\d+):(\d+)$/.exec(value)
+  if (match == null || Number(match[1]) >= Number(match[2])) throw new InvalidArgumentError('expected START:END with START < END (e.g. 0:2), or auto.')
+  return { start: Number(match[1]), end: Number(match[2]) }
 }
 
 export interface RelayFlags { relay?: boolean, relayMaxMb: number, relayMaxDuration: number, relayMaxReservations: number }

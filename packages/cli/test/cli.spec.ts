@@ -3,12 +3,12 @@ import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { STORIES, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS, tempDir } from '../../engine/test/helpers.ts'
-import { runMinga } from '../../../scripts/swarm-processes.ts'
+import { runMinga } from '../src/processes.ts'
 
 
 describe('minga generate', () => {
-  it('--json prints exactly one object with the reference ids', async () => {
-    const { code, stdout } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '40', '--temperature', '0', '--json')
+  it('--json prints exactly one object with the reference ids (f32 layers and head, like llama2.c)', async () => {
+    const { code, stdout } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '40', '--temperature', '0', '--quant', 'none', '--head-quant', 'none', '--json')
     expect(code).toBe(0)
     expect(stdout.trim().split('\n')).toHaveLength(1)
     const result = JSON.parse(stdout)
@@ -21,14 +21,14 @@ describe('minga generate', () => {
   })
 
   it('streams text to stdout and diagnostics to stderr', async () => {
-    const { code, stdout, stderr } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '20')
+    const { code, stdout, stderr } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '20', '--quant', 'none')
     expect(code).toBe(0)
     expect(stdout).toMatch(/^, there was a little girl named Lily\./)
     expect(stderr).toMatch(/20 tokens \(length\), prefill [\d.]+ ms, [\d.]+ tokens\/s/)
   })
 
-  it.each(['int8', 'int4'])('runs with --quant %s', async (quant) => {
-    const { code, stdout } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '10', '--quant', quant, '--json')
+  it.each(['int8', 'int4'])('runs with --quant %s --head-quant %s', async (quant) => {
+    const { code, stdout } = await runMinga('generate', '--model', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '10', '--quant', quant, '--head-quant', quant, '--json')
     expect(code).toBe(0)
     expect(JSON.parse(stdout).ids).toHaveLength(10)
   })
@@ -51,6 +51,7 @@ describe('minga generate', () => {
       { why: 'bad --temperature', args: ['--model', STORIES, '--temperature', '-1'], message: /'--temperature <t>' argument '-1' is invalid/ },
       { why: 'bad --max-new-tokens', args: ['--model', STORIES, '--max-new-tokens', '0'], message: /'--max-new-tokens <n>' argument '0' is invalid/ },
       { why: 'bad --quant', args: ['--model', STORIES, '--quant', 'int3'], message: /'--quant <q>' argument 'int3' is invalid. expected one of none, int8, int4/ },
+      { why: 'bad --head-quant', args: ['--model', STORIES, '--head-quant', 'f16'], message: /'--head-quant <q>' argument 'f16' is invalid. expected one of none, int8, int4/ },
       { why: 'bad --seed', args: ['--model', STORIES, '--seed', 'x'], message: /'--seed <s>' argument 'x' is invalid/ },
       { why: 'unknown flag', args: ['--model', STORIES, '--tempreature', '1'], message: /unknown option '--tempreature'/ }
     ])('$why', async ({ args, message }) => {
@@ -63,5 +64,27 @@ describe('minga generate', () => {
       // commander may add a "Did you mean" hint; our own errors are one line.
       expect(lines.length).toBeLessThanOrEqual(2)
     })
+  })
+})
+
+describe('minga prepare', () => {
+  const cache = tempDir('cli-prepare')
+  afterAll(() => { cache.remove() })
+
+  it('prepares a span once, one progress line per layer when stderr is not a terminal; then finds it prepared', async () => {
+    const args = ['prepare', '--model', STORIES, '--blocks', '1:4', '--quant', 'int4', '--cache-dir', cache.path, '--json']
+    const first = await runMinga(...args)
+    expect(first.code).toBe(0)
+    expect(JSON.parse(first.stdout)).toMatchObject({ layers: [1, 4], built: [1, 2, 3], bytes: expect.any(Number) })
+    expect(first.stderr.trim().split('\n')).toEqual([1, 2, 3].map((layer, i) => expect.stringMatching(new RegExp(`^minga prepare: prepared layer ${layer} \\(${i + 1}/3, [\\d.]+ s\\)$`))))
+    const again = await runMinga(...args)
+    expect(JSON.parse(again.stdout)).toMatchObject({ built: [], bytes: JSON.parse(first.stdout).bytes })
+    expect(again.stderr).toBe('')
+  })
+
+  it('rejects --blocks auto', async () => {
+    const { code, stderr } = await runMinga('prepare', '--model', STORIES, '--blocks', 'auto')
+    expect(code).toBe(2)
+    expect(stderr).toMatch(/auto is for serve; prepare needs START:END/)
   })
 })

@@ -3,7 +3,7 @@
 // stories260k (f32) and the TinyLlama-shaped random checkpoint (int4), at each ORT thread count.
 //
 //   node --import tsx packages/client/bench/swarm.bench.ts [--json] [--models stories,tinyllama]
-//     [--tokens N] [--threads 1,2] [--repeats R] [--warmup-runs W] [--wire f32|f16] [--no-chain]
+//     [--tokens N] [--threads 1,2] [--repeats R] [--warmup-runs W] [--clients chain-f16,relay-f32] [--no-chain]
 //     [--verbose] [--ready-timeout S]
 //
 // See README.md next to this file.
@@ -46,10 +46,20 @@ interface Options {
   threads: number[]
   repeats: number
   warmupRuns?: number
-  wire: 'f32' | 'f16'
+  /** Client configurations run against the same swarm, alternating; the first is "the swarm". */
+  clients: ClientVariant[]
   chain: boolean
   verbose: boolean
   readyTimeoutMs: number
+}
+
+/** A client configuration: chains on or off (the client relays every hop), and the wire dtype. */
+interface ClientVariant { name: string, chains: boolean, wire: 'f32' | 'f16' | 'q8' }
+
+function parseVariant (name: string): ClientVariant {
+  const m = /^(chain|relay)-(f32|f16|q8)$/.exec(name)
+  if (m == null) throw new Error(`--clients: "${name}" is not chain|relay-f32|f16|q8`)
+  return { name, chains: m[1] === 'chain', wire: m[2] as ClientVariant['wire'] }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -391,10 +401,21 @@ interface SwarmStats extends RunStats {
   stop: string[]
 }
 
+interface VariantStats extends RunStats {
+  variant: string
+  /** median tok/s ÷ the local engine's median tok/s */
+  ratio: number
+  pairedRatio: number
+  addedMsPerHop: number
+  sameIds: boolean
+}
+
 interface Paired {
   local: RunStats
   localChain?: RunStats
   swarm: SwarmStats
+  /** Every client variant (the first is `swarm`), measured in the same alternation. */
+  variants: VariantStats[]
   /** Median over the repeats of (swarm tok/s ÷ local tok/s) of runs made back to back. */
   pairedRatio: number
   load1: [number, number]
@@ -415,6 +436,7 @@ async function measurePaired (spec: ModelSpec, threads: number, opts: Options): 
   const opened: LocalModel[] = []
   let swarm: Swarm | undefined
   let client: MingaClient | undefined
+  const clients: MingaClient[] = []
   try {
     const local = await loadLocal()
     opened.push(local.model)
@@ -423,7 +445,8 @@ async function measurePaired (spec: ModelSpec, threads: number, opts: Options): 
     swarm = await startSwarm(spec, threads, opts)
     log(`  swarm up in ${(swarm.startMs / 1000).toFixed(1)} s`)
     const t = performance.now()
-    client = await createClient({ modelDir: spec.dir, bootstrap: [swarm.bootstrap], threads, wireDtype: opts.wire })
+    for (const v of opts.clients) clients.push(await createClient({ modelDir: spec.dir, bootstrap: [swarm.bootstrap], threads, wireDtype: v.wire, chains: v.chains }))
+    client = clients[0]
     const clientLoadMs = performance.now() - t
 
     const options = { maxNewTokens: spec.tokens, temperature: 0 }
@@ -433,8 +456,10 @@ async function measurePaired (spec: ModelSpec, threads: number, opts: Options): 
     const deadline = Date.now() + 60_000
     for (let warmed = false; !warmed;) {
       try {
-        const warm = await untilDone(client.generate(spec.promptIds, warmOptions))
-        if (warm.route.length !== spec.spans.length) throw new Error(`route of ${warm.route.length} hops, expected ${spec.spans.length}`)
+        for (const c of clients) {
+          const warm = await untilDone(c.generate(spec.promptIds, warmOptions))
+          if (warm.route.length !== spec.spans.length) throw new Error(`route of ${warm.route.length} hops, expected ${spec.spans.length}`)
+        }
         warmed = true
       } catch (err) {
         if (Date.now() > deadline) throw err
@@ -447,12 +472,13 @@ async function measurePaired (spec: ModelSpec, threads: number, opts: Options): 
     // (on its background threads, competing for the cores) during the first few hundred steps
     for (let i = 0; i < spec.warmupRuns; i++) {
       for (const m of opened) await untilDone(m.generate(spec.promptIds, options))
-      await untilDone(client.generate(spec.promptIds, options))
+      for (const c of clients) await untilDone(c.generate(spec.promptIds, options))
     }
 
     const localRuns: GenerationResult[] = []
     const chainRuns: GenerationResult[] = []
-    const swarmRuns: SwarmGenerationResult[] = []
+    const variantRuns = clients.map(() => [] as SwarmGenerationResult[])
+    const swarmRuns = variantRuns[0]
     const localTimes: ProcessTimes[] = []
     const chainTimes: ProcessTimes[] = []
     const swarmTimes: ProcessTimes[] = []
@@ -462,12 +488,27 @@ async function measurePaired (spec: ModelSpec, threads: number, opts: Options): 
       localRuns.push(await timed({ local: 'self' }, local.model.generate(spec.promptIds, options), localTimes))
       if (chain != null) chainRuns.push(await timed({ chain: 'self' }, chain.model.generate(spec.promptIds, options), chainTimes))
       swarmRuns.push(await timed(swarmPids, client.generate(spec.promptIds, options), swarmTimes))
-      log(`  repeat ${i + 1}: local ${localRuns[i].tokensPerSecond.toFixed(1)}${chain != null ? `, chain ${chainRuns[i].tokensPerSecond.toFixed(1)}` : ''}, swarm ${swarmRuns[i].tokensPerSecond.toFixed(1)} tok/s (load ${load1()})`)
+      for (let v = 1; v < clients.length; v++) variantRuns[v].push(await untilDone(clients[v].generate(spec.promptIds, options)))
+      log(`  repeat ${i + 1}: local ${localRuns[i].tokensPerSecond.toFixed(1)}${chain != null ? `, chain ${chainRuns[i].tokensPerSecond.toFixed(1)}` : ''}, ${opts.clients.map((v, k) => `${v.name} ${variantRuns[k][i].tokensPerSecond.toFixed(1)}`).join(', ')} tok/s (load ${load1()})`)
     }
+    const localStats = summarize(localRuns, local.loadMs)
+    const variants = opts.clients.map((v, k): VariantStats => {
+      const stats = summarize(variantRuns[k], clientLoadMs)
+      return {
+        ...stats,
+        variant: v.name,
+        ratio: round(stats.tokensPerSecond / localStats.tokensPerSecond, 4),
+        pairedRatio: round(median(variantRuns[k].map((r, i) => r.tokensPerSecond / localRuns[i].tokensPerSecond)), 4),
+        addedMsPerHop: round((stats.msPerToken - localStats.msPerToken) / spec.spans.length, 3),
+        sameIds: JSON.stringify(stats.ids) === JSON.stringify(localStats.ids)
+      }
+    })
     const route = swarmRuns[0].route
     if (route.length !== spec.spans.length) throw new Error(`the swarm routed through ${route.length} hops, expected ${spec.spans.length}`)
-    const breakdown = await measureBreakdown(client, spec, route)
-    await client.close()
+    // (per-hop round trips are what the client sees only when it relays: time a relaying client)
+    const relaying = opts.clients.findIndex(v => !v.chains)
+    const breakdown = await measureBreakdown(clients[Math.max(0, relaying)], spec, route)
+    for (const c of clients) await c.close()
     client = undefined
     const stop = await stopSwarm(swarm)
     return {
@@ -475,10 +516,11 @@ async function measurePaired (spec: ModelSpec, threads: number, opts: Options): 
       localChain: chain != null ? { ...summarize(chainRuns, chain.loadMs), perStep: medianTimes(chainTimes) } : undefined,
       swarm: { ...summarize(swarmRuns, clientLoadMs), perStep: medianTimes(swarmTimes), route, swarmStartMs: Math.round(swarm.startMs), breakdown, stop },
       pairedRatio: round(median(swarmRuns.map((r, i) => r.tokensPerSecond / localRuns[i].tokensPerSecond)), 4),
+      variants,
       load1: [before, load1()]
     }
   } finally {
-    if (client != null) await client.close().catch(() => {})
+    if (client != null) for (const c of clients) await c.close().catch(() => {})
     if (swarm != null) await stopSwarm(swarm)
     await Promise.all(opened.map(async m => { await m.close() }))
   }
@@ -493,6 +535,8 @@ interface ThreadResult {
   /** The same spans as the swarm, chained in this process (one worker each, no network). */
   localChain?: RunStats
   swarm: SwarmStats
+  /** Each client variant against the same servers, alternating with the local runs. */
+  variants: VariantStats[]
   /** median swarm tok/s ÷ median local tok/s */
   ratio: number
   /** median of the per-repeat ratios (runs made back to back) */
@@ -526,7 +570,7 @@ function parseOptions (): Options {
       threads: { type: 'string', default: '1,2' },
       repeats: { type: 'string', default: '3' },
       'warmup-runs': { type: 'string' },
-      wire: { type: 'string', default: 'f32' },
+      clients: { type: 'string', default: 'chain-f16,relay-f32' },
       'no-chain': { type: 'boolean', default: false },
       verbose: { type: 'boolean', default: false },
       'ready-timeout': { type: 'string', default: '600' }
@@ -542,7 +586,6 @@ function parseOptions (): Options {
     if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer ≥ ${min}, got ${s}`)
     return n
   }
-  if (values.wire !== 'f32' && values.wire !== 'f16') throw new Error('--wire must be f32 or f16')
   return {
     json: values.json!,
     models,
@@ -550,7 +593,7 @@ function parseOptions (): Options {
     threads: list(values.threads!).map(t => int(t, 'threads')),
     repeats: int(values.repeats!, 'repeats'),
     warmupRuns: values['warmup-runs'] != null ? int(values['warmup-runs'], 'warmup-runs', 0) : undefined,
-    wire: values.wire,
+    clients: list(values.clients!).map(parseVariant),
     chain: !values['no-chain'],
     verbose: values.verbose!,
     readyTimeoutMs: int(values['ready-timeout']!, 'ready-timeout') * 1000
@@ -567,6 +610,10 @@ function table (results: ModelResult[]): string {
       lines.push(`  ${pad(t.threads, 7)} ${pad(t.local.tokensPerSecond.toFixed(1), 11)} ${pad(t.local.msPerToken.toFixed(2), 7)} ${pad(t.localChain?.tokensPerSecond.toFixed(1) ?? '-', 11)} ` +
         `${pad(t.swarm.tokensPerSecond.toFixed(1), 11)} ${pad(t.swarm.msPerToken.toFixed(2), 7)} ${pad(t.ratio.toFixed(3), 6)} ${pad(t.pairedRatio.toFixed(3), 6)} ${pad(t.addedMsPerHop.toFixed(2), 7)} ${pad(String(t.sameIds), 8)}  ` +
         `${t.load1.join('→')}`)
+    }
+    for (const t of r.byThreads) {
+      lines.push(`  threads=${t.threads}, client variants (same servers, alternating): ` +
+        t.variants.map(v => `${v.variant} ${v.tokensPerSecond.toFixed(1)} tok/s = ${v.msPerToken.toFixed(2)} ms/tok (ratio ${v.ratio.toFixed(3)}, paired ${v.pairedRatio.toFixed(3)}, +${v.addedMsPerHop.toFixed(2)} ms/hop, same ids ${String(v.sameIds)})`).join('; '))
     }
     for (const t of r.byThreads) {
       const fmt = (times?: ProcessTimes): string => Object.entries(times ?? {})
@@ -596,9 +643,10 @@ async function main (): Promise<void> {
     const byThreads: ThreadResult[] = []
     for (const threads of opts.threads) {
       log(`${spec.name}, threads=${threads}: local${opts.chain ? `, local chain of ${hops} spans` : ''} and a swarm of ${hops} servers, alternating`)
-      const { local, localChain, swarm, pairedRatio, load1: load } = await measurePaired(spec, threads, opts)
+      const { local, localChain, swarm, variants, pairedRatio, load1: load } = await measurePaired(spec, threads, opts)
       byThreads.push({
         threads,
+        variants,
         local,
         localChain,
         swarm,
@@ -617,7 +665,7 @@ async function main (): Promise<void> {
     })))
     results.push({ model: spec.name, dir: spec.dir, quant: spec.quant, spans: spec.spans, promptTokens: spec.promptIds.length, tokens: spec.tokens, warmupRuns: spec.warmupRuns, byThreads, cross })
   }
-  const summary = { cores: availableParallelism(), load1: [startedLoad, load1()], repeats: opts.repeats, wire: opts.wire, results }
+  const summary = { cores: availableParallelism(), load1: [startedLoad, load1()], repeats: opts.repeats, clients: opts.clients.map(v => v.name), results }
   if (opts.json) process.stdout.write(JSON.stringify(summary) + '\n')
   else process.stdout.write(table(results))
 }

@@ -1,14 +1,17 @@
 // The client SDK: finds spans in the DHT knowing only a bootstrap address, routes through the
-// fastest chain of servers, and generates with the tokenizer, embeddings and LM head kept here
-// (the prompt text never leaves this machine).
+// fastest chain of servers, and generates with the tokenizer, embeddings and LM head kept here.
+// The text stays here, but the first server sees the prompt's embeddings (and so its token ids).
 import type { PeerId, PrivateKey } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
+import { resolveModel, type FetchModelInit, type FetchResult, type ResolvedModel } from '@minga/weights'
 import {
-  computeModelId, createClientHead, generateTokens, loadModelConfig, loadTokenizer, planGeneration,
-  type ClientHead, type GenerateOptions, type GeneratedToken, type GenerationResult, type ModelConfig, type TextTokenizer
+  createClientHead, generateTokens, loadChatTemplate, loadModelConfig, loadTokenizer, planGeneration,
+  type ChatMessage, type ChatTemplate, type ClientHead, type GenerateOptions, type GeneratedToken, type GenerationResult,
+  type ModelConfig, type Quantization, type TextTokenizer
 } from '@minga/engine'
-import { createMingaNode, findSpans, openChannel, type Channel, type MingaNode, type ServerEntry } from '@minga/p2p'
+import { CHAIN_PROTOCOL, createMingaNode, findSpans, handleChannel, openChannel, type Channel, type MingaNode, type ServerEntry } from '@minga/p2p'
+import { ChainInbox } from './chain.ts'
 import { SwarmError } from './errors.ts'
 import { RemoteSession, type HopConnector, type RemoteHop, type SessionEvents } from './remote-session.ts'
 import { hopCostMs, planRange, type RouteHop, type RouteServer } from './routing.ts'
@@ -30,16 +33,37 @@ export interface ClientInit {
   /** Relative difference that still counts as agreement when verifying (default 1e-3). */
   verifyTolerance?: number
   /** The model directory: the client runs the tokenizer, embeddings and LM head itself. */
-  modelDir: string
+  modelDir?: string
+  /**
+   * Or only the model id: the client fetches what it runs (config, tokenizer files, embeddings,
+   * final norm, LM head), verified chunk by chunk, into its local store, and reuses it next time.
+   */
+  modelId?: string
+  /** Where fetched models are stored (default: MINGA_CACHE or ~/.cache/minga). */
+  cacheDir?: string
+  /** With modelId: options for the fetch (providers, parallelism, progress, a signal, a log). */
+  fetch?: Partial<Pick<FetchModelInit, 'providers' | 'parallel' | 'progress' | 'signal' | 'onChunk' | 'requestTimeoutMs' | 'log'>>
   /** Multiaddrs (with /p2p/) of any swarm nodes. */
   bootstrap: string[]
-  /** Tensor encoding on the wire: f32 (exact, default) or f16 (half the bytes). */
-  wireDtype?: 'f32' | 'f16'
+  /**
+   * Tensor encoding on the wire: f16 (default: half the bytes, and stories260k's greedy and sampled
+   * outputs through a 3-node swarm equal f32's), f32 (exact) or q8 (8-bit blocks of 32 values with
+   * an f16 scale, 34 bytes per 32 values; top-1 agreement 99.5% on stories260k, see
+   * packages/client/bench/README.md).
+   */
+  wireDtype?: 'f32' | 'f16' | 'q8'
+  /**
+   * Chains (default on): send a step to the route's first server only, and let each server pass it
+   * on to the next; the client still gets every hop's output. Off: the client relays every hop.
+   */
+  chains?: boolean
   /** Per-request timeout. Default 60 s. */
   requestTimeoutMs?: number
   privateKey?: PrivateKey
   /** The swarm's pre-shared key (a key file's bytes, see loadSwarmKey) if the swarm is private. */
   swarmKey?: Uint8Array
+  /** Quantization of the LM head the client runs (default int8; `none` is f32). */
+  headQuant?: Quantization
   threads?: number
 }
 
@@ -53,14 +77,32 @@ export interface SwarmGenerationResult extends GenerationResult {
 export interface SwarmGenerateOptions extends GenerateOptions {
   /** Called with the route when the session opens and whenever it changes. */
   onRoute?: (route: Array<{ peerId: string, blocks: [number, number] }>) => void
+  /**
+   * Aborting ends the generation at once, during prefill too: the step in flight fails with the
+   * signal's reason and every server of the route is told to close the session.
+   */
+  signal?: AbortSignal
 }
 
 export interface MingaClient {
   readonly modelId: string
+  /** The directory the tokenizer and head were loaded from (the local store's, when fetched). */
+  readonly modelDir: string
+  /** What the fetch did, when the client started from a model id. */
+  readonly fetched?: FetchResult
   readonly config: ModelConfig
   readonly node: MingaNode
+  /** The model's tokenizer, run here. */
+  readonly tokenizer: TextTokenizer
   /** Streams new tokens; the generator's return value is the whole result with its route. */
   generate (prompt: string | number[], options?: SwarmGenerateOptions): AsyncGenerator<GeneratedToken, SwarmGenerationResult>
+  /**
+   * A conversation through the model's chat template (NoChatTemplateError if it has none), then
+   * `generate` on the rendered prompt (tokenized without a second BOS).
+   */
+  chat (messages: ChatMessage[], options?: SwarmGenerateOptions): AsyncGenerator<GeneratedToken, SwarmGenerationResult>
+  /** The token ids `chat` would send for these messages. */
+  chatPromptIds (messages: ChatMessage[]): number[]
   /** Peers this client stopped using because they returned wrong results. */
   readonly banned: ReadonlySet<string>
   status (): Promise<SwarmStatus>
@@ -69,18 +111,26 @@ export interface MingaClient {
 
 export async function createClient (init: ClientInit): Promise<MingaClient> {
   if (init.bootstrap.length === 0) throw new SwarmError('a client needs at least one bootstrap address')
-  const config = loadModelConfig(init.modelDir)
-  const modelId = computeModelId(init.modelDir)
-  const tokenizer = loadTokenizer(init.modelDir, config)
+  if ((init.modelDir == null) === (init.modelId == null)) throw new SwarmError('a client needs either a model directory or a model id')
+  if (init.modelDir != null) loadModelConfig(init.modelDir) // a bad directory fails before any network work
   const node = await createMingaNode({ listen: [], bootstrap: init.bootstrap, privateKey: init.privateKey, swarmKey: init.swarmKey })
-  let head: ClientHead
+  let model: ResolvedModel | undefined
+  let chains: ChainInbox | undefined
   try {
-    head = await createClientHead({ modelDir: init.modelDir, threads: init.threads })
+    if (init.chains !== false) {
+      chains = new ChainInbox(init.requestTimeoutMs ?? 60_000)
+      await handleChannel(node, CHAIN_PROTOCOL, chains.onFrame)
+    }
+    model = await resolveModel({ modelDir: init.modelDir, modelId: init.modelId, node, cacheDir: init.cacheDir, ...init.fetch, select: { head: true } })
+    const config = loadModelConfig(model.dir)
+    const tokenizer = loadTokenizer(model.dir, config)
+    const head = await createClientHead({ modelDir: model.dir, headQuant: init.headQuant, threads: init.threads })
+    return new SwarmClient(init, node, head, tokenizer, config, model, chains)
   } catch (err) {
+    model?.close()
     await node.stop()
     throw err
   }
-  return new SwarmClient(init, node, head, tokenizer, config, modelId)
 }
 
 class SwarmClient implements MingaClient, HopConnector {
@@ -91,35 +141,60 @@ class SwarmClient implements MingaClient, HopConnector {
   /** Servers whose direct addresses failed while relayed ones exist: go through the relay at once. */
   private readonly directFailed = new Set<string>()
   private known?: { at: number, servers: ServerEntry[] }
+  private chatTemplate?: ChatTemplate
 
   constructor (
     private readonly init: ClientInit,
     readonly node: MingaNode,
     private readonly head: ClientHead,
-    private readonly tokenizer: TextTokenizer,
+    readonly tokenizer: TextTokenizer,
     readonly config: ModelConfig,
-    readonly modelId: string
+    private readonly model: ResolvedModel,
+    private readonly chains: ChainInbox | undefined
   ) {}
+
+  get modelId (): string { return this.model.modelId }
+  get modelDir (): string { return this.model.dir }
+  get fetched (): FetchResult | undefined { return this.model.fetched }
+
+  chatPromptIds (messages: ChatMessage[]): number[] {
+    this.chatTemplate ??= loadChatTemplate(this.modelDir)
+    return this.tokenizer.encode(this.chatTemplate.render(messages), { addSpecialTokens: false })
+  }
+
+  async * chat (messages: ChatMessage[], options: SwarmGenerateOptions = {}): AsyncGenerator<GeneratedToken, SwarmGenerationResult> {
+    return yield * this.generate(this.chatPromptIds(messages), options)
+  }
 
   async * generate (prompt: string | number[], options: SwarmGenerateOptions = {}): AsyncGenerator<GeneratedToken, SwarmGenerationResult> {
     const promptIds = typeof prompt === 'string' ? this.tokenizer.encode(prompt) : prompt
     const plan = planGeneration(promptIds, options, this.config.maxPositionEmbeddings)
-    const { onRoute } = options
+    const { onRoute, signal } = options
+    signal?.throwIfAborted()
     const session = await RemoteSession.open(this, this.config.numLayers, {
       maxLength: plan.sessionLength,
       hiddenSize: this.config.hiddenSize,
-      wireDtype: this.init.wireDtype ?? 'f32',
+      wireDtype: this.init.wireDtype ?? 'f16',
+      chains: this.chains,
       failoverTimeoutMs: this.init.failoverTimeoutMs ?? 30_000,
       maxHistoryBytes: this.init.maxHistoryBytes ?? 512 * 2 ** 20,
       verifyProbability: this.init.verifyProbability ?? 0,
       verifyTolerance: this.init.verifyTolerance ?? 1e-3,
       random: Math.random,
+      signal,
       onRoute: onRoute != null ? route => { onRoute(route.map(describeHop)) } : undefined
     })
+    const onAbort = (): void => { session.abort(abortReason(signal!)) }
+    if (signal != null) {
+      session.abortable()
+      signal.addEventListener('abort', onAbort, { once: true })
+    }
     try {
+      signal?.throwIfAborted() // aborted while the route was being opened
       const result = yield * generateTokens(this.head, session, this.tokenizer, this.config.eosTokenIds, plan, options)
       return { ...result, route: session.route.map(describeHop), events: session.events }
     } finally {
+      signal?.removeEventListener('abort', onAbort)
       await session.close()
     }
   }
@@ -138,7 +213,7 @@ class SwarmClient implements MingaClient, HopConnector {
     await this.measureRoundTrips(servers)
     route = planRange(start, end, this.config.numLayers, servers.map(this.routeServer), peer => this.rtt.get(peer))
     const byPeer = new Map(servers.map(s => [s.peerId, s]))
-    return await Promise.all(route.map(async hop => ({ hop, channel: await this.channelTo(byPeer.get(hop.peerId)!) })))
+    return await Promise.all(route.map(async hop => ({ hop, channel: await this.channelTo(byPeer.get(hop.peerId)!), addr: dialAddr(byPeer.get(hop.peerId)!) })))
   }
 
   async alternative (start: number, end: number, exclude: Set<string>): Promise<RemoteHop | undefined> {
@@ -147,7 +222,7 @@ class SwarmClient implements MingaClient, HopConnector {
     const cost = (s: ServerEntry): number => hopCostMs(this.routeServer(s), end - start, this.rtt.get(s.peerId) ?? 1000)
     const best = candidates.sort((a, b) => cost(a) - cost(b))[0]
     if (best == null) return undefined
-    return { hop: { peerId: best.peerId, start, end }, channel: await this.channelTo(best) }
+    return { hop: { peerId: best.peerId, start, end }, channel: await this.channelTo(best), addr: dialAddr(best) }
   }
 
   penalize (peerId: string, reason?: unknown): void {
@@ -188,6 +263,7 @@ class SwarmClient implements MingaClient, HopConnector {
   async close (): Promise<void> {
     await Promise.all([...this.channels.values()].map(async c => { await (await c.catch(() => undefined))?.close({ timeoutMs: 1000 }) }))
     await this.head.close()
+    this.model.close()
     await this.node.stop()
   }
 
@@ -264,6 +340,18 @@ class SwarmClient implements MingaClient, HopConnector {
       throw new SwarmError(`cannot reach server ${server.peerId}: ${(err as Error)?.message ?? err}`)
     }
   }
+}
+
+function abortReason (signal: AbortSignal): Error {
+  return signal.reason instanceof Error ? signal.reason : new DOMException(String(signal.reason ?? 'aborted'), 'AbortError')
+}
+
+/** The address a chain's previous hop dials this server at: its first announced one, with /p2p/. */
+function dialAddr (server: ServerEntry): string {
+  const addr = server.addrs[0]
+  if (addr == null) return server.peerId
+  const full = addr.includes('/p2p/') ? addr : `${addr}/p2p/${server.peerId}`
+  return new TextEncoder().encode(full).length <= 255 ? full : server.peerId
 }
 
 function describeHop (hop: RouteHop): { peerId: string, blocks: [number, number] } {

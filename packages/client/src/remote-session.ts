@@ -6,12 +6,21 @@
 //   built by the same kernels and the continuation is identical), then goes on;
 // - integrity: with probability r a step is also replayed on a second server holding the same layers;
 //   if the outputs differ, a third server decides and the wrong one is banned.
-import { DType, f32ToF16, FrameType, newSessionId, tensorF32, type Channel } from '@minga/p2p'
+// With chains on, consecutive hops whose link the client set up (each hop's session names the
+// previous hop as its upstream) get one FORWARD, to the first: the servers pass the step on and the
+// client gets every hop's output back (chain.ts), so the history, failover and checks are the same.
+import { DType, FrameFlag, FrameType, encodeTensor, newSessionId, tensorF32, type Channel, type NextHop } from '@minga/p2p'
 import type { LayerChain } from '@minga/engine'
+import type { ChainInbox } from './chain.ts'
 import { SwarmError } from './errors.ts'
 import type { RouteHop } from './routing.ts'
 
-export interface RemoteHop { hop: RouteHop, channel: Channel }
+export interface RemoteHop {
+  hop: RouteHop
+  channel: Channel
+  /** How the previous hop of a chain dials this one: a multiaddr with /p2p/, or the peer id. */
+  addr?: string
+}
 
 /** How a session finds servers: supplied by the client, which knows the swarm. */
 export interface HopConnector {
@@ -31,7 +40,9 @@ export interface HopConnector {
 export interface SessionPolicy {
   maxLength: number
   hiddenSize: number
-  wireDtype: 'f32' | 'f16'
+  wireDtype: 'f32' | 'f16' | 'q8'
+  /** Where chain reports arrive; without it the client relays every hop itself. */
+  chains?: ChainInbox
   /** Give up re-routing after this long without success. */
   failoverTimeoutMs: number
   /** Keep at most this many bytes of inputs per session for replay (beyond it, no failover). */
@@ -43,9 +54,15 @@ export interface SessionPolicy {
   random: () => number
   /** Called when the route changes (failover, or a verifier that replaced a wrong server). */
   onRoute?: (route: RouteHop[]) => void
+  /** Stops retrying to open or re-route when aborted. */
+  signal?: AbortSignal
 }
 
 export interface SessionEvents {
+  /** Hop steps whose output came back through a chain rather than from the client relaying. */
+  chainedHops: number
+  /** Chain steps that broke before their end (the client relayed the rest). */
+  brokenChains: number
   failovers: number
   verifications: number
   mismatches: number
@@ -56,6 +73,8 @@ interface Step { hidden: Float32Array, tokens: number }
 
 interface HopState extends RemoteHop {
   sessionId: Uint8Array
+  /** The peer this hop's session accepts forwarded steps from (the previous hop when it was opened). */
+  upstream?: string
   /** Tokens in this server's cache for the session. */
   position: number
   /** Every input sent to this hop, in order, for replay. */
@@ -63,16 +82,21 @@ interface HopState extends RemoteHop {
 }
 
 export class RemoteSession implements LayerChain {
-  readonly events: SessionEvents = { failovers: 0, verifications: 0, mismatches: 0, banned: [] }
+  readonly events: SessionEvents = { chainedHops: 0, brokenChains: 0, failovers: 0, verifications: 0, mismatches: 0, banned: [] }
   private hops: HopState[] = []
   private historyBytes = 0
   private replayable = true
+  private closed = false
+  /** Set by abort(): every pending and later step fails with it, and nothing is re-routed. */
+  private abortReason?: Error
+  private abortion?: Promise<never>
+  private rejectAbortion?: (reason: Error) => void
 
   private constructor (private readonly connector: HopConnector, private readonly policy: SessionPolicy) {}
 
   static async open (connector: HopConnector, numBlocks: number, policy: SessionPolicy): Promise<RemoteSession> {
     const session = new RemoteSession(connector, policy)
-    session.hops = await session.connect(0, numBlocks, Date.now() + policy.failoverTimeoutMs, false)
+    session.hops = await session.connect(0, numBlocks, Date.now() + policy.failoverTimeoutMs, false, undefined)
     policy.onRoute?.(session.route)
     return session
   }
@@ -83,33 +107,115 @@ export class RemoteSession implements LayerChain {
 
   async forward (hidden: Float32Array, tokens: number): Promise<Float32Array> {
     this.remember(hidden.length)
-    for (let i = 0; i < this.hops.length; i++) {
+    let relayNext = false
+    for (let i = 0; i < this.hops.length;) {
+      const { last, verifyLast } = this.segment(i, relayNext)
       const input = hidden
+      let outputs: Float32Array[]
       try {
-        hidden = await this.request(this.hops[i], input, tokens)
+        if (this.abortReason != null) throw this.abortReason
+        const step = last > i ? this.chained(i, last, input, tokens) : this.request(this.hops[i], input, tokens).then(out => [out])
+        outputs = await (this.abortion != null ? Promise.race([step, this.abortion]) : step)
       } catch (err) {
-        hidden = await this.failover(i, err, input, tokens)
-        continue // the replacement hops were verified by construction: they replayed the history
+        if (this.abortReason != null) throw this.abortReason
+        const replaced = await this.failover(i, err, input, tokens)
+        hidden = replaced.output
+        i += replaced.hops // the replacement hops were verified by construction: they replayed the history
+        relayNext = false
+        continue
       }
-      this.record(this.hops[i], input, tokens)
-      if (this.policy.verifyProbability > 0 && this.replayable && this.policy.random() < this.policy.verifyProbability) {
-        hidden = await this.verify(i, hidden)
+      for (const output of outputs) {
+        this.record(this.hops[i++], hidden, tokens)
+        hidden = output
       }
+      // a broken chain: the hop after the last output did not run (or is in doubt), so relay to it
+      relayNext = i <= last
+      if (!relayNext && verifyLast) hidden = await this.verify(i - 1, hidden)
     }
     return hidden
   }
 
   async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
     await Promise.all(this.hops.map(async h => { await closeOn(h) }))
   }
 
+  /**
+   * Ends the session at once (the caller went away): the step in flight fails with `reason`, no
+   * failover follows, and every server is told to close its session now. A server finishes the step
+   * it is computing first: it reads a stream's frames in order.
+   */
+  abort (reason: Error): void {
+    if (this.abortReason != null) return
+    this.abortReason = reason
+    this.rejectAbortion?.(reason)
+    void this.close()
+  }
+
+  /** Lets abort() interrupt a step in flight (only sessions that can be aborted pay for the race). */
+  abortable (): void {
+    this.abortion ??= new Promise<never>((_resolve, reject) => { this.rejectAbortion = reject })
+    this.abortion.catch(() => {})
+  }
+
+  /**
+   * The hops from `i` that one chained FORWARD can take: up to the first whose step is to be verified
+   * (checks need the hop's output before the next hop runs) or whose link the client did not set up.
+   */
+  private segment (i: number, relayOnly: boolean): { last: number, verifyLast: boolean } {
+    let last = i
+    let verifyLast = this.drawVerify()
+    if (this.policy.chains == null || relayOnly) return { last, verifyLast }
+    const linked = (k: number): boolean => this.hops[k].upstream === this.hops[k - 1].hop.peerId && !this.hops[k].channel.closed
+    while (!verifyLast && last + 1 < this.hops.length && linked(last + 1)) {
+      last++
+      verifyLast = this.drawVerify()
+    }
+    return { last, verifyLast }
+  }
+
+  private drawVerify (): boolean {
+    return this.policy.verifyProbability > 0 && this.replayable && this.policy.random() < this.policy.verifyProbability
+  }
+
+  /**
+   * One step through hops i..last as a chain: the outputs of the hops that ran, in order (at least
+   * hop i's; fewer than all if a link broke). Throws if hop i itself fails.
+   */
+  private async chained (i: number, last: number, input: Float32Array, tokens: number): Promise<Float32Array[]> {
+    const first = this.hops[i]
+    const rest = this.hops.slice(i + 1, last + 1)
+    const wait = this.policy.chains!.expect([first, ...rest].map(h => ({ sessionId: h.sessionId, peerId: h.hop.peerId, channel: h.channel })), first.position, tokens, this.policy.hiddenSize)
+    let firstOutput: Float32Array
+    let forwarded = false
+    try {
+      firstOutput = await this.request(first, input, tokens, rest.map(h => ({ peer: h.addr ?? h.hop.peerId, startBlock: h.hop.start, endBlock: h.hop.end, sessionId: h.sessionId })), flags => { forwarded = (flags & FrameFlag.FORWARDED) !== 0 })
+    } catch (err) {
+      wait.cancel()
+      throw err
+    }
+    if (!forwarded) wait.cancel() // a server that does not forward: relay at once
+    const { outputs, broken } = await wait.report
+    // The first output came from hop i itself; a report that disagrees with it is not trusted at all.
+    const trusted = outputs.length > 0 && sameValues(outputs[0], firstOutput)
+    const ran = trusted ? outputs.length : 1
+    for (let k = 1; k < ran; k++) rest[k - 1].position += tokens
+    this.events.chainedHops += ran - 1
+    if (broken || !trusted) this.events.brokenChains++
+    return trusted ? [firstOutput, ...outputs.slice(1)] : [firstOutput]
+  }
+
   /** Opens sessions on a route for [start, end), retrying with other servers until the deadline. */
-  private async connect (start: number, end: number, deadline: number, urgent: boolean): Promise<HopState[]> {
+  private async connect (start: number, end: number, deadline: number, urgent: boolean, upstream: string | undefined): Promise<HopState[]> {
     return await this.retry(deadline, `layers [${start}, ${end})`, async () => {
       const remotes = await this.connector.route(start, end, urgent)
       const states: HopState[] = []
       try {
-        for (const remote of remotes) states.push(await this.blame(remote, async () => await this.openOn(remote)))
+        for (const remote of remotes) {
+          const previous = states.length > 0 ? states[states.length - 1].hop.peerId : upstream
+          states.push(await this.blame(remote, async () => await this.openOn(remote, previous)))
+        }
       } catch (err) {
         await Promise.all(states.map(closeOn))
         throw err
@@ -118,15 +224,18 @@ export class RemoteSession implements LayerChain {
     })
   }
 
-  /** Replaces hop `index` by another route for its layers, rebuilt from the history; returns the output for `input`. */
-  private async failover (index: number, cause: unknown, input: Float32Array, tokens: number): Promise<Float32Array> {
+  /**
+   * Replaces hop `index` by another route for its layers, rebuilt from the history; returns the
+   * output for `input` and how many hops now stand in its place.
+   */
+  private async failover (index: number, cause: unknown, input: Float32Array, tokens: number): Promise<{ output: Float32Array, hops: number }> {
     const failed = this.hops[index]
     this.connector.penalize(failed.hop.peerId, cause)
     void closeOn(failed)
     if (!this.replayable) throw new SwarmError(`server ${failed.hop.peerId} failed (${messageOf(cause)}) and the session's history is too large to replay elsewhere`)
     const deadline = Date.now() + this.policy.failoverTimeoutMs
     const { states, output } = await this.retry(deadline, `layers [${failed.hop.start}, ${failed.hop.end})`, async () => {
-      const states = await this.connect(failed.hop.start, failed.hop.end, deadline, true)
+      const states = await this.connect(failed.hop.start, failed.hop.end, deadline, true, this.hops[index - 1]?.hop.peerId)
       try {
         for (const step of failed.history) await this.through(states, step.hidden, step.tokens)
         return { states, output: await this.through(states, input, tokens) }
@@ -138,7 +247,7 @@ export class RemoteSession implements LayerChain {
     this.hops.splice(index, 1, ...states)
     this.events.failovers++
     this.policy.onRoute?.(this.route)
-    return output
+    return { output, hops: states.length }
   }
 
   /** Checks hop `index`'s last output on a second server; a third decides a disagreement. */
@@ -211,29 +320,35 @@ export class RemoteSession implements LayerChain {
     }
   }
 
-  private async openOn (remote: RemoteHop): Promise<HopState> {
+  /** Opens a session on `remote`; with chains on, `upstream` (the previous hop) may forward into it. */
+  private async openOn (remote: RemoteHop, upstream?: string): Promise<HopState> {
     const sessionId = newSessionId()
-    await remote.channel.request({ type: FrameType.OPEN_SESSION, sessionId, startBlock: remote.hop.start, endBlock: remote.hop.end, maxLength: this.policy.maxLength })
-    return { ...remote, sessionId, position: 0, history: [] }
+    const { start, end } = remote.hop
+    const chainable = this.policy.chains != null && upstream != null
+    const nextHops: NextHop[] = chainable ? [{ peer: upstream, startBlock: start, endBlock: end }] : []
+    await remote.channel.request({ type: FrameType.OPEN_SESSION, sessionId, startBlock: start, endBlock: end, maxLength: this.policy.maxLength, nextHops })
+    return { ...remote, sessionId, upstream: chainable ? upstream : undefined, position: 0, history: [] }
   }
 
-  private async request (state: HopState, hidden: Float32Array, tokens: number): Promise<Float32Array> {
-    const f16 = this.policy.wireDtype === 'f16'
+  private async request (state: HopState, hidden: Float32Array, tokens: number, nextHops: NextHop[] = [], onFlags?: (flags: number) => void): Promise<Float32Array> {
+    const dtype = WIRE_DTYPES[this.policy.wireDtype]
     const reply = await state.channel.request({
       type: FrameType.FORWARD,
       sessionId: state.sessionId,
-      dtype: f16 ? DType.F16 : DType.F32,
+      dtype,
       startBlock: state.hop.start,
       endBlock: state.hop.end,
       position: state.position,
       tokens,
       hiddenSize: this.policy.hiddenSize,
-      payload: f16 ? toF16Bytes(hidden) : new Uint8Array(hidden.buffer, hidden.byteOffset, hidden.byteLength)
+      nextHops,
+      payload: encodeTensor(hidden, dtype)
     })
     if (reply.tokens !== tokens || reply.hiddenSize !== this.policy.hiddenSize) {
       throw new SwarmError(`server ${state.hop.peerId} answered ${reply.tokens} × ${reply.hiddenSize} values for ${tokens} × ${this.policy.hiddenSize}`)
     }
     state.position += tokens
+    onFlags?.(reply.flags)
     return tensorF32(reply)
   }
 
@@ -273,6 +388,7 @@ export class RemoteSession implements LayerChain {
       try {
         return await attempt()
       } catch (err) {
+        this.policy.signal?.throwIfAborted()
         if (Date.now() + delay > deadline) {
           if ((err as Error)?.name === 'NoRouteError') throw err
           throw new SwarmError(`no working route for ${what} within ${this.policy.failoverTimeoutMs} ms: ${messageOf(err)}`)
@@ -288,10 +404,12 @@ async function closeOn ({ channel, sessionId }: HopState): Promise<void> {
   await channel.request({ type: FrameType.CLOSE_SESSION, sessionId }, { timeoutMs: 2000 }).catch(() => {})
 }
 
-function toF16Bytes (values: Float32Array): Uint8Array {
-  const halves = new Uint16Array(values.length)
-  f32ToF16(values, halves)
-  return new Uint8Array(halves.buffer)
+const WIRE_DTYPES = { f32: DType.F32, f16: DType.F16, q8: DType.Q8 } as const
+
+function sameValues (a: Float32Array, b: Float32Array): boolean {
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) return false
+  return true
 }
 
 function messageOf (err: unknown): string {

@@ -6,7 +6,8 @@
 //
 // See README.md next to this file.
 import { spawn } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readFileSync, rmSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { availableParallelism, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
@@ -14,6 +15,7 @@ import {
   argmax, createClientHead, createSpanExecutor, loadModelConfig, loadTokenizer, QUANTIZATIONS, seededRandom,
   type ClientHead, type Quantization, type SpanExecutor
 } from '../src/index.ts'
+import { measureNodeStart, startServe, type NodeStartResult, type StartRun } from './node-start.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint, TINYLLAMA_SHAPE, type CheckpointInfo } from './random-checkpoint.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
@@ -183,7 +185,7 @@ function logSoftmax (row: Float32Array): Float64Array {
 async function runAgreement (modelDir: string, quants: Quantization[], threads: number): Promise<AgreementResult> {
   const config = loadModelConfig(modelDir)
   const vocab = config.vocabSize
-  const head = await createClientHead({ modelDir, threads })
+  const head = await createClientHead({ modelDir, headQuant: 'none', threads }) // compare the layers' quantization alone
   const open = async (quant: Quantization): Promise<SpanExecutor> =>
     await createSpanExecutor({ modelDir, start: 0, end: config.numLayers, quant, threads })
   try {
@@ -245,6 +247,8 @@ async function runAgreement (modelDir: string, quants: Quantization[], threads: 
 
 interface Options {
   quants: Quantization[]
+  startQuants: Quantization[]
+  perf: boolean
   promptTokens: number
   decodeTokens: number
   threads: number
@@ -260,6 +264,9 @@ const USAGE = `usage: pnpm bench:engine [options]
   --decode-tokens N        greedy decode steps (default 32)
   --threads N              ORT intra-op threads per worker (default 2)
   --skip-agreement         skip the stories260k top-1 agreement check
+  --start-quant int8,int4  node start (minga serve, cold and warm) of [0, 22) at these (default int8,int4)
+  --skip-start             skip the node start measurement
+  --skip-perf              skip the per-quantization load/prefill/decode children
   --rebuild                rebuild the random checkpoint even if a complete one is cached
   --timeout S              give up on a child process after S seconds (default 900)
   --json                   print one JSON object instead of the table`
@@ -280,6 +287,9 @@ function parseOptions (args: string[]): Options & { child?: string, modelDir?: s
       'decode-tokens': { type: 'string' },
       threads: { type: 'string' },
       'skip-agreement': { type: 'boolean' },
+      'start-quant': { type: 'string' },
+      'skip-start': { type: 'boolean' },
+      'skip-perf': { type: 'boolean' },
       rebuild: { type: 'boolean' },
       timeout: { type: 'string' },
       json: { type: 'boolean' },
@@ -303,6 +313,8 @@ function parseOptions (args: string[]): Options & { child?: string, modelDir?: s
     threads: positiveInt(values.threads, 'threads', 2),
     json: values.json === true,
     agreement: values['skip-agreement'] !== true,
+    startQuants: values['skip-start'] === true ? [] : (values['start-quant'] ?? 'int8,int4').split(',').map(q => q.trim()).filter(q => q !== '') as Quantization[],
+    perf: values['skip-perf'] !== true,
     rebuild: values.rebuild === true,
     timeoutS: positiveInt(values.timeout, 'timeout', 900),
     child: values.child,
@@ -384,10 +396,12 @@ async function main (): Promise<void> {
 
   const common = ['--threads', String(options.threads), '--prompt-tokens', String(options.promptTokens), '--decode-tokens', String(options.decodeTokens)]
   const perf: Array<ChildRun<PerfResult>> = []
-  for (const quant of options.quants) {
+  for (const quant of options.perf ? options.quants : []) {
     note(`measuring quant=${quant} in a fresh process…`)
     perf.push(await runChild<PerfResult>(['--child', 'perf', '--model-dir', checkpoint.dir, '--quant', quant, ...common], options.timeoutS))
   }
+
+  const start = await measureStarts(options, checkpoint, note)
 
   const compared = options.quants.filter(q => q !== 'none')
   let agreement: ChildRun<AgreementResult> | undefined
@@ -402,15 +416,58 @@ async function main (): Promise<void> {
     checkpoint: { ...checkpoint, shape: TINYLLAMA_SHAPE, dtype: 'BF16' },
     options: { quants: options.quants, promptTokens: options.promptTokens, decodeTokens: options.decodeTokens, threads: options.threads },
     perf: perf.map(run => ({ ...run.result, wallMs: run.wallMs, loadAverageBefore: run.loadBefore, loadAverageAfter: run.loadAfter })),
-    agreement: agreement == null ? null : { ...agreement.result, wallMs: agreement.wallMs }
+    agreement: agreement == null ? null : { ...agreement.result, wallMs: agreement.wallMs },
+    start
   }
   if (options.json) {
     process.stdout.write(JSON.stringify(report) + '\n')
   } else {
     process.stdout.write(formatReport(options, checkpoint, perf, agreement) + '\n')
+    if (start != null) process.stdout.write('\n' + formatStart(start) + '\n')
   }
-  const failed = perf.some(r => r.result.kind === 'error') || agreement?.result.kind === 'error'
+  const failed = perf.some(r => r.result.kind === 'error') || agreement?.result.kind === 'error' || start?.error != null
   process.exitCode = failed ? 1 : 0
+}
+
+interface StartReport { baseline?: StartRun, runs: NodeStartResult[], error?: string }
+
+/**
+ * `minga serve --blocks 0:22` cold and warm per quantization, plus the baseline: a node serving
+ * stories260k (f32, a few hundred KB of weights), i.e. Node + libp2p + onnxruntime.
+ */
+async function measureStarts (options: Options, checkpoint: CheckpointInfo, note: (msg: string) => void): Promise<StartReport | undefined> {
+  if (options.startQuants.length === 0) return undefined
+  const cacheDir = join(dirname(checkpoint.dir), 'prepared-start')
+  const startOptions = { threads: options.threads, cacheMb: 64, timeoutMs: options.timeoutS * 1000 }
+  const report: StartReport = { runs: [] }
+  try {
+    note('node start: baseline (stories260k, f32)…')
+    rmSync(cacheDir, { recursive: true, force: true })
+    await startServe(STORIES, [0, 5], 'none', cacheDir, startOptions) // prepares it
+    report.baseline = await startServe(STORIES, [0, 5], 'none', cacheDir, startOptions)
+    for (const quant of options.startQuants) {
+      note(`node start: [0, ${TINYLLAMA_SHAPE.numLayers}) at ${quant}, cold then warm…`)
+      report.runs.push(await measureNodeStart(checkpoint.dir, [0, TINYLLAMA_SHAPE.numLayers], quant, cacheDir, startOptions))
+    }
+  } catch (err: any) {
+    report.error = err?.message ?? String(err)
+  } finally {
+    rmSync(cacheDir, { recursive: true, force: true })
+  }
+  return report
+}
+
+function formatStart (start: StartReport): string {
+  const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(0)} MiB`
+  const base = start.baseline?.peakRssBytes ?? NaN
+  const lines = [`node start: minga serve --blocks 0:${TINYLLAMA_SHAPE.numLayers} --cache-mb 64 --throughput 1, spawn → ready line; peak RSS = VmHWM at ready`,
+    `  baseline (Node + libp2p + onnxruntime: a node serving stories260k f32): peak RSS ${mib(base)}, ready in ${((start.baseline?.readyMs ?? NaN) / 1000).toFixed(1)} s`]
+  lines.push(...table(['quant', 'prepared', 'cold s', 'warm s', 'peak RSS cold', 'peak RSS warm', '(warm − baseline) / prepared'], start.runs.map(r => [
+    r.quant, mib(r.preparedBytes), (r.cold.readyMs / 1000).toFixed(1), (r.warm.readyMs / 1000).toFixed(1), mib(r.cold.peakRssBytes), mib(r.warm.peakRssBytes),
+    ((r.warm.peakRssBytes - base) / r.preparedBytes).toFixed(3)
+  ])))
+  if (start.error != null) lines.push(`  FAILED: ${start.error}`)
+  return lines.join('\n')
 }
 
 function formatReport (options: Options, checkpoint: CheckpointInfo, perf: Array<ChildRun<PerfResult>>, agreement: ChildRun<AgreementResult> | undefined): string {

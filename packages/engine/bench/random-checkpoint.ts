@@ -29,6 +29,19 @@ export const TINYLLAMA_SHAPE: LlamaShape = {
   rmsNormEps: 1e-5
 }
 
+/** Llama-2-7B's shape (BF16 ≈ 13.5 GB): what `pnpm bench:old-hardware` serves on four small nodes. */
+export const LLAMA2_7B_SHAPE: LlamaShape = {
+  hiddenSize: 4096,
+  intermediateSize: 11008,
+  numLayers: 32,
+  numHeads: 32,
+  numKvHeads: 32,
+  vocabSize: 32000,
+  maxPositionEmbeddings: 4096,
+  ropeTheta: 10000,
+  rmsNormEps: 1e-5
+}
+
 /** Bump when the file layout or the sampling changes, so stale caches are rebuilt. */
 const FORMAT_VERSION = 1
 const MARKER = '.complete'

@@ -36,6 +36,11 @@ export class WorkerError extends Error {
   override readonly name = 'WorkerError'
 }
 
+/** A chat request for a model whose tokenizer_config.json has no chat template. */
+export class NoChatTemplateError extends Error {
+  override readonly name = 'NoChatTemplateError'
+}
+
 /** Errors that cross the worker boundary keep their name (structured clone drops the class). */
 export const ENGINE_ERRORS: Record<string, new (message: string) => Error> = {
   ModelLoadError,

@@ -10,7 +10,10 @@ import { loadTokenizer, type TextTokenizer } from './tokenizer.ts'
 
 export interface LocalModelInit {
   modelDir: string
+  /** Quantization of the layers' linear weights (default none). */
   quant?: Quantization
+  /** Quantization of the client head's LM head (default int8, see createClientHead). */
+  headQuant?: Quantization
   /** Spans [start, end) covering every layer in order; default one span of all layers. */
   spans?: Array<[number, number]>
   threads?: number
@@ -38,7 +41,7 @@ export async function createLocalModel (init: LocalModelInit): Promise<LocalMode
   })
   if (spans[spans.length - 1][1] !== config.numLayers) throw new InvalidArgumentError(`spans end at layer ${spans[spans.length - 1][1]}, but the model has ${config.numLayers}`)
 
-  const head = await createClientHead({ modelDir: init.modelDir, threads: init.threads })
+  const head = await createClientHead({ modelDir: init.modelDir, headQuant: init.headQuant, threads: init.threads })
   const executors: SpanExecutor[] = []
   try {
     for (const [start, end] of spans) {

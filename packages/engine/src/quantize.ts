@@ -3,6 +3,8 @@
 
 export type Quantization = 'none' | 'int8' | 'int4'
 export const QUANTIZATIONS: Quantization[] = ['none', 'int8', 'int4']
+/** The quantization of spans unless told otherwise: a quarter of f32's memory for a 0.5 % top-1 difference. */
+export const DEFAULT_QUANT: Quantization = 'int8'
 export const QUANT_BLOCK_SIZE = 32
 
 export interface QuantizedWeight {
@@ -58,4 +60,33 @@ export function quantizeBlockwise (weight: Float32Array, n: number, k: number, b
     }
   }
   return { bits, n, k, blocksPerRow, data, scales, zeroPoints }
+}
+
+/**
+ * quantizeBlockwise over a weight read `chunkRows` rows at a time, so that the weight's f32 form
+ * never exists whole (the client head quantizes a vocab × hidden matrix this way).
+ */
+export function quantizeByRows (n: number, k: number, bits: 4 | 8, readRows: (from: number, to: number) => Float32Array, chunkRows = 512): QuantizedWeight {
+  const blocksPerRow = Math.ceil(k / QUANT_BLOCK_SIZE)
+  const dataPerRow = blocksPerRow * QUANT_BLOCK_SIZE * bits / 8
+  const zpPerRow = Math.ceil((blocksPerRow * bits) / 8)
+  const out: QuantizedWeight = {
+    bits, n, k, blocksPerRow,
+    data: new Uint8Array(n * dataPerRow),
+    scales: new Float32Array(n * blocksPerRow),
+    zeroPoints: new Uint8Array(n * zpPerRow)
+  }
+  for (let first = 0; first < n; first += chunkRows) {
+    const count = Math.min(chunkRows, n - first)
+    const part = quantizeBlockwise(readRows(first, first + count), count, k, bits)
+    out.data.set(part.data, first * dataPerRow)
+    out.scales.set(part.scales, first * blocksPerRow)
+    out.zeroPoints.set(part.zeroPoints, first * zpPerRow)
+  }
+  return out
+}
+
+/** Bytes of a quantized weight as the graph stores it. */
+export function quantizedBytes (q: QuantizedWeight): number {
+  return q.data.byteLength + q.scales.byteLength + q.zeroPoints.byteLength
 }

@@ -6,7 +6,7 @@ import { ModelLoadError, UnsupportedModelError } from './errors.ts'
 
 export type StoredDType = 'F32' | 'F16' | 'BF16'
 
-interface TensorEntry {
+export interface TensorEntry {
   file: string
   dtype: StoredDType
   shape: number[]
@@ -41,6 +41,18 @@ export class SafetensorsCheckpoint {
     }
   }
 
+  /** Every tensor with its file and absolute byte range [begin, end) in that file. */
+  entries (): Array<[string, TensorEntry]> {
+    return [...this.tensors]
+  }
+
+  /** Reads `target.length` raw bytes of a tensor, from `offset` within its data. */
+  readRaw (name: string, target: Uint8Array, offset = 0): void {
+    const entry = this.entry(name)
+    if (offset < 0 || offset + target.length > entry.end - entry.begin) throw new ModelLoadError(`bytes [${offset}, ${offset + target.length}) are outside tensor ${name}`)
+    this.readAt(entry.file, target, entry.begin + offset)
+  }
+
   has (name: string): boolean {
     return this.tensors.has(name)
   }
@@ -52,18 +64,27 @@ export class SafetensorsCheckpoint {
   /** Reads one tensor and widens it to f32. */
   read (name: string): Float32Array {
     const entry = this.entry(name)
-    const bytes = new Uint8Array(entry.end - entry.begin)
-    this.readAt(entry.file, bytes, entry.begin)
-    return toFloat32(bytes, entry.dtype)
+    return this.readRange(entry, 0, entry.end - entry.begin)
   }
 
   /** Reads a tensor and checks its shape. */
   readShaped (name: string, shape: number[]): Float32Array {
+    this.checkShape(name, shape)
+    return this.read(name)
+  }
+
+  /** Reads rows [from, to) of a tensor (first dimension), widened to f32: big tensors a slice at a time. */
+  readRows (name: string, from: number, to: number): Float32Array {
+    const entry = this.entry(name)
+    const rowBytes = (entry.end - entry.begin) / entry.shape[0]
+    return this.readRange(entry, from * rowBytes, to * rowBytes)
+  }
+
+  checkShape (name: string, shape: number[]): void {
     const actual = this.shape(name)
     if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
       throw new ModelLoadError(`tensor ${name} has shape [${actual}], expected [${shape}] from config.json`)
     }
-    return this.read(name)
   }
 
   close (): void {
@@ -75,6 +96,12 @@ export class SafetensorsCheckpoint {
     const entry = this.tensors.get(name)
     if (entry == null) throw new ModelLoadError(`tensor ${name} is missing from the checkpoint in ${this.modelDir}`)
     return entry
+  }
+
+  private readRange (entry: TensorEntry, from: number, to: number): Float32Array {
+    const bytes = new Uint8Array(to - from)
+    this.readAt(entry.file, bytes, entry.begin + from)
+    return toFloat32(bytes, entry.dtype)
   }
 
   private readHeader (file: string): void {

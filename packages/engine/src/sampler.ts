@@ -13,27 +13,43 @@ export interface SamplingOptions {
   seed?: number
   /** > 1 discourages tokens already in the prompt or the output (as in transformers). */
   repetitionPenalty?: number
+  /** Subtracted from the logit of every token already generated (OpenAI's presence_penalty, −2 to 2). */
+  presencePenalty?: number
+  /** Subtracted once per time a token was already generated (OpenAI's frequency_penalty, −2 to 2). */
+  frequencyPenalty?: number
 }
 
 export interface Sampler {
-  /** `logits` is modified in place; `seen` holds the ids of the prompt and the output so far. */
+  /**
+   * `logits` is modified in place; `seen` holds the ids of the prompt and the output so far. A
+   * sampler belongs to one generation: the ids it picks are the output its penalties count.
+   */
   sample (logits: Float32Array, seen: Iterable<number>): number
 }
 
 export function validateSampling (options: SamplingOptions): Required<SamplingOptions> {
-  const { temperature = 0, topK = 0, topP = 1, repetitionPenalty = 1 } = options
+  const { temperature = 0, topK = 0, topP = 1, repetitionPenalty = 1, presencePenalty = 0, frequencyPenalty = 0 } = options
   if (!(Number.isFinite(temperature) && temperature >= 0)) throw new InvalidArgumentError(`temperature must be a number ≥ 0, got ${temperature}`)
   if (!(Number.isInteger(topK) && topK >= 0)) throw new InvalidArgumentError(`top-k must be an integer ≥ 0, got ${topK}`)
   if (!(topP > 0 && topP <= 1)) throw new InvalidArgumentError(`top-p must be in (0, 1], got ${topP}`)
   if (!(Number.isFinite(repetitionPenalty) && repetitionPenalty > 0)) throw new InvalidArgumentError(`repetition penalty must be a number > 0, got ${repetitionPenalty}`)
+  for (const [name, value] of [['presence', presencePenalty], ['frequency', frequencyPenalty]] as const) {
+    if (!(Number.isFinite(value) && value >= -2 && value <= 2)) throw new InvalidArgumentError(`${name} penalty must be a number from -2 to 2, got ${value}`)
+  }
   const seed = options.seed ?? randomInt(2 ** 32)
   if (!Number.isSafeInteger(seed)) throw new InvalidArgumentError(`seed must be an integer, got ${seed}`)
-  return { temperature, topK, topP, repetitionPenalty, seed }
+  return { temperature, topK, topP, repetitionPenalty, presencePenalty, frequencyPenalty, seed }
 }
 
 export function createSampler (options: SamplingOptions = {}): Sampler {
-  const { temperature, topK, topP, repetitionPenalty, seed } = validateSampling(options)
+  const { temperature, topK, topP, repetitionPenalty, presencePenalty, frequencyPenalty, seed } = validateSampling(options)
   const random = seededRandom(seed)
+  // Times each token was picked so far, kept only when a presence or frequency penalty needs it.
+  const picked = presencePenalty !== 0 || frequencyPenalty !== 0 ? new Map<number, number>() : undefined
+  const pick = (id: number): number => {
+    picked?.set(id, (picked.get(id) ?? 0) + 1)
+    return id
+  }
   return {
     sample (logits, seen) {
       if (repetitionPenalty !== 1) {
@@ -42,7 +58,8 @@ export function createSampler (options: SamplingOptions = {}): Sampler {
           logits[id] = score < 0 ? score * repetitionPenalty : score / repetitionPenalty
         }
       }
-      if (temperature === 0) return argmax(logits)
+      if (picked != null) for (const [id, count] of picked) logits[id] -= presencePenalty + frequencyPenalty * count
+      if (temperature === 0) return pick(argmax(logits))
 
       // Candidates by descending logit; top-k cuts the list before the softmax, top-p after it.
       let candidates = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a])
@@ -62,9 +79,9 @@ export function createSampler (options: SamplingOptions = {}): Sampler {
       let r = random() * keptTotal
       for (let i = 0; i < kept; i++) {
         r -= weights[i]
-        if (r < 0) return candidates[i]
+        if (r < 0) return pick(candidates[i])
       }
-      return candidates[kept - 1]
+      return pick(candidates[kept - 1])
     }
   }
 }

@@ -1,10 +1,21 @@
 // The async face of a span worker: open a session, push hidden states through its layers, close it.
 import type { ModelConfig } from './config.ts'
-import type { Quantization } from './quantize.ts'
+import { DEFAULT_QUANT, type Quantization } from './quantize.ts'
 import { ownBuffer, WorkerClient } from './worker/rpc.ts'
-import type { SpanLoadArgs, SpanLoadResult, SpanStats } from './worker/span-worker.ts'
+import type { SpanLoadArgs, SpanLoadEvent, SpanLoadResult, SpanStats } from './worker/span-worker.ts'
+import type { PrepareProgress } from './prepared/prepare-span.ts'
 
 export type { SpanStats }
+
+/** KV caches grow in blocks of this many tokens, as their sessions fill them. */
+export const KV_BLOCK_TOKENS = 64
+/** Bytes of one token's keys and values (f32) over `layers` layers. */
+export function kvBytesPerToken (config: ModelConfig, layers: number): number {
+  return 2 * config.numKvHeads * config.headDim * Float32Array.BYTES_PER_ELEMENT * layers
+}
+
+/** The KV cache budget of a span unless told otherwise. */
+export const DEFAULT_CACHE_BYTES = 256 * 2 ** 20
 
 export interface SpanExecutorInit {
   modelDir: string
@@ -12,13 +23,22 @@ export interface SpanExecutorInit {
   start: number
   /** Last layer of the span (exclusive). */
   end: number
+  /** Default DEFAULT_QUANT (int8); 'none' keeps f32. */
   quant?: Quantization
+  /** Where prepared layers are kept (default: defaultCacheDir()). */
+  cacheDir?: string
+  /** The checkpoint's model id, if the caller has it (it keys the prepared layers). */
+  modelId?: string
   /** ORT intra-op threads (default: all cores). */
   threads?: number
   /** Sessions open at once (default 16). */
   maxSessions?: number
-  /** Sum of all open sessions' lengths, bounding KV cache memory (default 16 × the model's context). */
-  maxCacheTokens?: number
+  /** KV cache budget of all sessions together, in bytes (default 256 MiB). Caches grow as sessions fill them. */
+  cacheBytes?: number
+  /** Each layer prepared on this load (the first load of a span prepares it). */
+  onPrepareProgress?: (progress: PrepareProgress) => void
+  /** Notes from the load, e.g. a damaged prepared layer being rebuilt. */
+  log?: (message: string) => void
 }
 
 export interface ForwardOptions {
@@ -39,8 +59,12 @@ export interface SpanExecutor {
   readonly start: number
   readonly end: number
   readonly quant: Quantization
-  /** Bytes the load read from disk (headers included). */
+  /** Checkpoint bytes the load read (0 when the span was already prepared). */
   readonly bytesRead: number
+  /** Size of the prepared span (graphs and weights files). */
+  readonly preparedBytes: number
+  /** Where its prepared layers are, and which ones this load had to prepare. */
+  readonly prepared: { dir: string, built: number[] }
   /** Longest session the model's position tables allow. */
   readonly maxPositions: number
   openSession (sessionId: string, maxLength: number, options?: OpenSessionOptions): Promise<SpanStats>
@@ -52,17 +76,23 @@ export interface SpanExecutor {
 }
 
 export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanExecutor> {
-  const worker = new WorkerClient(new URL('./worker/span-worker.ts', import.meta.url), `span [${init.start}, ${init.end})`)
-  const quant = init.quant ?? 'none'
+  const onEvent = (event: SpanLoadEvent): void => {
+    if (event.type === 'progress') init.onPrepareProgress?.(event)
+    else init.log?.(event.message)
+  }
+  const worker = new WorkerClient(new URL('./worker/span-worker.ts', import.meta.url), `span [${init.start}, ${init.end})`, onEvent)
+  const quant = init.quant ?? DEFAULT_QUANT
   try {
     const args: SpanLoadArgs = {
       modelDir: init.modelDir,
+      modelId: init.modelId,
+      cacheDir: init.cacheDir,
       start: init.start,
       end: init.end,
       quant,
       threads: init.threads,
       maxSessions: init.maxSessions ?? 16,
-      maxCacheTokens: init.maxCacheTokens
+      cacheBytes: init.cacheBytes ?? DEFAULT_CACHE_BYTES
     }
     const loaded = await worker.call<SpanLoadResult>('load', args)
     return {
@@ -71,6 +101,8 @@ export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanE
       end: init.end,
       quant,
       bytesRead: loaded.bytesRead,
+      preparedBytes: loaded.preparedBytes,
+      prepared: { dir: loaded.preparedDir, built: loaded.built },
       maxPositions: loaded.maxPositions,
       openSession: async (sessionId, maxLength, options = {}) => await worker.call('open', { sessionId, maxLength, ...options }),
       forward: async (sessionId, hidden, { tokens, position }) => {

@@ -6,8 +6,11 @@ import type { ModelConfig } from './config.ts'
 import { ModelLoadError } from './errors.ts'
 
 export interface TextTokenizer {
-  /** Token ids of a prompt, with BOS when the model's tokenizer config asks for it. */
-  encode (text: string): number[]
+  /**
+   * Token ids of a prompt, with BOS when the model's tokenizer config asks for it.
+   * `addSpecialTokens: false` adds none: for text that has them already (a rendered chat template).
+   */
+  encode (text: string, options?: { addSpecialTokens?: boolean }): number[]
   decode (ids: number[]): string
   /** Turns generated ids into text pieces as soon as they form whole characters. */
   createTextStream (promptIds: number[]): TextStream
@@ -27,7 +30,8 @@ export function loadTokenizer (modelDir: string, config: ModelConfig): TextToken
   const decode = (ids: number[]): string => tokenizer.decode(ids, { skip_special_tokens: true })
 
   return {
-    encode (text) {
+    encode (text, options = {}) {
+      if (options.addSpecialTokens === false) return tokenizer.encode(text, { add_special_tokens: false }).ids
       const ids = tokenizer.encode(text).ids
       // tokenizer_config's add_bos_token overrides the post-processor, as in transformers.
       if (bos != null && addBos === true && ids[0] !== bos) ids.unshift(bos)

@@ -6,8 +6,8 @@ import { forwardThrough, logitsOf, maxAbsDiff, STORIES, STORIES_PROMPT_IDS } fro
 let head: ClientHead
 let spans: SpanExecutor[]
 beforeAll(async () => {
-  head = await createClientHead({ modelDir: STORIES })
-  spans = [await createSpanExecutor({ modelDir: STORIES, start: 0, end: 3 }), await createSpanExecutor({ modelDir: STORIES, start: 3, end: 5 })]
+  head = await createClientHead({ modelDir: STORIES, headQuant: 'none' })
+  spans = [await createSpanExecutor({ modelDir: STORIES, start: 0, end: 3, quant: 'none' }), await createSpanExecutor({ modelDir: STORIES, start: 3, end: 5, quant: 'none' })]
 })
 afterAll(async () => { await Promise.all([head?.close(), ...(spans ?? []).map(async s => { await s.close() })]) })
 

@@ -71,7 +71,8 @@ describe('span sessions', () => {
   let span: SpanExecutor
   beforeAll(async () => {
     head = await createClientHead({ modelDir: STORIES })
-    span = await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5, maxSessions: 2, maxCacheTokens: 100 })
+    // 256 bytes of keys and values per token and layer: a budget of 100 tokens of all 5 layers
+    span = await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5, quant: 'none', maxSessions: 2, cacheBytes: 100 * 5 * 256 })
   })
   afterAll(async () => { await Promise.all([head?.close(), span?.close()]) })
 
@@ -85,7 +86,12 @@ describe('span sessions', () => {
     await expect(span.forward('healthy', new Float32Array(64), { tokens: 1, position: 7 })).rejects.toThrow(expect.objectContaining({ name: 'PositionError', message: "position 7 does not match the session's 2 cached tokens" }))
     await expect(span.forward('healthy', new Float32Array(64 * 19), { tokens: 19 })).rejects.toThrow(/2 cached \+ 19 new tokens exceed the session's length of 20/)
     await expect(span.openSession('healthy', 5)).rejects.toThrow(/already open/)
-    await expect(span.openSession('huge', 90)).rejects.toThrow(expect.objectContaining({ name: 'SessionLimitError', message: expect.stringMatching(/^busy: a cache of 90 tokens does not fit/) }))
+    // caches grow as they fill: opening reserves nothing, growing beyond the budget is BUSY
+    await span.openSession('huge', 90)
+    await expect(span.forward('huge', new Float32Array(64 * 90), { tokens: 90 })).rejects.toThrow(expect.objectContaining({
+      name: 'SessionLimitError', message: expect.stringMatching(/^busy: the KV cache is full \(0\.02 of 0\.12 MB in use\): session huge cannot grow to 90 tokens/)
+    }))
+    await span.closeSession('huge')
     await span.openSession('second', 10)
     await expect(span.openSession('third', 10)).rejects.toThrow(/^busy: all 2 sessions are in use/)
     await span.closeSession('second')

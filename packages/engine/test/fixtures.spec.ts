@@ -46,8 +46,8 @@ describe.each(FIXTURES)('$name', ({ spec, spans: spanRanges }) => {
 
   beforeAll(async () => {
     model = await makeRandomModel(dir.path, spec)
-    head = await createClientHead({ modelDir: dir.path })
-    spans = await Promise.all(spanRanges.map(async ([start, end]) => await createSpanExecutor({ modelDir: dir.path, start, end })))
+    head = await createClientHead({ modelDir: dir.path, headQuant: 'none' })
+    spans = await Promise.all(spanRanges.map(async ([start, end]) => await createSpanExecutor({ modelDir: dir.path, start, end, quant: 'none' })))
   })
   afterAll(async () => {
     await Promise.all([head?.close(), ...(spans ?? []).map(async s => { await s.close() })])

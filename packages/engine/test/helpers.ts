@@ -1,5 +1,5 @@
 // Shared by the engine's tests: where the real test model is, its reference output, and small drivers.
-import { mkdtempSync, rmSync } from 'node:fs'
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -10,6 +10,8 @@ export const STORIES = join(REPO_ROOT, '../shared/models/stories260k')
 export const STORIES_PROMPT = 'Once upon a time'
 export const STORIES_PROMPT_IDS = [1, 403, 407, 261, 378]
 /** llama2.c's own greedy continuation (../shared/models/README.md). */
+/** What reproduces llama2.c's f32 reference exactly: f32 layers and an f32 LM head. */
+export const STORIES_F32 = { quant: 'none', headQuant: 'none' } as const
 export const STORIES_REFERENCE_IDS = [432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426, 385, 328, 432, 358, 394, 261, 370, 432, 352, 266, 268, 388, 426]
 
 export function tempDir (label: string): { path: string, remove: () => void } {
@@ -34,6 +36,21 @@ export async function logitsOf (head: ClientHead, spans: SpanExecutor[], ids: nu
   }
 }
 
+/** A simple chat template for stories260k, which has none (the tests' model, not a real chat format). */
+export const STORIES_CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+
+/**
+ * A copy of stories260k with STORIES_CHAT_TEMPLATE in its tokenizer_config.json (the shipped model
+ * stays untouched). The model id covers tokenizer_config.json, so servers must serve this copy too.
+ */
+export function storiesWithChatTemplate (): { path: string, remove: () => void } {
+  const dir = tempDir('chat-model')
+  for (const file of readdirSync(STORIES)) if (file !== 'tokenizer_config.json') copyFileSync(join(STORIES, file), join(dir.path, file))
+  const config = JSON.parse(readFileSync(join(STORIES, 'tokenizer_config.json'), 'utf8'))
+  writeFileSync(join(dir.path, 'tokenizer_config.json'), JSON.stringify({ ...config, chat_template: STORIES_CHAT_TEMPLATE }, null, 2))
+  return dir
+}
+
 export function rows (flat: Float32Array, width: number): Float32Array[] {
   return Array.from({ length: flat.length / width }, (_, i) => flat.slice(i * width, (i + 1) * width))
 }
@@ -48,4 +65,13 @@ export function maxAbs (a: ArrayLike<number>): number {
   let max = 0
   for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]))
   return max
+}
+
+/** Polls `condition` until it holds; fails naming `what` after `timeoutMs` (never a fixed sleep). */
+export async function waitFor (condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 5))
+  }
 }

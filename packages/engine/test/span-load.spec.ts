@@ -37,7 +37,7 @@ it('derives a model id from config and weights: same checkpoint, same id; other 
   try {
     await makeRandomModel(other.path, { ...spec, seed: 4 })
     const id = computeModelId(dir.path)
-    expect(id).toMatch(/^[0-9a-f]{24}$/)
+    expect(id).toMatch(/^bafkrei[a-z2-7]{52}$/)
     expect(computeModelId(dir.path)).toBe(id)
     expect(computeModelId(other.path)).not.toBe(id)
   } finally {

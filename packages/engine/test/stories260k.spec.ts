@@ -1,8 +1,9 @@
 // The real trained model: the engine must reproduce llama2.c's greedy output exactly, however the
-// layers are split into spans, and sampling must be reproducible from a seed.
+// layers are split into spans, and sampling must be reproducible from a seed. llama2.c runs in f32,
+// so these runs use f32 layers and an f32 head (head-quant.spec.ts covers the default int8 head).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLocalModel, generateTokens, planGeneration, type GenerateOptions, type GenerationResult, type LocalModel } from '../src/index.ts'
-import { STORIES, STORIES_PROMPT, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS } from './helpers.ts'
+import { STORIES, STORIES_F32, STORIES_PROMPT, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS } from './helpers.ts'
 
 async function run (model: LocalModel, prompt: string, options: GenerateOptions): Promise<GenerationResult & { streamed: string }> {
   const stream = model.generate(prompt, options)
@@ -15,7 +16,7 @@ async function run (model: LocalModel, prompt: string, options: GenerateOptions)
 
 describe('stories260k', () => {
   let whole: LocalModel
-  beforeAll(async () => { whole = await createLocalModel({ modelDir: STORIES }) })
+  beforeAll(async () => { whole = await createLocalModel({ modelDir: STORIES, ...STORIES_F32 }) })
   afterAll(async () => { await whole?.close() })
 
   it('reproduces the reference greedy continuation', async () => {
@@ -30,7 +31,7 @@ describe('stories260k', () => {
     { name: '[0,2)+[2,5)', spans: [[0, 2], [2, 5]] as Array<[number, number]> },
     { name: 'one span per layer', spans: [[0, 1], [1, 2], [2, 3], [3, 4], [4, 5]] as Array<[number, number]> }
   ])('gives the same ids as chained spans $name', async ({ spans }) => {
-    const chained = await createLocalModel({ modelDir: STORIES, spans })
+    const chained = await createLocalModel({ modelDir: STORIES, ...STORIES_F32, spans })
     try {
       for (const prompt of [STORIES_PROMPT, 'Tom and his dog went to the', 'The sun']) {
         const expected = await run(whole, prompt, { maxNewTokens: 30 })
@@ -92,9 +93,9 @@ describe('stories260k', () => {
 describe('sub-spans', () => {
   it('a session can run part of a span: [0,3) of [0,5) then [3,5) of [2,5) equals the whole model', async () => {
     const { createClientHead, createSpanExecutor } = await import('../src/index.ts')
-    const head = await createClientHead({ modelDir: STORIES })
-    const first = await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5 })
-    const second = await createSpanExecutor({ modelDir: STORIES, start: 2, end: 5 })
+    const head = await createClientHead({ modelDir: STORIES, headQuant: 'none' })
+    const first = await createSpanExecutor({ modelDir: STORIES, start: 0, end: 5, quant: 'none' })
+    const second = await createSpanExecutor({ modelDir: STORIES, start: 2, end: 5, quant: 'none' })
     try {
       await first.openSession('s', 8, { start: 0, end: 3 })
       await second.openSession('s', 8, { start: 3, end: 5 })

@@ -8,7 +8,7 @@
 //     1  u8   magic 'G' (0x47)
 //     2  u8   version (1)
 //     3  u8   type         FrameType
-//     4  u8   dtype        DType (0 = none/opaque bytes, 1 = f32, 2 = f16)
+//     4  u8   dtype        DType (0 = none/opaque bytes, 1 = f32, 2 = f16, 3 = q8: blocks of 32 int8 + f16 scale)
 //     5  u8   flags        FrameFlag bits; unknown bits are ignored by receivers
 //     6  u16  errorCode    ErrorCode, ERROR frames only (0 otherwise)
 //     8  u32  requestId    chosen by the requester, echoed in the reply
@@ -22,18 +22,29 @@
 //    48  u32  payloadLength
 //    52  u16  hopCount     entries in the next-hops section
 //    54  u16  hopBytes     byte length of the next-hops section (multiple of 4)
-//    56  u32  reserved     written as 0, ignored (room for later fields)
+//    56  u16  stack        tensor frames: how many [tokens, hiddenSize] tensors the payload holds, one
+//                          after the other (0 is read as 1); see chains below
+//    58  u16  reserved     written as 0, ignored (room for later fields)
 //    60  u32  reserved     written as 0, ignored
-//    64  ...  next hops    hopCount × { u16 startBlock, u16 endBlock, u8 n, n bytes UTF-8 peer }, zero-padded to 4
-//   64+hopBytes ... payload (payloadLength bytes): tensor [tokens, hiddenSize] of dtype, row-major,
+//    64  ...  next hops    hopCount × { u16 startBlock, u16 endBlock, 16B sessionId, u8 n, n bytes UTF-8 peer },
+//                          zero-padded to 4
+//   64+hopBytes ... payload (payloadLength bytes): `stack` tensors [tokens, hiddenSize] of dtype, row-major,
 //                   little-endian; or, for dtype NONE, opaque bytes (an ERROR frame's UTF-8 message)
 //
-// Next hops (for later): a client may list the rest of its chain in a FORWARD frame; a node that
-// supports forwarding runs its span, then sends the result as a FORWARD to hops[0] with hops[1..] as
-// the new list (same session id, flag FORWARDED), and the last node's RESULT travels back along the
-// chain (or directly to the client). `peer` is a peer id or a full multiaddr ending in /p2p/<id>.
-// Nodes that do not forward ignore the list; the section is 4-byte padded so the payload stays
-// aligned for Float32Array/Uint16Array views.
+// Q8 tensors are cut into blocks of 32 values (the last one zero-padded), each stored as an f16 scale
+// followed by 32 int8 (value ≈ scale × q, |q| ≤ 127): 34 bytes per block, like llama.cpp's Q8_0.
+//
+// Chains: a client may list the rest of its route in a FORWARD frame's next hops, each with the
+// session id it opened on that peer; a node that forwards runs its span, replies to the client as
+// usual and sends its output as a FORWARD (flag FORWARDED) to hops[0] with hops[1..] as the new list.
+// A forwarded FORWARD's payload stacks the outputs of the chain's hops after the first, in order (the
+// client has the first one's from its reply): its last tensor is the receiving hop's input. The last
+// hop sends them, with its own output appended, to the session's owner as a RESULT (flag FORWARDED)
+// on /minga/chain/1.0.0; a hop that cannot reach the next sends what it has with CHAIN_BROKEN instead.
+// In OPEN_SESSION the next-hops section lists the peers allowed to forward into the session (their
+// session ids are ignored). `peer` is a peer id or a full multiaddr ending in /p2p/<id>. Nodes that do
+// not forward ignore the list; the section is 4-byte padded so the payload stays aligned for
+// Float32Array/Uint16Array views.
 
 import { FrameError } from './errors.ts'
 
@@ -67,12 +78,14 @@ export const FrameType = {
 } as const
 export type FrameType = typeof FrameType[keyof typeof FrameType]
 
-export const DType = { NONE: 0, F32: 1, F16: 2 } as const
+export const DType = { NONE: 0, F32: 1, F16: 2, Q8: 3 } as const
 export type DType = typeof DType[keyof typeof DType]
 
 export const FrameFlag = {
   /** The frame was forwarded by the previous node of a chain rather than sent by the client. */
-  FORWARDED: 0x01
+  FORWARDED: 0x01,
+  /** A chain's RESULT (or ERROR) sent by a hop that could not reach the next: the client relays the rest. */
+  CHAIN_BROKEN: 0x02
 } as const
 
 export const ErrorCode = {
@@ -102,8 +115,18 @@ export function errorCodeName (code: number): string {
   return ERROR_CODE_NAMES.get(code) ?? `CODE_${code}`
 }
 
+/** Bytes per value of F32/F16/NONE; Q8 has no whole number of bytes per value (see tensorBytes). */
 export function dtypeBytes (dtype: DType): number {
   return dtype === DType.F32 ? 4 : dtype === DType.F16 ? 2 : 1
+}
+
+export const Q8_BLOCK_VALUES = 32
+export const Q8_BLOCK_BYTES = Q8_BLOCK_VALUES + 2
+
+/** Encoded size of one tensor of `values` values in `dtype`. */
+export function tensorBytes (dtype: DType, values: number): number {
+  if (dtype === DType.Q8) return Math.ceil(values / Q8_BLOCK_VALUES) * Q8_BLOCK_BYTES
+  return values * dtypeBytes(dtype)
 }
 
 export interface NextHop {
@@ -111,6 +134,8 @@ export interface NextHop {
   peer: string
   startBlock: number
   endBlock: number
+  /** The session the client opened on that peer (16 bytes; default zeros). */
+  sessionId?: Uint8Array
 }
 
 export interface Frame {
@@ -126,6 +151,8 @@ export interface Frame {
   tokens: number
   hiddenSize: number
   maxLength: number
+  /** Tensor frames: how many [tokens, hiddenSize] tensors the payload holds (≥ 1). */
+  stack: number
   nextHops: NextHop[]
   /** Tensor bytes (dtype F32/F16) or opaque bytes (dtype NONE). A view: do not mutate it before it is sent. */
   payload: Uint8Array
@@ -158,6 +185,7 @@ export function frameDefaults (init: FrameInit): Frame {
     tokens: init.tokens ?? 0,
     hiddenSize: init.hiddenSize ?? 0,
     maxLength: init.maxLength ?? 0,
+    stack: init.stack ?? 1,
     nextHops: init.nextHops ?? [],
     payload: init.payload ?? EMPTY
   }
@@ -170,7 +198,7 @@ function isUint (v: unknown, max: number): v is number {
 /** Checks the header fields against each other and the payload length; throws FrameError. */
 function validate (f: Frame, payloadLength: number, maxPayloadBytes: number): void {
   if (FRAME_TYPE_NAMES.get(f.type) === undefined) throw new FrameError(`unknown frame type ${f.type}`)
-  if (f.dtype !== DType.NONE && f.dtype !== DType.F32 && f.dtype !== DType.F16) throw new FrameError(`unknown dtype ${f.dtype}`)
+  if (f.dtype !== DType.NONE && f.dtype !== DType.F32 && f.dtype !== DType.F16 && f.dtype !== DType.Q8) throw new FrameError(`unknown dtype ${f.dtype}`)
   if (!isUint(f.flags, 0xff)) throw new FrameError(`flags ${f.flags} do not fit a u8`)
   if (!isUint(f.errorCode, 0xffff)) throw new FrameError(`error code ${f.errorCode} does not fit a u16`)
   if (!isUint(f.requestId, 0xffffffff)) throw new FrameError(`request id ${f.requestId} does not fit a u32`)
@@ -181,16 +209,18 @@ function validate (f: Frame, payloadLength: number, maxPayloadBytes: number): vo
   if (!isUint(f.tokens, MAX_TOKENS)) throw new FrameError(`tokens ${f.tokens} out of range [0, ${MAX_TOKENS}]`)
   if (!isUint(f.hiddenSize, MAX_HIDDEN_SIZE)) throw new FrameError(`hidden size ${f.hiddenSize} out of range [0, ${MAX_HIDDEN_SIZE}]`)
   if (!isUint(f.maxLength, MAX_LENGTH)) throw new FrameError(`max length ${f.maxLength} out of range [0, ${MAX_LENGTH}]`)
+  if (!isUint(f.stack, MAX_HOPS + 1) || f.stack === 0) throw new FrameError(`stack ${f.stack} out of range [1, ${MAX_HOPS + 1}]`)
   if (payloadLength > maxPayloadBytes) throw new FrameError(`payload of ${payloadLength} bytes exceeds the limit of ${maxPayloadBytes}`)
 
   if (f.dtype === DType.NONE) {
     if (f.type === FrameType.FORWARD || f.type === FrameType.RESULT) throw new FrameError(`${frameTypeName(f.type)} frame needs a tensor dtype`)
     if (payloadLength > MAX_OPAQUE_BYTES) throw new FrameError(`opaque payload of ${payloadLength} bytes exceeds ${MAX_OPAQUE_BYTES}`)
+    if (f.stack !== 1) throw new FrameError(`a frame without a tensor has stack ${f.stack}`)
   } else {
     if (f.hiddenSize === 0) throw new FrameError('tensor frame with hidden size 0')
-    const expected = f.tokens * f.hiddenSize * dtypeBytes(f.dtype)
+    const expected = f.stack * tensorBytes(f.dtype, f.tokens * f.hiddenSize)
     if (expected !== payloadLength) {
-      throw new FrameError(`payload is ${payloadLength} bytes but tokens ${f.tokens} × hidden ${f.hiddenSize} × ${dtypeBytes(f.dtype)} bytes = ${expected}`)
+      throw new FrameError(`payload is ${payloadLength} bytes but ${f.stack > 1 ? `${f.stack} × ` : ''}tokens ${f.tokens} × hidden ${f.hiddenSize} in dtype ${f.dtype} take ${expected}`)
     }
   }
 
@@ -216,6 +246,9 @@ function validate (f: Frame, payloadLength: number, maxPayloadBytes: number): vo
   if (!Array.isArray(f.nextHops) || f.nextHops.length > MAX_HOPS) throw new FrameError(`more than ${MAX_HOPS} next hops`)
 }
 
+/** u16 startBlock, u16 endBlock, 16-byte session id, u8 peer length. */
+const HOP_FIXED_BYTES = 21
+
 function encodeHops (hops: NextHop[]): Uint8Array {
   if (hops.length === 0) return EMPTY
   const parts: Uint8Array[] = []
@@ -227,8 +260,9 @@ function encodeHops (hops: NextHop[]): Uint8Array {
     if (!isUint(hop.startBlock, 0xffff) || !isUint(hop.endBlock, 0xffff) || hop.startBlock >= hop.endBlock) {
       throw new FrameError(`next hop span [${hop.startBlock}, ${hop.endBlock}) is invalid`)
     }
+    if (hop.sessionId != null && !(hop.sessionId instanceof Uint8Array && hop.sessionId.length === SESSION_ID_BYTES)) throw new FrameError(`next hop session id must be ${SESSION_ID_BYTES} bytes`)
     parts.push(peer)
-    size += 5 + peer.length
+    size += HOP_FIXED_BYTES + peer.length
   }
   const padded = (size + 3) & ~3
   if (padded > MAX_HOP_BYTES) throw new FrameError(`next hops take ${padded} bytes, more than ${MAX_HOP_BYTES}`)
@@ -239,9 +273,10 @@ function encodeHops (hops: NextHop[]): Uint8Array {
     const peer = parts[i]
     view.setUint16(off, hop.startBlock, true)
     view.setUint16(off + 2, hop.endBlock, true)
-    out[off + 4] = peer.length
-    out.set(peer, off + 5)
-    off += 5 + peer.length
+    if (hop.sessionId != null) out.set(hop.sessionId, off + 4)
+    out[off + 20] = peer.length
+    out.set(peer, off + HOP_FIXED_BYTES)
+    off += HOP_FIXED_BYTES + peer.length
   })
   return out
 }
@@ -251,21 +286,22 @@ function decodeHops (bytes: Uint8Array, count: number): NextHop[] {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   let off = 0
   for (let i = 0; i < count; i++) {
-    if (off + 5 > bytes.length) throw new FrameError(`next hop ${i} is truncated`)
+    if (off + HOP_FIXED_BYTES > bytes.length) throw new FrameError(`next hop ${i} is truncated`)
     const startBlock = view.getUint16(off, true)
     const endBlock = view.getUint16(off + 2, true)
-    const n = bytes[off + 4]
+    const sessionId = new Uint8Array(bytes.subarray(off + 4, off + 20))
+    const n = bytes[off + 20]
     if (n === 0) throw new FrameError(`next hop ${i} has an empty peer`)
-    if (off + 5 + n > bytes.length) throw new FrameError(`next hop ${i} is truncated`)
+    if (off + HOP_FIXED_BYTES + n > bytes.length) throw new FrameError(`next hop ${i} is truncated`)
     if (startBlock >= endBlock) throw new FrameError(`next hop ${i} has an empty span [${startBlock}, ${endBlock})`)
     let peer: string
     try {
-      peer = utf8Decoder.decode(bytes.subarray(off + 5, off + 5 + n))
+      peer = utf8Decoder.decode(bytes.subarray(off + HOP_FIXED_BYTES, off + HOP_FIXED_BYTES + n))
     } catch {
       throw new FrameError(`next hop ${i} peer is not valid UTF-8`)
     }
-    hops.push({ peer, startBlock, endBlock })
-    off += 5 + n
+    hops.push({ peer, startBlock, endBlock, sessionId })
+    off += HOP_FIXED_BYTES + n
   }
   if (bytes.length - off > 3) throw new FrameError(`next hops section has ${bytes.length - off} trailing bytes`)
   return hops
@@ -291,7 +327,8 @@ function writeHeader (out: Uint8Array, f: Frame, hops: Uint8Array, hopCount: num
   v.setUint32(48, f.payload.length, true)
   v.setUint16(52, hopCount, true)
   v.setUint16(54, hops.length, true)
-  // 56..63 reserved, already zero
+  if (f.stack !== 1) v.setUint16(56, f.stack, true)
+  // 58..63 reserved, already zero
   if (hops.length > 0) out.set(hops, HEADER_BYTES)
 }
 
@@ -360,6 +397,7 @@ export function decodeFrame (bytes: Uint8Array, opts: DecodeOptions = {}): Frame
     tokens: v.getUint32(36, true),
     hiddenSize: v.getUint32(40, true),
     maxLength: v.getUint32(44, true),
+    stack: Math.max(1, v.getUint16(56, true)),
     nextHops: [],
     payload: bytes.subarray(HEADER_BYTES + hopBytes, total)
   }
@@ -434,13 +472,44 @@ export function payloadF16 (frame: Frame): Uint16Array {
   return new Uint16Array(new Uint8Array(p).buffer)
 }
 
-/** The tensor of an F32 or F16 frame as float32 (converting f16; viewing f32 when aligned). */
+/**
+ * The tensor(s) of an F32, F16 or Q8 frame as float32, all `stack` of them one after the other
+ * (viewing f32 when aligned, converting the others into a fresh array).
+ */
 export function tensorF32 (frame: Frame): Float32Array {
   if (frame.dtype === DType.F32) return payloadF32(frame)
+  if (frame.dtype === DType.Q8) {
+    const values = frame.tokens * frame.hiddenSize
+    const perTensor = tensorBytes(DType.Q8, values)
+    const out = new Float32Array(values * frame.stack)
+    for (let i = 0; i < frame.stack; i++) {
+      q8ToF32(frame.payload.subarray(i * perTensor, (i + 1) * perTensor), out.subarray(i * values, (i + 1) * values))
+    }
+    return out
+  }
   const half = payloadF16(frame)
   const out = new Float32Array(half.length)
   f16ToF32(half, out)
   return out
+}
+
+/**
+ * `values` encoded as one tensor payload of `dtype`: F32 is a view (no copy), F16 and Q8 a fresh
+ * buffer. Several tensors of one frame's stack are encoded one by one and concatenated.
+ */
+export function encodeTensor (values: Float32Array, dtype: DType): Uint8Array {
+  if (dtype === DType.F32) return new Uint8Array(values.buffer, values.byteOffset, values.byteLength)
+  if (dtype === DType.F16) {
+    const halves = new Uint16Array(values.length)
+    f32ToF16(values, halves)
+    return new Uint8Array(halves.buffer)
+  }
+  if (dtype === DType.Q8) {
+    const out = new Uint8Array(tensorBytes(DType.Q8, values.length))
+    f32ToQ8(values, out)
+    return out
+  }
+  throw new FrameError(`dtype ${dtype} holds no tensor`)
 }
 
 /** Bytes view of a typed array, for use as a payload (no copy). */
@@ -510,4 +579,58 @@ export function f16ToF32 (src: Uint16Array, dst: Float32Array): void {
   if (dst.length < src.length) throw new RangeError(`f16ToF32: destination holds ${dst.length} values, source has ${src.length}`)
   const table = f16Table()
   for (let i = 0; i < src.length; i++) dst[i] = table[src[i]]
+}
+
+// ---- 8-bit blocks ---------------------------------------------------------------------------
+
+const scratchF32 = new Float32Array(1)
+const scratchHalf = new Uint16Array(1)
+
+/**
+ * float32 → Q8 blocks (see the header comment): per block of 32, scale = max |x| / 127 rounded to
+ * f16, q = round(x / scale). `dst` must hold tensorBytes(Q8, src.length) bytes. Non-finite inputs
+ * make the block's scale non-finite, so they are not silently hidden.
+ */
+export function f32ToQ8 (src: Float32Array, dst: Uint8Array): void {
+  const blocks = Math.ceil(src.length / Q8_BLOCK_VALUES)
+  if (dst.length < blocks * Q8_BLOCK_BYTES) throw new RangeError(`f32ToQ8: destination holds ${dst.length} bytes, ${blocks * Q8_BLOCK_BYTES} needed`)
+  const table = f16Table()
+  const q = new Int8Array(dst.buffer, dst.byteOffset, dst.length)
+  for (let b = 0; b < blocks; b++) {
+    const from = b * Q8_BLOCK_VALUES
+    const to = Math.min(from + Q8_BLOCK_VALUES, src.length)
+    let max = 0
+    for (let i = from; i < to; i++) {
+      const a = Math.abs(src[i])
+      if (a > max || Number.isNaN(a)) max = a // a NaN stays: nothing compares greater than it
+    }
+    scratchF32[0] = max / 127
+    f32ToF16(scratchF32, scratchHalf)
+    const half = scratchHalf[0]
+    const scale = table[half]
+    const off = b * Q8_BLOCK_BYTES
+    dst[off] = half & 0xff
+    dst[off + 1] = half >>> 8
+    const inv = scale > 0 ? 1 / scale : 0
+    for (let i = from; i < to; i++) {
+      const v = Math.round(src[i] * inv)
+      q[off + 2 + i - from] = v > 127 ? 127 : v < -127 ? -127 : v
+    }
+    for (let i = to; i < from + Q8_BLOCK_VALUES; i++) q[off + 2 + i - from] = 0
+  }
+}
+
+/** Q8 blocks → float32: `dst.length` values are decoded. */
+export function q8ToF32 (src: Uint8Array, dst: Float32Array): void {
+  const blocks = Math.ceil(dst.length / Q8_BLOCK_VALUES)
+  if (src.length < blocks * Q8_BLOCK_BYTES) throw new RangeError(`q8ToF32: source has ${src.length} bytes, ${blocks * Q8_BLOCK_BYTES} needed`)
+  const table = f16Table()
+  const q = new Int8Array(src.buffer, src.byteOffset, src.length)
+  for (let b = 0; b < blocks; b++) {
+    const off = b * Q8_BLOCK_BYTES
+    const scale = table[src[off] | (src[off + 1] << 8)]
+    const from = b * Q8_BLOCK_VALUES
+    const to = Math.min(from + Q8_BLOCK_VALUES, dst.length)
+    for (let i = from; i < to; i++) dst[i] = scale * q[off + 2 + i - from]
+  }
 }

@@ -29,14 +29,14 @@ export {
 export {
   DEFAULT_MAX_FRAME_BYTES, DType, ErrorCode, FRAME_VERSION, FrameFlag, FrameType, HEADER_BYTES, MAX_ERROR_MESSAGE_BYTES,
   MAX_HIDDEN_SIZE, MAX_HOPS, MAX_LENGTH, MAX_OPAQUE_BYTES, MAX_PAYLOAD_BYTES, MAX_TOKENS, SESSION_ID_BYTES,
-  bytesOf, decodeFrame, dtypeBytes, encodeFrame, encodeFrameParts, encodedFrameBytes, errorCodeName, errorFrame,
-  f16ToF32, f32ToF16, frameDefaults, frameText, frameTypeName, newSessionId, payloadF16, payloadF32, peekRequestId,
-  sessionIdToHex, tensorF32,
+  Q8_BLOCK_BYTES, Q8_BLOCK_VALUES, bytesOf, decodeFrame, dtypeBytes, encodeFrame, encodeFrameParts, encodeTensor,
+  encodedFrameBytes, errorCodeName, errorFrame, f16ToF32, f32ToF16, f32ToQ8, frameDefaults, frameText, frameTypeName,
+  newSessionId, payloadF16, payloadF32, peekRequestId, q8ToF32, sessionIdToHex, tensorBytes, tensorF32,
   type DecodeOptions, type Frame, type FrameInit, type NextHop
 } from './frames.ts'
 
 export {
-  DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, INFERENCE_PROTOCOL, errorCodeFor, handleChannel,
+  CHAIN_PROTOCOL, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, INFERENCE_PROTOCOL, errorCodeFor, handleChannel,
   openChannel,
   type Channel, type ChannelOptions, type ChannelServer, type FrameContext, type FrameHandler, type HandleChannelOptions,
   type RequestOptions

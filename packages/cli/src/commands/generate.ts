@@ -1,73 +1,40 @@
 // `minga generate`: a prompt in, new text out, on this machine or, with --bootstrap, through a swarm.
-import { InvalidArgumentError, type Command } from 'commander'
-import { createLocalModel, type GenerateOptions, type GenerationResult } from '@minga/engine'
-import { createClient, type SwarmGenerationResult } from '@minga/client'
-import { loadOrCreateIdentity } from '@minga/p2p'
+// With --chat the prompt is one user message, through the model's chat template.
+import type { Command } from 'commander'
+import type { ChatMessage, GenerationResult } from '@minga/engine'
+import type { SwarmGenerationResult } from '@minga/client'
 import type { CliIo } from '../index.ts'
-import { addSamplingOptions, existingModelDir, integer, number, quantization, swarmKeyOption, userPath } from '../options.ts'
+import { addModelOptions, chatEncoder, generateOptions, modelDirOf, openModel, type ModelFlags } from '../model.ts'
 
-interface GenerateFlags {
-  model: string
+interface GenerateFlags extends ModelFlags {
   prompt: string
-  maxNewTokens: number
-  temperature: number
-  topK: number
-  topP: number
-  seed?: number
-  repetitionPenalty: number
-  stop: string[]
-  quant: 'none' | 'int8' | 'int4'
-  spans?: Array<[number, number]>
-  threads?: number
-  bootstrap?: string[]
-  swarmKey?: string
-  identity?: string
-  verifyProbability: number
+  chat?: boolean
+  system?: string
   json?: boolean
 }
 
 export function registerGenerate (program: Command, io: CliIo): void {
   const command = program.command('generate')
     .description('generate text from a prompt')
-    .requiredOption('--model <dir>', 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)')
+    .option('--model <dir>', 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)')
+    .option('--model-id <id>', 'with --bootstrap, instead of --model: fetch only what the client runs from the swarm')
     .requiredOption('--prompt <text>', 'the prompt')
-  addSamplingOptions(command)
-    .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
-    .option('--spans <list>', 'run the layers as chained spans, e.g. 0:2,2:5 (default: one span)', parseSpans)
-    .option('--threads <n>', 'onnxruntime threads per span (default: all cores)', integer(1))
-    .option('--bootstrap <multiaddr...>', 'generate through the swarm these nodes belong to')
-    .option('--swarm-key <file>', 'with --bootstrap: the swarm\'s key, if it is private')
-    .option('--identity <file>', 'with --bootstrap: keep this client\'s peer id in a key file, e.g. for servers\' --allow')
-    .option('--verify-probability <r>', 'with --bootstrap: check each step on a second server with this probability', number(0, 1), 0)
+  addModelOptions(command)
+    .option('--chat', 'the prompt is a user message, sent through the model\'s chat template')
+    .option('--system <text>', 'with --chat: a system message before it')
     .option('--json', 'print one JSON object with ids, text and timings instead of streaming text')
     .action(async (flags: GenerateFlags) => { await generate(flags, io) })
 }
 
 async function generate (flags: GenerateFlags, io: CliIo): Promise<void> {
-  const modelDir = existingModelDir(flags.model)
-  const options: GenerateOptions = {
-    maxNewTokens: flags.maxNewTokens,
-    temperature: flags.temperature,
-    topK: flags.topK,
-    topP: flags.topP,
-    seed: flags.seed,
-    repetitionPenalty: flags.repetitionPenalty,
-    stop: flags.stop
-  }
-  const swarm = flags.bootstrap != null && flags.bootstrap.length > 0
-  const model = swarm
-    ? await createClient({
-      modelDir,
-      bootstrap: flags.bootstrap!,
-      threads: flags.threads,
-      swarmKey: await swarmKeyOption(flags.swarmKey),
-      verifyProbability: flags.verifyProbability,
-      privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined
-    })
-    : await createLocalModel({ modelDir, quant: flags.quant, spans: flags.spans, threads: flags.threads })
+  let encodeChat = flags.chat === true && flags.model != null ? chatEncoder(flags.model) : undefined
+  if (flags.system != null && flags.chat !== true) throw new Error('--system needs --chat')
+  const model = await openModel(flags, message => { io.stderr.write(`minga: ${message}\n`) })
   let result: GenerationResult & { route?: SwarmGenerationResult['route'] }
   try {
-    const stream = model.generate(flags.prompt, options)
+    if (flags.chat === true) encodeChat ??= chatEncoder(modelDirOf(flags, model))
+    const messages: ChatMessage[] = [...(flags.system != null ? [{ role: 'system', content: flags.system }] : []), { role: 'user', content: flags.prompt }]
+    const stream = model.generate(encodeChat != null ? encodeChat(model.tokenizer, messages) : flags.prompt, generateOptions(flags))
     let step = await stream.next()
     while (step.done !== true) {
       if (flags.json !== true) io.stdout.write(step.value.text)
@@ -83,14 +50,10 @@ async function generate (flags: GenerateFlags, io: CliIo): Promise<void> {
   } else {
     if (result.route != null) io.stderr.write(`minga: route ${result.route.map(h => `${h.peerId.slice(-8)}[${h.blocks[0]},${h.blocks[1]})`).join(' → ')}\n`)
     io.stdout.write('\n')
-    io.stderr.write(`minga: ${result.ids.length} tokens (${result.stopReason}), prefill ${result.prefillMs.toFixed(1)} ms, ${result.tokensPerSecond.toFixed(1)} tokens/s\n`)
+    io.stderr.write(`minga: ${summary(result)}\n`)
   }
 }
 
-function parseSpans (value: string): Array<[number, number]> {
-  return value.split(',').map(part => {
-    const match = /^(\d+):(\d+)$/.exec(part.trim())
-    if (match == null || Number(match[1]) >= Number(match[2])) throw new InvalidArgumentError('expected START:END pairs separated by commas, e.g. 0:2,2:5.')
-    return [Number(match[1]), Number(match[2])]
-  })
+export function summary (result: GenerationResult): string {
+  return `${result.ids.length} tokens (${result.stopReason}), prefill ${result.prefillMs.toFixed(1)} ms, ${result.tokensPerSecond.toFixed(1)} tokens/s`
 }

@@ -1,22 +1,30 @@
 // `minga serve`: host a span of a model's layers for the swarm until SIGINT/SIGTERM (the first one
 // drains: withdraw, refuse new sessions, let open ones finish; a second one stops at once).
 import { InvalidArgumentError, type Command } from 'commander'
+import { DEFAULT_QUANT } from '@minga/engine'
 import { loadOrCreateIdentity } from '@minga/p2p'
 import { createServer } from '@minga/server'
 import type { CliIo } from '../index.ts'
-import { addRelayOptions, existingModelDir, integer, number, quantization, relayLimits, swarmKeyOption, userPath, untilSignal, type RelayFlags } from '../options.ts'
+import { addRelayOptions, integer, modelChoice, number, parseBlocks, quantization, relayLimits, swarmKeyOption, userPath, untilSignal, type RelayFlags } from '../options.ts'
+import { prepareProgressView } from '../progress.ts'
 
 interface ServeFlags extends RelayFlags {
   reachability: 'auto' | 'public' | 'private'
   rebalanceInterval: number
-  model: string
+  model?: string
+  modelId?: string
+  share: boolean
+  shareMbps?: number
+  maxTransfers: number
   blocks: { start: number, end: number } | 'auto'
   numBlocks?: number
   listen: string[]
   bootstrap?: string[]
   publicName?: string
   maxSessions: number
+  cacheMb?: number
   cacheTokens?: number
+  cacheDir?: string
   quant: 'none' | 'int8' | 'int4'
   identity?: string
   throughput?: number
@@ -28,13 +36,19 @@ interface ServeFlags extends RelayFlags {
   maxSessionsPerPeer: number
   maxFrameMb?: number
   drainTimeout: number
+  metricsPort?: number
+  metricsHost: string
   json?: boolean
 }
 
 export function registerServe (program: Command, io: CliIo): void {
   addRelayOptions(program.command('serve')
     .description('host a span of a model\'s layers for the swarm'))
-    .requiredOption('--model <dir>', 'Hugging Face model directory')
+    .option('--model <dir>', 'Hugging Face model directory')
+    .option('--model-id <id>', 'or only the model id: fetch this span\'s weights from the swarm (verified, resumable)')
+    .option('--no-share', 'do not share this node\'s weights with the swarm')
+    .option('--share-mbps <Mbit/s>', 'upload cap for sharing weights', number(0, Infinity, { minExclusive: true }))
+    .option('--max-transfers <n>', 'weight chunks sent at once', integer(1), 8)
     .requiredOption('--blocks <start:end|auto>', 'layers to host, e.g. 0:2, or auto to fill the swarm\'s gaps', parseBlocks)
     .option('--num-blocks <n>', 'with --blocks auto: how many consecutive layers (default: all)', integer(1))
     .option('--listen <multiaddr...>', 'addresses to listen on', ['/ip4/127.0.0.1/tcp/0'])
@@ -42,8 +56,10 @@ export function registerServe (program: Command, io: CliIo): void {
     .option('--public-name <name>', 'a name shown by `minga status`')
     .option('--max-sessions <n>', 'inference sessions open at once', integer(1), 16)
     .option('--max-sessions-per-peer <n>', 'sessions one peer may hold at once', integer(1), 8)
-    .option('--cache-tokens <n>', 'KV cache budget in tokens, summed over sessions (default: 16 × context)', integer(1))
-    .option('--quant <q>', 'weights of the linear layers: none, int8 or int4', quantization, 'none')
+    .option('--cache-mb <MiB>', 'KV cache budget of all sessions together; caches grow as sessions fill them (default 256)', number(0, Infinity, { minExclusive: true }))
+    .option('--cache-tokens <n>', 'the KV cache budget in tokens of the whole span, instead of --cache-mb', integer(1))
+    .option('--cache-dir <dir>', 'the cache folder: prepared spans go under its prepared/ (default $MINGA_CACHE or ~/.cache/minga)')
+    .option('--quant <q>', 'weights of the linear layers: none (f32), int8 or int4', quantization, DEFAULT_QUANT)
     .option('--identity <file>', 'keep this node\'s peer id in a key file (created if missing)')
     .option('--throughput <tokens/s>', 'announce this speed instead of measuring it', number(0, Infinity, { minExclusive: true }))
     .option('--announce-ttl <seconds>', 'lifetime of the DHT announcement (renewed every third)', integer(2, 3600), 60)
@@ -53,6 +69,8 @@ export function registerServe (program: Command, io: CliIo): void {
     .option('--allow <peerid...>', 'only these peers may open sessions (default: anyone)')
     .option('--max-frame-mb <MiB>', 'largest inference frame accepted; bigger ones get TOO_LARGE (default 64)', number(0, 1024, { minExclusive: true }))
     .option('--drain-timeout <seconds>', 'on SIGINT/SIGTERM, how long open sessions may go on before they are told to move', number(0, 86_400), 30)
+    .option('--metrics-port <n>', 'serve Prometheus metrics at http://HOST:N/metrics (0: any free port)', integer(0, 65535))
+    .option('--metrics-host <host>', 'with --metrics-port: the address to listen on', '127.0.0.1')
     .option('--rebalance-interval <seconds>', 'with --blocks auto: how often (on average) to check whether moving would heal the swarm', number(0.1, 86_400), 120)
     .option('--reachability <mode>', 'auto: take a relay slot if peers cannot dial this node back; public: never; private: always', reachabilityMode, 'auto')
     .option('--json', 'print one JSON line when serving; logs go to stderr')
@@ -62,15 +80,22 @@ export function registerServe (program: Command, io: CliIo): void {
 async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
   const log = (message: string): void => { io.stderr.write(`minga serve: ${message}\n`) }
   const swarmKey = await swarmKeyOption(flags.swarmKey)
+  const progress = prepareProgressView(io, 'minga serve: preparing')
   const server = await createServer({
-    modelDir: existingModelDir(flags.model),
+    ...modelChoice(flags),
+    share: flags.share,
+    shareMbps: flags.shareMbps,
+    maxTransfers: flags.maxTransfers,
     blocks: flags.blocks,
     numBlocks: flags.numBlocks,
     listen: flags.listen,
     bootstrap: flags.bootstrap,
     publicName: flags.publicName,
     maxSessions: flags.maxSessions,
+    cacheMb: flags.cacheMb,
     cacheTokens: flags.cacheTokens,
+    cacheDir: flags.cacheDir != null ? userPath(flags.cacheDir) : undefined,
+    onPrepareProgress: progress.update,
     quant: flags.quant,
     privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined,
     throughput: flags.throughput,
@@ -82,12 +107,14 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
     maxSessionsPerPeer: flags.maxSessionsPerPeer,
     maxFrameBytes: flags.maxFrameMb != null ? Math.round(flags.maxFrameMb * 2 ** 20) : undefined,
     drainTimeoutMs: flags.drainTimeout * 1000,
+    metricsPort: flags.metricsPort,
+    metricsHost: flags.metricsHost,
     rebalanceIntervalMs: Math.round(flags.rebalanceInterval * 1000),
     relay: relayLimits(flags),
     reachability: flags.reachability,
     log
-  })
-  const ready = { peerId: server.peerId, addrs: server.addrs(), blocks: [server.start, server.end] }
+  }).finally(progress.stop)
+  const ready = { peerId: server.peerId, addrs: server.addrs(), blocks: [server.start, server.end], ...(server.metricsUrl != null ? { metricsUrl: server.metricsUrl } : {}) }
   if (flags.json === true) io.stdout.write(JSON.stringify(ready) + '\n')
   else io.stdout.write(`serving blocks [${server.start}, ${server.end}) of model ${server.modelId}\n${server.addrs().map(a => `  ${a}`).join('\n')}\n`)
   const signal = await untilSignal()
@@ -112,9 +139,3 @@ function reachabilityMode (value: string): 'auto' | 'public' | 'private' {
   return value
 }
 
-function parseBlocks (value: string): { start: number, end: number } | 'auto' {
-  if (value === 'auto') return 'auto'
-  const match = /^(\d+):(\d+)$/.exec(value)
-  if (match == null || Number(match[1]) >= Number(match[2])) throw new InvalidArgumentError('expected START:END with START < END (e.g. 0:2), or auto.')
-  return { start: Number(match[1]), end: Number(match[2]) }
-}

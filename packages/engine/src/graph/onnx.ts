@@ -52,6 +52,18 @@ export class GraphBuilder {
     return name
   }
 
+  /** Adds a weight whose bytes ORT reads from `location` (a file next to the model file). */
+  externalInitializer (name: string, type: DataType, dims: number[], location: string, offset: number, length: number): string {
+    this.initializers.push({
+      name,
+      dataType: elementType[type],
+      dims,
+      dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
+      externalData: [{ key: 'location', value: location }, { key: 'offset', value: String(offset) }, { key: 'length', value: String(length) }]
+    })
+    return name
+  }
+
   input (name: string, type: DataType, shape: Array<number | string>): string {
     this.inputs.push(valueInfo(name, type, shape))
     return name

@@ -1,22 +1,31 @@
-// The ONNX graph of a run of consecutive decoder layers, read top to bottom like llama2.c's forward():
-// for each layer: rmsnorm, qkv, rotary, attention over the cache, output projection, residual,
-// rmsnorm, SwiGLU, residual. Hidden states in, hidden states out.
+// The ONNX graph of one decoder layer, read top to bottom like llama2.c's forward(): rmsnorm, qkv,
+// rotary, attention over the cache, output projection, residual, rmsnorm, SwiGLU, residual. Hidden
+// states in, hidden states out. A span runs one such graph per layer, so that a client can use any
+// part of it (routes over overlapping spans need that).
 //
-// The KV cache lives outside the graph, in the worker, at a fixed capacity per session. Each run feeds
-// it as `past_key_i`/`past_value_i` (zero-copy) and returns only the new tokens' rotated keys and values
-// (`new_key_i`/`new_value_i`), which the worker writes into the cache. Fetching GQA's `present_*` instead
-// would make onnxruntime-node copy the whole cache back to JS on every step.
+// The KV cache lives outside the graph, in the worker, growing per session in blocks of tokens. Each
+// run feeds it as `past_key_i`/`past_value_i` (zero-copy) and returns only the new tokens' rotated
+// keys and values (`new_key_i`/`new_value_i`), which the worker writes into the cache. Fetching GQA's
+// `present_*` instead would make onnxruntime-node copy the whole cache back to JS on every step.
+//
+// Weights are not in the graph: a LayerWeights (prepared/layer-file.ts) names each initializer and
+// puts its bytes in the layer's weights file, which ORT reads itself as external data.
 import type { ModelConfig } from '../config.ts'
-import type { LayerWeights } from '../layer-weights.ts'
 import { QUANT_BLOCK_SIZE, quantizeBlockwise, type Quantization } from '../quantize.ts'
 import { GraphBuilder, MS_DOMAIN } from './onnx.ts'
 
-export interface SpanGraphInit {
-  config: ModelConfig
-  /** Absolute indices of the layers, in order, with their weights. */
-  layers: Array<{ index: number, weights: LayerWeights }>
-  quant: Quantization
-  rotary: { cos: Float32Array, sin: Float32Array, positions: number }
+/** A linear layer's initializers: an f32 [k, n] matrix, or MatMulNBits' three tensors. */
+export type LinearTensors = { bits: 0, weight: string } | { bits: 4 | 8, qweight: string, scales: string, zeroPoints: string }
+
+/** The initializers of one layer, declared by the graph as it is built. */
+export interface LayerWeights {
+  readonly graph: GraphBuilder
+  /** Checkpoint vectors (norm weights, biases) concatenated, as f32. */
+  vector (name: string, sources: Array<{ name: string, rows: number }>): string
+  /** Values computed here (the rotary tables). */
+  values (name: string, dims: number[], data: Float32Array): string
+  /** y = x Wᵀ for W the rows of `sources` ([rows, k] each) stacked. */
+  linear (name: string, sources: Array<{ name: string, rows: number }>, k: number): LinearTensors
 }
 
 /** Graph input and output names, shared with the worker that feeds the graph. */
@@ -32,55 +41,43 @@ export const SPAN_IO = {
   newValue: (layer: number) => `new_value_${layer}`
 }
 
-export function buildSpanGraph ({ config, layers, quant, rotary }: SpanGraphInit): Uint8Array {
-  const { hiddenSize, numHeads, numKvHeads, headDim } = config
-  const g = new GraphBuilder()
+/** The graph of decoder layer `index`; its initializers are declared through `w`. */
+export function buildLayerGraph (config: ModelConfig, index: number, w: LayerWeights, rotary: { cos: Float32Array, sin: Float32Array, positions: number }): Uint8Array {
+  const { hiddenSize, numKvHeads, headDim } = config
+  const g = w.graph
   const x = g.input(SPAN_IO.hidden, 'float32', [1, 'sequence', hiddenSize])
   g.input(SPAN_IO.positions, 'int64', [1, 'sequence'])
   g.input(SPAN_IO.seqlensK, 'int32', [1])
   g.input(SPAN_IO.totalLength, 'int32', [])
-  g.initializer('rotary_cos', 'float32', [rotary.positions, headDim / 2], rotary.cos)
-  g.initializer('rotary_sin', 'float32', [rotary.positions, headDim / 2], rotary.sin)
+  w.values('rotary_cos', [rotary.positions, headDim / 2], rotary.cos)
+  w.values('rotary_sin', [rotary.positions, headDim / 2], rotary.sin)
+  g.input(SPAN_IO.pastKey(index), 'float32', [1, numKvHeads, 'capacity', headDim])
+  g.input(SPAN_IO.pastValue(index), 'float32', [1, numKvHeads, 'capacity', headDim])
 
-  // `pending` is the last block's output not yet added to the residual stream: the add is fused into
-  // the next RMSNorm (SkipSimplifiedLayerNormalization), and done plainly after the last layer.
-  let residual = x
-  let pending: string | undefined
-  for (const { index, weights } of layers) {
-    const l = `layer${index}`
-    g.input(SPAN_IO.pastKey(index), 'float32', [1, numKvHeads, 'capacity', headDim])
-    g.input(SPAN_IO.pastValue(index), 'float32', [1, numKvHeads, 'capacity', headDim])
-
-    let normed: string
-    ;[normed, residual] = rmsNorm(g, config, `${l}.input_norm`, weights.inputNorm, residual, pending)
-    const attention = makeAttention(g, config, quant, l, index, weights, normed)
-    ;[normed, residual] = rmsNorm(g, config, `${l}.post_attention_norm`, weights.postAttentionNorm, residual, attention)
-    pending = makeMlp(g, config, quant, l, weights, normed)
-  }
-  g.node('Add', [pending ?? residual, residual], {}, { outputs: [SPAN_IO.hiddenOut] })
+  const l = `layer${index}`
+  const p = `model.layers.${index}.`
+  const [normed] = g.node('SimplifiedLayerNormalization', [x, w.vector(`${l}.input_norm.weight`, [{ name: p + 'input_layernorm.weight', rows: hiddenSize }])],
+    { epsilon: config.rmsNormEps, axis: -1, stash_type: 1 }, { name: `${l}.input_norm` })
+  const attention = makeAttention(g, w, config, l, p, index, normed)
+  // the residual add is fused into the second RMSNorm
+  const postNormed = `${l}.post_attention_norm/out`
+  const residual = `${l}.post_attention_norm/sum`
+  g.node('SkipSimplifiedLayerNormalization', [attention, x, w.vector(`${l}.post_attention_norm.weight`, [{ name: p + 'post_attention_layernorm.weight', rows: hiddenSize }])],
+    { epsilon: config.rmsNormEps }, { name: `${l}.post_attention_norm`, outputs: [postNormed, '', '', residual], domain: MS_DOMAIN })
+  const mlp = makeMlp(g, w, config, l, p, postNormed)
+  g.node('Add', [mlp, residual], {}, { outputs: [SPAN_IO.hiddenOut] })
   g.output(SPAN_IO.hiddenOut, 'float32', [1, 'sequence', hiddenSize])
-  return g.toBytes(`minga_span_${layers[0].index}_${layers[layers.length - 1].index + 1}`)
+  return g.toBytes(`minga_layer_${index}`)
 }
 
-/** RMSNorm of `residual + pending`; returns [normed, new residual]. */
-function rmsNorm (g: GraphBuilder, config: ModelConfig, name: string, weight: Float32Array, residual: string, pending?: string): [string, string] {
-  const gamma = g.initializer(`${name}.weight`, 'float32', [config.hiddenSize], weight)
-  const attributes = { epsilon: config.rmsNormEps, axis: -1, stash_type: 1 }
-  if (pending == null) {
-    const [normed] = g.node('SimplifiedLayerNormalization', [residual, gamma], attributes, { name })
-    return [normed, residual]
-  }
-  const normed = `${name}/out`
-  const sum = `${name}/sum`
-  g.node('SkipSimplifiedLayerNormalization', [pending, residual, gamma], { epsilon: config.rmsNormEps }, { name, outputs: [normed, '', '', sum], domain: MS_DOMAIN })
-  return [normed, sum]
-}
-
-function makeAttention (g: GraphBuilder, config: ModelConfig, quant: Quantization, l: string, index: number, w: LayerWeights, input: string): string {
+function makeAttention (g: GraphBuilder, w: LayerWeights, config: ModelConfig, l: string, p: string, index: number, input: string): string {
   const { hiddenSize, numHeads, numKvHeads, headDim } = config
   const qDim = numHeads * headDim
   const kvDim = numKvHeads * headDim
-  const qkv = linear(g, quant, `${l}.qkv_proj`, input, w.qkv, w.qkvBias, qDim + 2 * kvDim, hiddenSize)
+  const a = p + 'self_attn.'
+  const qkvWeight = w.linear(`${l}.qkv_proj`, [{ name: a + 'q_proj.weight', rows: qDim }, { name: a + 'k_proj.weight', rows: kvDim }, { name: a + 'v_proj.weight', rows: kvDim }], hiddenSize)
+  const qkvBias = config.qkvBias ? w.vector(`${l}.qkv_proj.bias`, [{ name: a + 'q_proj.bias', rows: qDim }, { name: a + 'k_proj.bias', rows: kvDim }, { name: a + 'v_proj.bias', rows: kvDim }]) : undefined
+  const qkv = linearNodes(g, `${l}.qkv_proj`, input, qkvWeight, qkvBias, qDim + 2 * kvDim, hiddenSize)
   const split = g.initializer(`${l}.qkv_split`, 'int64', [3], BigInt64Array.from([qDim, kvDim, kvDim].map(BigInt)))
   const [q, k, v] = g.node('Split', [qkv, split], { axis: -1 }, { outputs: 3 })
   const [qRotated] = g.node('RotaryEmbedding', [q, SPAN_IO.positions, 'rotary_cos', 'rotary_sin'], { num_heads: numHeads, interleaved: 0 }, { domain: MS_DOMAIN })
@@ -92,39 +89,54 @@ function makeAttention (g: GraphBuilder, config: ModelConfig, quant: Quantizatio
     qRotated, SPAN_IO.newKey(index), SPAN_IO.newValue(index),
     SPAN_IO.pastKey(index), SPAN_IO.pastValue(index), SPAN_IO.seqlensK, SPAN_IO.totalLength
   ], { num_heads: numHeads, kv_num_heads: numKvHeads, scale: 1 / Math.sqrt(headDim) }, { domain: MS_DOMAIN, outputs: 3, name: `${l}.attention` })
-  return linear(g, quant, `${l}.o_proj`, attended, w.output, w.outputBias, hiddenSize, qDim)
+  const oWeight = w.linear(`${l}.o_proj`, [{ name: a + 'o_proj.weight', rows: hiddenSize }], qDim)
+  const oBias = config.outputBias ? w.vector(`${l}.o_proj.bias`, [{ name: a + 'o_proj.bias', rows: hiddenSize }]) : undefined
+  return linearNodes(g, `${l}.o_proj`, attended, oWeight, oBias, hiddenSize, qDim)
 }
 
-function makeMlp (g: GraphBuilder, config: ModelConfig, quant: Quantization, l: string, w: LayerWeights, input: string): string {
-  const { hiddenSize, intermediateSize } = config
-  const gateUp = linear(g, quant, `${l}.gate_up_proj`, input, w.gateUp, w.gateUpBias, 2 * intermediateSize, hiddenSize)
-  const split = g.initializer(`${l}.gate_up_split`, 'int64', [2], BigInt64Array.from([intermediateSize, intermediateSize].map(BigInt)))
+function makeMlp (g: GraphBuilder, w: LayerWeights, config: ModelConfig, l: string, p: string, input: string): string {
+  const { hiddenSize, intermediateSize: ffn } = config
+  const m = p + 'mlp.'
+  const gateUpWeight = w.linear(`${l}.gate_up_proj`, [{ name: m + 'gate_proj.weight', rows: ffn }, { name: m + 'up_proj.weight', rows: ffn }], hiddenSize)
+  const gateUpBias = config.mlpBias ? w.vector(`${l}.gate_up_proj.bias`, [{ name: m + 'gate_proj.bias', rows: ffn }, { name: m + 'up_proj.bias', rows: ffn }]) : undefined
+  const gateUp = linearNodes(g, `${l}.gate_up_proj`, input, gateUpWeight, gateUpBias, 2 * ffn, hiddenSize)
+  const split = g.initializer(`${l}.gate_up_split`, 'int64', [2], BigInt64Array.from([ffn, ffn].map(BigInt)))
   const [gate, up] = g.node('Split', [gateUp, split], { axis: -1 }, { outputs: 2 })
   const [sigmoid] = g.node('Sigmoid', [gate])
   const [silu] = g.node('Mul', [gate, sigmoid])
   const [product] = g.node('Mul', [silu, up])
-  return linear(g, quant, `${l}.down_proj`, product, w.down, w.downBias, hiddenSize, intermediateSize)
+  const downWeight = w.linear(`${l}.down_proj`, [{ name: m + 'down_proj.weight', rows: hiddenSize }], ffn)
+  const downBias = config.mlpBias ? w.vector(`${l}.down_proj.bias`, [{ name: m + 'down_proj.bias', rows: hiddenSize }]) : undefined
+  return linearNodes(g, `${l}.down_proj`, product, downWeight, downBias, hiddenSize, ffn)
 }
 
-/** y = x Wᵀ + b for a weight stored as [n, k] rows; MatMulNBits when quantized. */
+/** The nodes of y = x Wᵀ + b: MatMul over an f32 [k, n] weight, or MatMulNBits. */
+export function linearNodes (g: GraphBuilder, name: string, input: string, weight: LinearTensors, bias: string | undefined, n: number, k: number): string {
+  const [out] = weight.bits === 0
+    ? g.node('MatMul', [input, weight.weight], {}, { name })
+    : g.node('MatMulNBits', [input, weight.qweight, weight.scales, weight.zeroPoints], {
+      K: k, N: n, bits: weight.bits, block_size: QUANT_BLOCK_SIZE, accuracy_level: 4
+    }, { name, domain: MS_DOMAIN })
+  return bias == null ? out : g.node('Add', [out, bias])[0]
+}
+
+/** y = x Wᵀ + b for an in-memory weight stored as [n, k] rows (the client head). */
 export function linear (g: GraphBuilder, quant: Quantization, name: string, input: string, weight: Float32Array, bias: Float32Array | undefined, n: number, k: number): string {
-  let out: string
+  let tensors: LinearTensors
   if (quant === 'none') {
-    const w = g.initializer(`${name}.weight`, 'float32', [k, n], transpose(weight, n, k))
-    ;[out] = g.node('MatMul', [input, w], {}, { name })
+    tensors = { bits: 0, weight: g.initializer(`${name}.weight`, 'float32', [k, n], transpose(weight, n, k)) }
   } else {
     const q = quantizeBlockwise(weight, n, k, quant === 'int4' ? 4 : 8)
     const blob = (QUANT_BLOCK_SIZE * q.bits) / 8
-    const data = g.initializer(`${name}.qweight`, 'uint8', [n, q.blocksPerRow, blob], q.data)
-    const scales = g.initializer(`${name}.scales`, 'float32', [n * q.blocksPerRow], q.scales)
-    const zeros = g.initializer(`${name}.zero_points`, 'uint8', [q.zeroPoints.length], q.zeroPoints)
-    ;[out] = g.node('MatMulNBits', [input, data, scales, zeros], {
-      K: k, N: n, bits: q.bits, block_size: QUANT_BLOCK_SIZE, accuracy_level: 4
-    }, { name, domain: MS_DOMAIN })
+    tensors = {
+      bits: q.bits,
+      qweight: g.initializer(`${name}.qweight`, 'uint8', [n, q.blocksPerRow, blob], q.data),
+      scales: g.initializer(`${name}.scales`, 'float32', [n * q.blocksPerRow], q.scales),
+      zeroPoints: g.initializer(`${name}.zero_points`, 'uint8', [q.zeroPoints.length], q.zeroPoints)
+    }
   }
-  if (bias == null) return out
-  const b = g.initializer(`${name}.bias`, 'float32', [n], bias)
-  return g.node('Add', [out, b])[0]
+  const b = bias != null ? g.initializer(`${name}.bias`, 'float32', [n], bias) : undefined
+  return linearNodes(g, name, input, tensors, b, n, k)
 }
 
 function transpose (weight: Float32Array, rows: number, cols: number): Float32Array {

@@ -5,6 +5,8 @@ import { ENGINE_ERRORS, WorkerError } from '../errors.ts'
 
 interface Request { id: number, method: string, args: unknown }
 type Response = { id: number, ok: true, value: unknown } | { id: number, ok: false, name: string, message: string }
+/** A note from the worker outside any response (progress of a long load). */
+interface WorkerEvent { event: unknown }
 
 /** Marks a handler's result whose buffers move to the caller instead of being copied. */
 export class Transfer<T> {
@@ -23,9 +25,13 @@ export class WorkerClient {
   private nextId = 1
   private failure?: Error
 
-  constructor (entry: URL, readonly label: string) {
+  constructor (entry: URL, readonly label: string, onEvent?: (event: any) => void) {
     this.worker = new Worker(new URL('./bootstrap.mjs', import.meta.url), { workerData: { entry: entry.href }, execArgv: [] })
-    this.worker.on('message', (response: Response) => {
+    this.worker.on('message', (response: Response | WorkerEvent) => {
+      if ('event' in response) {
+        onEvent?.(response.event)
+        return
+      }
       const call = this.pending.get(response.id)
       if (call == null) return
       this.pending.delete(response.id)
@@ -55,6 +61,11 @@ export class WorkerClient {
     for (const call of this.pending.values()) call.reject(this.failure)
     this.pending.clear()
   }
+}
+
+/** Runs in the worker: sends an event to the WorkerClient's `onEvent`. */
+export function emitEvent (event: unknown): void {
+  parentPort?.postMessage({ event } satisfies WorkerEvent)
 }
 
 /** Runs in the worker: answers requests with the named handlers, one at a time, in arrival order. */

@@ -1,33 +1,47 @@
-// Worker: hosts one span of decoder layers and the KV caches of its sessions.
+// Worker: hosts one span of decoder layers and the KV caches of its sessions. The layers come from the
+// prepared cache (prepared/), built there first if needed; their weights stay out of JS entirely.
 import * as ort from 'onnxruntime-node'
 import { loadModelConfig, type ModelConfig } from '../config.ts'
 import { ContextLengthError, InvalidArgumentError, PositionError, SessionLimitError, ShapeError, UnknownSessionError } from '../errors.ts'
-import { buildSpanGraph, SPAN_IO } from '../graph/span-graph.ts'
-import { readLayerWeights } from '../layer-weights.ts'
+import { SPAN_IO } from '../graph/span-graph.ts'
+import { prepareSpan } from '../prepared/prepare-span.ts'
 import type { Quantization } from '../quantize.ts'
-import { rotaryTables } from '../rope.ts'
-import { SafetensorsCheckpoint } from '../safetensors.ts'
+import { KV_BLOCK_TOKENS, kvBytesPerToken } from '../span-executor.ts'
 import { sessionOptions } from './ort-options.ts'
-import { serveRequests, Transfer } from './rpc.ts'
+import { emitEvent, serveRequests, Transfer } from './rpc.ts'
 
 export interface SpanLoadArgs {
   modelDir: string
+  modelId?: string
+  cacheDir?: string
   start: number
   end: number
   quant: Quantization
   threads?: number
   maxSessions: number
-  /** Default: 16 sessions of the model's full context. */
-  maxCacheTokens?: number
+  /** KV cache budget, all sessions together. */
+  cacheBytes: number
 }
 
-export interface SpanLoadResult { config: ModelConfig, bytesRead: number, maxPositions: number }
+export interface SpanLoadResult { config: ModelConfig, bytesRead: number, maxPositions: number, preparedBytes: number, preparedDir: string, built: number[] }
+
+/** Events the worker sends while it loads. */
+export type SpanLoadEvent = { type: 'progress', layer: number, done: number, total: number } | { type: 'log', message: string }
 
 export interface OpenArgs { sessionId: string, maxLength: number, start?: number, end?: number }
 
 export interface ForwardArgs { sessionId: string, hidden: Float32Array, tokens: number, position?: number }
 
-export interface SpanStats { sessions: number, cacheTokens: number, freeSessions: number, freeCacheTokens: number }
+export interface SpanStats {
+  sessions: number
+  /** KV cache allocated now, in tokens of the whole span (a session over part of it counts for less). */
+  cacheTokens: number
+  freeSessions: number
+  /** What the rest of the budget holds, in tokens of the whole span. */
+  freeCacheTokens: number
+  cacheBytes: number
+  freeCacheBytes: number
+}
 
 interface LayerCache { key: ort.Tensor, value: ort.Tensor, keyData: Float32Array, valueData: Float32Array }
 
@@ -35,39 +49,47 @@ interface Session {
   /** The part of the span this session runs, fixed when it opens. */
   start: number
   end: number
+  maxLength: number
+  /** Tokens the caches hold room for now: a multiple of KV_BLOCK_TOKENS (or maxLength). */
   capacity: number
   length: number
   caches: Map<number, LayerCache>
 }
 
 let config: ModelConfig
-let limits: { maxSessions: number, maxCacheTokens: number, maxPositions: number }
+let limits: { maxSessions: number, cacheBytes: number, maxPositions: number }
 let span: { start: number, end: number }
+/** Bytes of one token's keys and values in one layer. */
+let tokenLayerBytes: number
+let cacheBytesInUse = 0
 const graphs = new Map<number, { session: ort.InferenceSession, fetches: string[] }>()
 const sessions = new Map<string, Session>()
 
 async function load (args: SpanLoadArgs): Promise<SpanLoadResult> {
   config = loadModelConfig(args.modelDir)
-  if (!(Number.isInteger(args.start) && Number.isInteger(args.end) && args.start >= 0 && args.start < args.end && args.end <= config.numLayers)) {
-    throw new InvalidArgumentError(`span [${args.start}, ${args.end}) is not within the model's ${config.numLayers} layers`)
-  }
   const maxPositions = config.maxPositionEmbeddings
   span = { start: args.start, end: args.end }
-  limits = { maxSessions: args.maxSessions, maxCacheTokens: args.maxCacheTokens ?? 16 * maxPositions, maxPositions }
-  const rotary = { ...rotaryTables(config, maxPositions), positions: maxPositions }
-  const checkpoint = new SafetensorsCheckpoint(args.modelDir)
-  try {
-    // One graph per layer, so that a client can use any part of the span (routes over overlapping
-    // spans need that); the per-run overhead is small next to a layer's work.
-    for (const index of range(args.start, args.end)) {
-      const bytes = buildSpanGraph({ config, quant: args.quant, rotary, layers: [{ index, weights: readLayerWeights(checkpoint, config, index) }] })
-      const session = await ort.InferenceSession.create(bytes, sessionOptions(args.threads))
-      graphs.set(index, { session, fetches: [SPAN_IO.hiddenOut, SPAN_IO.newKey(index), SPAN_IO.newValue(index)] })
-    }
-    return { config, bytesRead: checkpoint.bytesRead, maxPositions }
-  } finally {
-    checkpoint.close()
+  limits = { maxSessions: args.maxSessions, cacheBytes: args.cacheBytes, maxPositions }
+  tokenLayerBytes = kvBytesPerToken(config, 1)
+  const prepared = await prepareSpan({
+    modelDir: args.modelDir,
+    modelId: args.modelId,
+    cacheDir: args.cacheDir,
+    start: args.start,
+    end: args.end,
+    quant: args.quant,
+    onProgress: progress => { emitEvent({ type: 'progress', ...progress } satisfies SpanLoadEvent) },
+    log: message => { emitEvent({ type: 'log', message } satisfies SpanLoadEvent) }
+  })
+  // ORT reads each layer's graph and its external weights from the files itself.
+  for (const [i, path] of prepared.graphs.entries()) {
+    const index = args.start + i
+    // No arena and no memory patterns: the caches are ours, and per-session arenas would each keep
+    // their peak activations; prepacking stays on (MatMulNBits is far slower without it).
+    const session = await ort.InferenceSession.create(path, { ...sessionOptions(args.threads), enableCpuMemArena: false, enableMemPattern: false })
+    graphs.set(index, { session, fetches: [SPAN_IO.hiddenOut, SPAN_IO.newKey(index), SPAN_IO.newValue(index)] })
   }
+  return { config, bytesRead: prepared.bytesRead, maxPositions, preparedBytes: prepared.bytes, preparedDir: prepared.dir, built: prepared.built }
 }
 
 function open ({ sessionId, maxLength, start = span.start, end = span.end }: OpenArgs): SpanStats {
@@ -78,21 +100,40 @@ function open ({ sessionId, maxLength, start = span.start, end = span.end }: Ope
   if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > limits.maxPositions) {
     throw new ContextLengthError(`session length ${maxLength} must be between 1 and the model's context of ${limits.maxPositions} tokens`)
   }
-  const { cacheTokens } = stats()
   if (sessions.size >= limits.maxSessions) throw new SessionLimitError(`busy: all ${limits.maxSessions} sessions are in use`)
-  if (cacheTokens + maxLength > limits.maxCacheTokens) {
-    throw new SessionLimitError(`busy: a cache of ${maxLength} tokens does not fit (${limits.maxCacheTokens - cacheTokens} of ${limits.maxCacheTokens} free)`)
+  // Nothing is reserved: the cache grows as the session fills it. A first block must fit now, though.
+  const firstBlock = Math.min(KV_BLOCK_TOKENS, maxLength) * (end - start) * tokenLayerBytes
+  if (cacheBytesInUse + firstBlock > limits.cacheBytes) {
+    throw new SessionLimitError(`busy: the KV cache is full (${mb(cacheBytesInUse)} of ${mb(limits.cacheBytes)} MB in use)`)
+  }
+  sessions.set(sessionId, { start, end, maxLength, capacity: 0, length: 0, caches: new Map() })
+  return stats()
+}
+
+/** Makes room for `needed` tokens: the caches grow to the next block, copying what they hold. */
+function grow (sessionId: string, session: Session, needed: number): void {
+  const capacity = Math.min(session.maxLength, Math.ceil(needed / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS)
+  const extra = (capacity - session.capacity) * (session.end - session.start) * tokenLayerBytes
+  if (cacheBytesInUse + extra > limits.cacheBytes) {
+    throw new SessionLimitError(`busy: the KV cache is full (${mb(cacheBytesInUse)} of ${mb(limits.cacheBytes)} MB in use): session ${sessionId} cannot grow to ${capacity} tokens`)
   }
   const { numKvHeads, headDim } = config
-  const dims = [1, numKvHeads, maxLength, headDim]
-  const caches = new Map<number, LayerCache>()
-  for (let layer = start; layer < end; layer++) {
-    const keyData = new Float32Array(numKvHeads * maxLength * headDim)
-    const valueData = new Float32Array(numKvHeads * maxLength * headDim)
-    caches.set(layer, { keyData, valueData, key: new ort.Tensor('float32', keyData, dims), value: new ort.Tensor('float32', valueData, dims) })
+  const dims = [1, numKvHeads, capacity, headDim]
+  for (let layer = session.start; layer < session.end; layer++) {
+    const old = session.caches.get(layer)
+    const keyData = new Float32Array(numKvHeads * capacity * headDim)
+    const valueData = new Float32Array(numKvHeads * capacity * headDim)
+    if (old != null) {
+      for (let h = 0; h < numKvHeads; h++) {
+        const from = h * session.capacity * headDim
+        keyData.set(old.keyData.subarray(from, from + session.length * headDim), h * capacity * headDim)
+        valueData.set(old.valueData.subarray(from, from + session.length * headDim), h * capacity * headDim)
+      }
+    }
+    session.caches.set(layer, { keyData, valueData, key: new ort.Tensor('float32', keyData, dims), value: new ort.Tensor('float32', valueData, dims) })
   }
-  sessions.set(sessionId, { start, end, capacity: maxLength, length: 0, caches })
-  return stats()
+  session.capacity = capacity
+  cacheBytesInUse += extra
 }
 
 async function forward ({ sessionId, hidden, tokens, position }: ForwardArgs): Promise<Transfer<Float32Array>> {
@@ -106,9 +147,10 @@ async function forward ({ sessionId, hidden, tokens, position }: ForwardArgs): P
   if (position != null && position !== past) {
     throw new PositionError(`position ${position} does not match the session's ${past} cached tokens`)
   }
-  if (past + tokens > session.capacity) {
-    throw new ContextLengthError(`${past} cached + ${tokens} new tokens exceed the session's length of ${session.capacity}`)
+  if (past + tokens > session.maxLength) {
+    throw new ContextLengthError(`${past} cached + ${tokens} new tokens exceed the session's length of ${session.maxLength}`)
   }
+  if (past + tokens > session.capacity) grow(sessionId, session, past + tokens)
 
   const positions = new BigInt64Array(tokens)
   for (let i = 0; i < tokens; i++) positions[i] = BigInt(past + i)
@@ -148,24 +190,29 @@ function appendToCache (cache: Float32Array, rows: Float32Array, capacity: numbe
 }
 
 function close ({ sessionId }: { sessionId: string }): SpanStats {
-  sessions.delete(sessionId)
+  const session = sessions.get(sessionId)
+  if (session != null) {
+    cacheBytesInUse -= session.capacity * (session.end - session.start) * tokenLayerBytes
+    sessions.delete(sessionId)
+  }
   return stats()
 }
 
 function stats (): SpanStats {
-  let cacheTokens = 0
-  // Budgeted in tokens of the whole span, so that a session of a few layers counts for less.
-  for (const s of sessions.values()) cacheTokens += Math.ceil(s.capacity * (s.end - s.start) / (span.end - span.start))
+  const spanTokenBytes = (span.end - span.start) * tokenLayerBytes
+  const freeCacheBytes = Math.max(0, limits.cacheBytes - cacheBytesInUse)
   return {
     sessions: sessions.size,
-    cacheTokens,
+    cacheTokens: Math.ceil(cacheBytesInUse / spanTokenBytes),
     freeSessions: limits.maxSessions - sessions.size,
-    freeCacheTokens: limits.maxCacheTokens - cacheTokens
+    freeCacheTokens: Math.floor(freeCacheBytes / spanTokenBytes),
+    cacheBytes: cacheBytesInUse,
+    freeCacheBytes
   }
 }
 
-function range (start: number, end: number): number[] {
-  return Array.from({ length: end - start }, (_, i) => start + i)
+function mb (bytes: number): string {
+  return (bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 2 : 0)
 }
 
 serveRequests({ load, open, forward, close, stats })

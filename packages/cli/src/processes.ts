@@ -1,10 +1,11 @@
 // Starts minga CLI nodes (bootstrap, serve) as separate processes and waits for their JSON ready line.
-// Shared by the demo and the cross-package tests.
+// Shared by the demo, the fuzzer, the benchmarks and the cross-package tests (`@minga/cli/processes`).
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
+/** The checkout this CLI runs from. */
+export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '../../..')
 
 export interface NodeProcess {
   readonly label: string

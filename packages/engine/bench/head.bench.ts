@@ -1,0 +1,124 @@
+// Client head benchmark: what the part of the model a client keeps (embeddings, final norm, LM head)
+// costs per token and in memory, per head quantization, on the TinyLlama-1.1B-shaped random
+// checkpoint (vocab 32000 × hidden 2048, untied head) that bench:engine builds.
+//
+//   pnpm bench:head [--quant none,int8,int4] [--tokens 64] [--threads 2] [--json]
+//
+// Each configuration runs in its own child process, so its RSS is its own. The runtime baseline is
+// the same child holding stories260k's head (38 KB of weights): Node, a worker thread, onnxruntime.
+import { spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { createClientHead, QUANTIZATIONS, seededRandom, type Quantization } from '../src/index.ts'
+import { defaultCheckpointDir, ensureRandomCheckpoint } from './random-checkpoint.ts'
+
+const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
+const STORIES = fileURLToPath(new URL('../../../../shared/models/stories260k', import.meta.url))
+const RESULT_PREFIX = '@@minga-head-bench '
+
+interface HeadResult {
+  model: string
+  headQuant: Quantization
+  loadMs: number
+  preparedBytes: number
+  /** embed one token + final norm + LM head on one hidden state, mean over the measured steps. */
+  msPerToken: number
+  embedMsPerToken: number
+  rssBytes: number
+  peakRssBytes: number
+}
+
+function procStatus (field: 'VmHWM' | 'VmRSS'): number {
+  const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync('/proc/self/status', 'utf8'))
+  return match == null ? NaN : Number(match[1]) * 1024
+}
+
+async function measure (modelDir: string, headQuant: Quantization, tokens: number, threads: number): Promise<HeadResult> {
+  let t = performance.now()
+  const head = await createClientHead({ modelDir, headQuant, threads })
+  const loadMs = performance.now() - t
+  try {
+    const { vocabSize, hiddenSize } = head.config
+    const random = seededRandom(1)
+    const hidden = (): Float32Array => Float32Array.from({ length: hiddenSize }, () => random() * 2 - 1)
+    const id = (): number => Math.floor(random() * vocabSize)
+    for (let i = 0; i < 4; i++) { await head.embed([id()]); await head.logits(hidden(), 1) } // warm-up
+    let embedMs = 0
+    let totalMs = 0
+    for (let i = 0; i < tokens; i++) {
+      const input = hidden()
+      t = performance.now()
+      await head.embed([id()])
+      const t1 = performance.now()
+      await head.logits(input, 1)
+      embedMs += t1 - t
+      totalMs += performance.now() - t
+    }
+    return {
+      model: modelDir,
+      headQuant,
+      loadMs,
+      preparedBytes: head.preparedBytes,
+      msPerToken: totalMs / tokens,
+      embedMsPerToken: embedMs / tokens,
+      rssBytes: procStatus('VmRSS'),
+      peakRssBytes: procStatus('VmHWM')
+    }
+  } finally {
+    await head.close()
+  }
+}
+
+async function runChild (args: string[]): Promise<HeadResult> {
+  const child = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
+  let stdout = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
+  const code = await new Promise(resolve => child.on('close', resolve))
+  const line = stdout.split('\n').find(l => l.startsWith(RESULT_PREFIX))
+  if (line == null) throw new Error(`head bench child ${args.join(' ')} exited (${String(code)}) without a result`)
+  return JSON.parse(line.slice(RESULT_PREFIX.length))
+}
+
+const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(1)} MiB`
+
+async function main (): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      quant: { type: 'string', default: QUANTIZATIONS.join(',') },
+      tokens: { type: 'string', default: '64' },
+      threads: { type: 'string', default: '2' },
+      json: { type: 'boolean', default: false },
+      child: { type: 'string' },
+      'model-dir': { type: 'string' }
+    }
+  })
+  const tokens = Number(values.tokens)
+  const threads = Number(values.threads)
+  if (values.child != null) {
+    const result = await measure(values['model-dir']!, values.child as Quantization, tokens, threads)
+    process.stdout.write(RESULT_PREFIX + JSON.stringify(result) + '\n')
+    return
+  }
+  const checkpoint = ensureRandomCheckpoint(defaultCheckpointDir(), REPO_ROOT)
+  const common = ['--tokens', String(tokens), '--threads', String(threads)]
+  process.stderr.write('baseline: stories260k int8 head\n')
+  const baseline = await runChild(['--child', 'int8', '--model-dir', STORIES, ...common])
+  const results: HeadResult[] = []
+  for (const quant of values.quant.split(',') as Quantization[]) {
+    process.stderr.write(`TinyLlama-shaped head, ${quant}\n`)
+    results.push(await runChild(['--child', quant, '--model-dir', checkpoint.dir, ...common]))
+  }
+  if (values.json) {
+    process.stdout.write(JSON.stringify({ baseline, results }) + '\n')
+    return
+  }
+  const base = baseline.peakRssBytes
+  process.stdout.write(`runtime baseline (stories260k head, ${baseline.preparedBytes} B of weights): RSS ${mib(baseline.rssBytes)}, peak ${mib(base)}\n`)
+  process.stdout.write('head   load s  ms/token (embed)  prepared    RSS        peak RSS   peak − baseline − prepared\n')
+  for (const r of results) {
+    process.stdout.write(`${r.headQuant.padEnd(6)} ${(r.loadMs / 1000).toFixed(1).padStart(6)}  ${r.msPerToken.toFixed(2).padStart(8)} (${r.embedMsPerToken.toFixed(2)})   ${mib(r.preparedBytes).padEnd(10)}  ${mib(r.rssBytes).padEnd(10)} ${mib(r.peakRssBytes).padEnd(10)} ${mib(r.peakRssBytes - base - r.preparedBytes)}\n`)
+  }
+}
+
+await main()

@@ -1,0 +1,140 @@
+// One prepared layer's weights file. As the layer's graph is built it declares each initializer here,
+// which gives it a page-aligned place in the file (ORT reads it from there as external data) and
+// remembers how to fill it. `write` then fills the file from the checkpoint a slice of rows at a
+// time, so preparing a layer never holds more than one slice and one output tensor in memory.
+import { ftruncateSync, writeSync } from 'node:fs'
+import { GraphBuilder, type DataType } from '../graph/onnx.ts'
+import type { LayerWeights, LinearTensors } from '../graph/span-graph.ts'
+import { QUANT_BLOCK_SIZE, quantizeBlockwise, type Quantization } from '../quantize.ts'
+import type { SafetensorsCheckpoint } from '../safetensors.ts'
+
+const ALIGN = 4096
+/** Values per slice read from the checkpoint (16 MiB as f32). */
+const SLICE_VALUES = 1 << 22
+
+type Source = { name: string, rows: number }
+
+type Recipe =
+  | { kind: 'vector', offset: number, sources: Source[] }
+  | { kind: 'values', offset: number, data: Float32Array }
+  | { kind: 'f32-linear', offset: number, sources: Source[], n: number, k: number }
+  | { kind: 'quantized-linear', bits: 4 | 8, qweight: number, scales: number, zeroPoints: number, sources: Source[], k: number }
+
+export class LayerFile implements LayerWeights {
+  readonly graph = new GraphBuilder()
+  /** Size of the weights file. */
+  bytes = 0
+  private readonly recipes: Recipe[] = []
+
+  /** `location`: the weights file's name, relative to the graph file. */
+  constructor (private readonly quant: Quantization, private readonly location: string) {}
+
+  vector (name: string, sources: Source[]): string {
+    const length = sources.reduce((n, s) => n + s.rows, 0)
+    this.recipes.push({ kind: 'vector', offset: this.place(name, 'float32', [length], 4 * length), sources })
+    return name
+  }
+
+  values (name: string, dims: number[], data: Float32Array): string {
+    this.recipes.push({ kind: 'values', offset: this.place(name, 'float32', dims, 4 * dims.reduce((a, b) => a * b, 1)), data })
+    return name
+  }
+
+  linear (name: string, sources: Source[], k: number): LinearTensors {
+    const n = sources.reduce((total, s) => total + s.rows, 0)
+    if (this.quant === 'none') {
+      const weight = `${name}.weight`
+      this.recipes.push({ kind: 'f32-linear', offset: this.place(weight, 'float32', [k, n], 4 * k * n), sources, n, k })
+      return { bits: 0, weight }
+    }
+    const bits = this.quant === 'int4' ? 4 : 8
+    const blocksPerRow = Math.ceil(k / QUANT_BLOCK_SIZE)
+    const blob = (QUANT_BLOCK_SIZE * bits) / 8
+    const zeroPointsPerRow = Math.ceil((blocksPerRow * bits) / 8)
+    const names = { qweight: `${name}.qweight`, scales: `${name}.scales`, zeroPoints: `${name}.zero_points` }
+    this.recipes.push({
+      kind: 'quantized-linear',
+      bits,
+      qweight: this.place(names.qweight, 'uint8', [n, blocksPerRow, blob], n * blocksPerRow * blob),
+      scales: this.place(names.scales, 'float32', [n * blocksPerRow], 4 * n * blocksPerRow),
+      zeroPoints: this.place(names.zeroPoints, 'uint8', [n * zeroPointsPerRow], n * zeroPointsPerRow),
+      sources,
+      k
+    })
+    return { bits, ...names }
+  }
+
+  /** Fills the weights file open as `fd` from the checkpoint. */
+  write (checkpoint: SafetensorsCheckpoint, fd: number): void {
+    ftruncateSync(fd, this.bytes)
+    for (const recipe of this.recipes) {
+      switch (recipe.kind) {
+        case 'values':
+          writeAt(fd, recipe.data, recipe.offset)
+          break
+        case 'vector': {
+          let offset = recipe.offset
+          for (const { name, rows } of recipe.sources) {
+            const values = checkpoint.readShaped(name, [rows])
+            writeAt(fd, values, offset)
+            offset += values.byteLength
+          }
+          break
+        }
+        case 'f32-linear':
+          writeF32Linear(checkpoint, fd, recipe)
+          break
+        case 'quantized-linear':
+          writeQuantizedLinear(checkpoint, fd, recipe)
+          break
+      }
+    }
+  }
+
+  private place (name: string, type: DataType, dims: number[], length: number): number {
+    const offset = this.bytes
+    this.graph.externalInitializer(name, type, dims, this.location, offset, length)
+    this.bytes = Math.ceil((offset + length) / ALIGN) * ALIGN
+    return offset
+  }
+}
+
+/** Each source's rows, a slice at a time: (rows [from, from + count) of the stacked matrix, values). */
+function * slices (checkpoint: SafetensorsCheckpoint, sources: Source[], k: number): Generator<{ row: number, count: number, values: Float32Array }> {
+  const sliceRows = Math.max(1, Math.floor(SLICE_VALUES / k))
+  let row = 0
+  for (const { name, rows } of sources) {
+    checkpoint.checkShape(name, [rows, k])
+    for (let r = 0; r < rows; r += sliceRows) {
+      const count = Math.min(sliceRows, rows - r)
+      yield { row: row + r, count, values: checkpoint.readRows(name, r, r + count) }
+    }
+    row += rows
+  }
+}
+
+/** MatMul wants [k, n]: the stacked rows are transposed into one output tensor, written once. */
+function writeF32Linear (checkpoint: SafetensorsCheckpoint, fd: number, { offset, sources, n, k }: Extract<Recipe, { kind: 'f32-linear' }>): void {
+  const out = new Float32Array(k * n)
+  for (const { row, count, values } of slices(checkpoint, sources, k)) {
+    for (let i = 0; i < count; i++) {
+      for (let c = 0; c < k; c++) out[c * n + row + i] = values[i * k + c]
+    }
+  }
+  writeAt(fd, out, offset)
+}
+
+/** MatMulNBits' tensors are row-major in n, so each slice of rows quantizes and lands on its own. */
+function writeQuantizedLinear (checkpoint: SafetensorsCheckpoint, fd: number, recipe: Extract<Recipe, { kind: 'quantized-linear' }>): void {
+  for (const { row, count, values } of slices(checkpoint, recipe.sources, recipe.k)) {
+    const q = quantizeBlockwise(values, count, recipe.k, recipe.bits)
+    writeAt(fd, q.data, recipe.qweight + row * (q.data.length / count))
+    writeAt(fd, q.scales, recipe.scales + row * (q.scales.byteLength / count))
+    writeAt(fd, q.zeroPoints, recipe.zeroPoints + row * (q.zeroPoints.length / count))
+  }
+}
+
+function writeAt (fd: number, data: ArrayBufferView, position: number): void {
+  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+  for (let done = 0; done < bytes.length;) done += writeSync(fd, bytes, done, Math.min(bytes.length - done, 1 << 30), position + done)
+}
