@@ -3,7 +3,7 @@ import { existsSync, statSync } from 'node:fs'
 import { isAbsolute, resolve } from 'node:path'
 import { InvalidArgumentError, type Command } from 'commander'
 import { QUANTIZATIONS, type Quantization } from '@minga/engine'
-import { loadSwarmKey } from '@minga/p2p'
+import { DEFAULT_RELAY_LIMITS, loadSwarmKey, type RelayLimits } from '@minga/p2p'
 import { modelCid } from '@minga/weights'
 
 export function integer (min: number, max = Number.MAX_SAFE_INTEGER) {
@@ -111,4 +111,20 @@ export function parseBlocks (value: string): { start: number, end: number } | 'a
   const match = /^(\d+):(\d+)$/.exec(value)
   if (match == null || Number(match[1]) >= Number(match[2])) throw new InvalidArgumentError('expected START:END with START < END (e.g. 0:2), or auto.')
   return { start: Number(match[1]), end: Number(match[2]) }
+}
+
+export interface RelayFlags { relay?: boolean, relayMaxMb: number, relayMaxDuration: number, relayMaxReservations: number }
+
+/** --relay and its limits (serve and bootstrap). */
+export function addRelayOptions (command: Command): Command {
+  return command
+    .option('--relay', 'relay connections for nodes behind NAT (circuit relay v2), within the limits below')
+    .option('--relay-max-mb <MiB>', 'bytes one relayed connection may carry before it is reset', number(0, 1 << 20, { minExclusive: true }), DEFAULT_RELAY_LIMITS.maxBytes / 2 ** 20)
+    .option('--relay-max-duration <seconds>', 'how long one relayed connection may last', number(0, 86_400, { minExclusive: true }), DEFAULT_RELAY_LIMITS.maxDurationMs / 1000)
+    .option('--relay-max-reservations <n>', 'nodes that may hold a relay slot at once', integer(1), DEFAULT_RELAY_LIMITS.maxReservations)
+}
+
+export function relayLimits (flags: RelayFlags): RelayLimits | undefined {
+  if (flags.relay !== true) return undefined
+  return { maxBytes: Math.round(flags.relayMaxMb * 2 ** 20), maxDurationMs: Math.round(flags.relayMaxDuration * 1000), maxReservations: flags.relayMaxReservations }
 }

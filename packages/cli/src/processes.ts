@@ -25,14 +25,20 @@ export interface StartOptions {
   onLog?: (line: string) => void
   timeoutMs?: number
   env?: NodeJS.ProcessEnv
-  /** A command that runs the node, e.g. `['sh', '-c', 'echo $$ > …/cgroup.procs && exec "$@"', 'sh']`. */
-  wrap?: string[]
+  /** A command to run the node through, e.g. ['ip', 'netns', 'exec', NS] (it must exec the rest). */
+  prefix?: string[]
+}
+
+/** The command line that runs the CLI: [program, ...args], behind `prefix` if given. */
+function mingaCommand (args: string[], prefix: string[] = []): [string, string[]] {
+  const command = [...prefix, process.execPath, '--import', 'tsx', join(REPO_ROOT, 'packages/cli/src/bin.ts'), ...args]
+  return [command[0], command.slice(1)]
 }
 
 /** Runs `minga <args> --json` and resolves once it prints its ready line. */
 export async function startNode (args: string[], options: StartOptions): Promise<NodeProcess> {
-  const [command, ...argv] = [...(options.wrap ?? []), process.execPath, '--import', 'tsx', join(REPO_ROOT, 'packages/cli/src/bin.ts'), ...args, '--json']
-  const child = spawn(command, argv, {
+  const [program, argv] = mingaCommand([...args, '--json'], options.prefix)
+  const child = spawn(program, argv, {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, MINGA_PARENT_PID: String(process.pid), ...options.env }
@@ -84,8 +90,14 @@ export async function startNode (args: string[], options: StartOptions): Promise
 
 /** Runs `minga <args>` to completion: its exit code and output (for testing the command line). */
 export async function runMinga (...args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
+  return await runMingaWith({}, ...args)
+}
+
+/** runMinga through a command prefix (e.g. in a network namespace). */
+export async function runMingaWith (options: { prefix?: string[] }, ...args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
+  const [program, argv] = mingaCommand(args, options.prefix)
   return await new Promise(resolve => {
-    execFile(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'packages/cli/src/bin.ts'), ...args], { cwd: REPO_ROOT }, (err, stdout, stderr) => {
+    execFile(program, argv, { cwd: REPO_ROOT, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
       resolve({ code: err == null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr })
     })
   })

@@ -82,7 +82,7 @@ async function phase (label: string, modelDir: string, cacheDir: string, bootstr
       const blocks = `${i * perNode}:${(i + 1) * perNode}`
       const node = await startNode(['serve', '--model', modelDir, '--blocks', blocks, '--quant', 'int4', '--cache-mb', values['cache-mb']!,
         '--cache-dir', cacheDir, '--bootstrap', bootstrapAddr, '--throughput', '1', '--threads', values.threads!],
-      { label: `${label} node ${blocks}`, timeoutMs: 3_600_000, wrap: cgroup.wrap, onLog: line => { note(`  [${blocks}] ${line}`) } })
+      { label: `${label} node ${blocks}`, timeoutMs: 3_600_000, prefix: cgroup.wrap, onLog: line => { note(`  [${blocks}] ${line}`) } })
       readyAt[i] = performance.now() - started
       nodes[i] = node
     }))

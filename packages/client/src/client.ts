@@ -1,7 +1,8 @@
 // The client SDK: finds spans in the DHT knowing only a bootstrap address, routes through the
 // fastest chain of servers, and generates with the tokenizer, embeddings and LM head kept here.
 // The text stays here, but the first server sees the prompt's embeddings (and so its token ids).
-import type { PrivateKey } from '@libp2p/interface'
+import type { PeerId, PrivateKey } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { resolveModel, type FetchModelInit, type FetchResult, type ResolvedModel } from '@minga/weights'
 import {
@@ -13,11 +14,14 @@ import { CHAIN_PROTOCOL, createMingaNode, findSpans, handleChannel, openChannel,
 import { ChainInbox } from './chain.ts'
 import { SwarmError } from './errors.ts'
 import { RemoteSession, type HopConnector, type RemoteHop, type SessionEvents } from './remote-session.ts'
-import { hopCostMs, planRange, type RouteHop } from './routing.ts'
+import { hopCostMs, planRange, type RouteHop, type RouteServer } from './routing.ts'
 import { statusOf, type SwarmStatus } from './status.ts'
 
 /** How long a list of servers read from the DHT is reused for new sessions. */
 const SERVER_LIST_MAX_AGE_MS = 5000
+/** How long a direct dial may take before a server's relayed addresses are tried. */
+const DIRECT_DIAL_MS = 3000
+const DIAL_MS = 10_000
 
 export interface ClientInit {
   /** Give up re-routing a failed hop after this long (default 30 s). */
@@ -134,6 +138,8 @@ class SwarmClient implements MingaClient, HopConnector {
   private readonly rtt = new Map<string, number>()
   private readonly avoided = new Map<string, { failures: number, until: number }>()
   private readonly bannedPeers = new Set<string>()
+  /** Servers whose direct addresses failed while relayed ones exist: go through the relay at once. */
+  private readonly directFailed = new Set<string>()
   private known?: { at: number, servers: ServerEntry[] }
   private chatTemplate?: ChatTemplate
 
@@ -199,13 +205,13 @@ class SwarmClient implements MingaClient, HopConnector {
     let servers = await this.usableServers(urgent ? Infinity : SERVER_LIST_MAX_AGE_MS)
     let route: RouteHop[]
     try {
-      route = planRange(start, end, this.config.numLayers, servers, peer => this.rtt.get(peer))
+      route = planRange(start, end, this.config.numLayers, servers.map(this.routeServer), peer => this.rtt.get(peer))
     } catch {
       servers = await this.usableServers(0) // the list we had cannot do it: ask the DHT again
-      route = planRange(start, end, this.config.numLayers, servers, peer => this.rtt.get(peer))
+      route = planRange(start, end, this.config.numLayers, servers.map(this.routeServer), peer => this.rtt.get(peer))
     }
     await this.measureRoundTrips(servers)
-    route = planRange(start, end, this.config.numLayers, servers, peer => this.rtt.get(peer))
+    route = planRange(start, end, this.config.numLayers, servers.map(this.routeServer), peer => this.rtt.get(peer))
     const byPeer = new Map(servers.map(s => [s.peerId, s]))
     return await Promise.all(route.map(async hop => ({ hop, channel: await this.channelTo(byPeer.get(hop.peerId)!), addr: dialAddr(byPeer.get(hop.peerId)!) })))
   }
@@ -213,7 +219,7 @@ class SwarmClient implements MingaClient, HopConnector {
   async alternative (start: number, end: number, exclude: Set<string>): Promise<RemoteHop | undefined> {
     const candidates = (await this.usableServers(Infinity)).filter(s => s.start <= start && end <= s.end && !exclude.has(s.peerId))
     await this.measureRoundTrips(candidates)
-    const cost = (s: ServerEntry): number => hopCostMs(s, end - start, this.rtt.get(s.peerId) ?? 1000)
+    const cost = (s: ServerEntry): number => hopCostMs(this.routeServer(s), end - start, this.rtt.get(s.peerId) ?? 1000)
     const best = candidates.sort((a, b) => cost(a) - cost(b))[0]
     if (best == null) return undefined
     return { hop: { peerId: best.peerId, start, end }, channel: await this.channelTo(best), addr: dialAddr(best) }
@@ -267,15 +273,50 @@ class SwarmClient implements MingaClient, HopConnector {
     return servers
   }
 
+  /**
+   * A server for the route planner: relayed when every connection to it goes through a relay (or,
+   * before any, when it announces only relayed addresses). DCUtR may later upgrade it to direct.
+   */
+  private readonly routeServer = (s: ServerEntry): RouteServer => {
+    const connections = this.node.libp2p.getConnections(peerIdFromString(s.peerId))
+    const relayed = connections.length > 0
+      ? connections.every(c => c.limits != null || c.remoteAddr.toString().includes('/p2p-circuit'))
+      : s.addrs.length > 0 && s.addrs.every(a => a.includes('/p2p-circuit'))
+    return { peerId: s.peerId, start: s.start, end: s.end, throughput: s.throughput, relayed }
+  }
+
+  /**
+   * Connects to a server (unless a connection is up) and returns its peer id. Direct addresses
+   * first; a server behind NAT also announces relayed ones (/p2p-circuit), tried when the direct
+   * ones fail within DIRECT_DIAL_MS (its private addresses are usually unreachable, and a dial to
+   * them would otherwise use up the whole dial timeout). A direct failure is remembered.
+   */
+  private async connect (server: ServerEntry): Promise<PeerId> {
+    const peer = peerIdFromString(server.peerId)
+    if (this.node.libp2p.getConnections(peer).length > 0) return peer
+    const addrs = server.addrs.flatMap(a => { try { return [multiaddr(a)] } catch { return [] } })
+    const direct = addrs.filter(a => !a.toString().includes('/p2p-circuit'))
+    const relayed = addrs.filter(a => a.toString().includes('/p2p-circuit'))
+    if (direct.length > 0 && !(relayed.length > 0 && this.directFailed.has(server.peerId))) {
+      try {
+        await this.node.libp2p.dial(direct, { signal: AbortSignal.timeout(relayed.length > 0 ? DIRECT_DIAL_MS : DIAL_MS) })
+        return peer
+      } catch (err) {
+        if (relayed.length === 0) throw err
+        this.directFailed.add(server.peerId)
+      }
+    }
+    if (relayed.length === 0) throw new SwarmError('it announces no address')
+    await this.node.libp2p.dial(relayed, { signal: AbortSignal.timeout(DIAL_MS) })
+    return peer
+  }
+
   /** Round trips by libp2p ping, measured once per server and reused. */
   private async measureRoundTrips (servers: ServerEntry[]): Promise<void> {
     await Promise.all(servers.filter(s => !this.rtt.has(s.peerId)).map(async s => {
-      for (const addr of s.addrs) {
-        try {
-          this.rtt.set(s.peerId, await this.node.libp2p.services.ping.ping(multiaddr(addr), { signal: AbortSignal.timeout(5000) }))
-          return
-        } catch {}
-      }
+      try {
+        this.rtt.set(s.peerId, await this.node.libp2p.services.ping.ping(await this.connect(s), { signal: AbortSignal.timeout(5000) }))
+      } catch {}
     }))
   }
 
@@ -292,15 +333,12 @@ class SwarmClient implements MingaClient, HopConnector {
   }
 
   private async dial (server: ServerEntry): Promise<Channel> {
-    let lastError: unknown
-    for (const addr of server.addrs) {
-      try {
-        return await openChannel(this.node, addr, undefined, { timeoutMs: this.init.requestTimeoutMs })
-      } catch (err) {
-        lastError = err
-      }
+    if (server.addrs.length === 0) throw new SwarmError(`cannot reach server ${server.peerId}: it announces no address`)
+    try {
+      return await openChannel(this.node, await this.connect(server), undefined, { timeoutMs: this.init.requestTimeoutMs })
+    } catch (err) {
+      throw new SwarmError(`cannot reach server ${server.peerId}: ${(err as Error)?.message ?? err}`)
     }
-    throw new SwarmError(`cannot reach server ${server.peerId}: ${(lastError as Error)?.message ?? 'no address'}`)
   }
 }
 

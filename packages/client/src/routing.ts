@@ -8,7 +8,16 @@ export interface RouteServer {
   end: number
   /** Tokens per second through the server's whole span, as announced. */
   throughput: number
+  /** Reached through a circuit relay (the server is behind NAT and no direct connection is up). */
+  relayed?: boolean
 }
+
+/**
+ * What a relayed hop costs on top of its round trip (which, measured through the relay, already
+ * includes the relay's leg): the relay is a volunteer's shared link, and its limits on bytes and
+ * duration end long sessions, which then fail over. So among comparable servers, direct ones win.
+ */
+export const RELAYED_HOP_EXTRA_MS = 20
 
 export interface RouteHop {
   peerId: string
@@ -19,7 +28,7 @@ export interface RouteHop {
 /** Estimated milliseconds per decode step for using `blocks` layers of `server`, one round trip included. */
 export function hopCostMs (server: RouteServer, blocks: number, rttMs: number): number {
   const msPerBlock = 1000 / (Math.max(server.throughput, 1e-6) * (server.end - server.start))
-  return rttMs + blocks * msPerBlock
+  return rttMs + blocks * msPerBlock + (server.relayed === true ? RELAYED_HOP_EXTRA_MS : 0)
 }
 
 /** The cheapest route through every layer of the model. */

@@ -1,10 +1,20 @@
 // The state of a swarm, from one bootstrap address: which models it serves, who holds which blocks,
 // at what speed and with what free capacity.
 import type { PeerId } from '@libp2p/interface'
-import { createMingaNode, fetchInfo, findSpans, type MingaNode, type ServerEntry } from '@minga/p2p'
+import { multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { createMingaNode, fetchInfo, findSpans, type MingaNode, type ServerEntry, type SpanMove } from '@minga/p2p'
 
-/** A server as `status` shows it: its announcement, and the round trip to it when measured. */
-export type SwarmServer = Pick<ServerEntry, 'peerId' | 'name' | 'addrs' | 'start' | 'end' | 'throughput' | 'freeSessions' | 'freeCacheTokens' | 'version'> & { rttMs?: number }
+/**
+ * A server as `status` shows it: its announcement, the round trip to it when measured, whether it
+ * is reached through a relay (it announces relayed addresses: it is behind NAT), and when it last
+ * moved its span and why (asked from the server itself).
+ */
+export type SwarmServer = Pick<ServerEntry, 'peerId' | 'name' | 'addrs' | 'start' | 'end' | 'throughput' | 'freeSessions' | 'freeCacheTokens' | 'version'> & {
+  rttMs?: number
+  relayed: boolean
+  lastMove?: SpanMove
+}
 
 export interface SwarmStatus {
   modelId: string
@@ -27,7 +37,11 @@ export async function getSwarmStatus (init: SwarmStatusInit): Promise<SwarmStatu
   const node = await createMingaNode({ listen: [], bootstrap: init.bootstrap, swarmKey: init.swarmKey })
   try {
     const models = init.model != null ? [init.model] : await discoverModels(node, init.timeoutMs ?? 5000)
-    return await Promise.all(models.map(async ({ modelId, numBlocks }) => statusOf(modelId, numBlocks, await findSpans(node, modelId, numBlocks))))
+    return await Promise.all(models.map(async ({ modelId, numBlocks }) => {
+      const status = statusOf(modelId, numBlocks, await findSpans(node, modelId, numBlocks))
+      await addMoves(node, status.servers, init.timeoutMs ?? 10_000)
+      return status
+    }))
   } finally {
     await node.stop()
   }
@@ -53,8 +67,23 @@ export function toSwarmServer (e: ServerEntry, rttMs?: number): SwarmServer {
     freeSessions: e.freeSessions,
     freeCacheTokens: e.freeCacheTokens,
     version: e.version,
+    relayed: e.addrs.some(a => a.includes('/p2p-circuit')),
     ...(rttMs != null ? { rttMs } : {})
   }
+}
+
+/** Asks each server (info protocol) when it last moved its span; servers that do not answer keep none. */
+async function addMoves (node: MingaNode, servers: SwarmServer[], timeoutMs: number): Promise<void> {
+  await Promise.all(servers.map(async (s) => {
+    try {
+      const peer = peerIdFromString(s.peerId)
+      if (node.libp2p.getConnections(peer).length === 0) {
+        await node.libp2p.dial(s.addrs.map(a => multiaddr(a)), { signal: AbortSignal.timeout(timeoutMs) })
+      }
+      const info = await fetchInfo(node, peer, timeoutMs)
+      if (info.lastMove != null) s.lastMove = info.lastMove
+    } catch {}
+  }))
 }
 
 /** Asks the peers we can find (connected ones and the DHT's closest to us) what they serve. */

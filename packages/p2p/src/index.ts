@@ -9,9 +9,12 @@ export {
 export { generateSwarmKey, loadSwarmKey, parseSwarmKey, writeSwarmKey } from './swarm-key.ts'
 
 export {
-  DEFAULT_BOOTSTRAP_TIMEOUT_MS, DEFAULT_LISTEN, DHT_PROTOCOL, createMingaNode, loadOrCreateIdentity, parsePeerId,
-  type MingaLibp2p, type MingaNode, type MingaNodeInit, type MingaServices
+  DEFAULT_BOOTSTRAP_TIMEOUT_MS, DEFAULT_LISTEN, DEFAULT_RELAY_LIMITS, DHT_PROTOCOL, createMingaNode, loadOrCreateIdentity,
+  parsePeerId,
+  type MingaLibp2p, type MingaNode, type MingaNodeInit, type MingaServices, type RelayLimits
 } from './node.ts'
+
+export { DIALBACK_PROTOCOL, type Reachability } from './reachability.ts'
 
 export {
   DEFAULT_DHT_TIMEOUT_MS, DEFAULT_TTL_MS, MAX_BLOCK_VALUE_BYTES, MAX_CLOCK_SKEW_MS, MAX_ENTRIES_PER_BLOCK, MAX_TTL_MS,
@@ -41,4 +44,4 @@ export {
 
 export { LpReader, writeMessage, type LpReaderOptions, type OversizeMessage } from './wire.ts'
 
-export { INFO_PROTOCOL, fetchInfo, serveInfo, type NodeInfo } from './info.ts'
+export { INFO_PROTOCOL, fetchInfo, serveInfo, type NodeInfo, type SpanMove } from './info.ts'

@@ -1,11 +1,17 @@
 // A minga libp2p node: TCP + noise + yamux, identify, ping and a private Kademlia DHT (own protocol
 // id, server mode, loopback/LAN addresses kept) whose /minga/... records are checked by records.ts.
+// Across NAT: every node can dial through circuit relays (circuit-relay-v2 transport), runs AutoNAT
+// and DCUtR (hole punching upgrades a relayed connection to a direct one when it can); a node made
+// with `relay` offers relaying; a listening node that turns out unreachable reserves a relay slot.
 
 import './polyfill.ts'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
+import { autoNAT } from '@libp2p/autonat'
+import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from '@libp2p/circuit-relay-v2'
+import { dcutr } from '@libp2p/dcutr'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import { identify, type Identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
@@ -19,18 +25,36 @@ import type { ConnectionProtector, Libp2p, PeerId, PrivateKey } from '@libp2p/in
 import { BootstrapError, IdentityError, InvalidArgumentError } from './errors.ts'
 import { DEFAULT_MAX_FRAME_BYTES } from './frames.ts'
 import { recordSelectors, recordValidators } from './records.ts'
+import { mingaReachability, type Reachability, type ReachabilityService } from './reachability.ts'
 import { parseSwarmKey } from './swarm-key.ts'
 
 /** Protocol id of minga's DHT: a private DHT, never mixed with the IPFS one. */
 export const DHT_PROTOCOL = '/minga/kad/1.0.0'
 export const DEFAULT_LISTEN = ['/ip4/127.0.0.1/tcp/0']
 export const DEFAULT_BOOTSTRAP_TIMEOUT_MS = 15_000
+/** Relay limits per relayed connection (a volunteer's relay should not carry whole swarms). */
+export const DEFAULT_RELAY_LIMITS = { maxBytes: 64 * 2 ** 20, maxDurationMs: 10 * 60_000, maxReservations: 32 }
+const RELAY_RESERVATION_TIMEOUT_MS = 15_000
 
 // a type alias (not an interface) so it satisfies libp2p's ServiceMap index signature
 export type MingaServices = {
   identify: Identify
   ping: Ping
   dht: KadDHT
+  autoNAT: unknown
+  dcutr: unknown
+  reachability: ReachabilityService
+  /** Only on nodes made with `relay`. */
+  relay?: CircuitRelayService
+}
+
+export interface RelayLimits {
+  /** Bytes one relayed connection may carry (both directions) before the relay resets it. Default 64 MiB. */
+  maxBytes?: number
+  /** How long one relayed connection may last. Default 10 min. */
+  maxDurationMs?: number
+  /** Nodes that may hold a slot at once. Default 32. */
+  maxReservations?: number
 }
 
 export type MingaLibp2p = Libp2p<MingaServices>
@@ -55,6 +79,13 @@ export interface MingaNodeInit {
   swarmKey?: Uint8Array
   /** DHT protocol id. Default '/minga/kad/1.0.0'. */
   dhtProtocol?: string
+  /** Offer circuit relaying to nodes behind NAT (`--relay`), within these limits. */
+  relay?: boolean | RelayLimits
+  /**
+   * 'auto' (default for a listening node with bootstrap peers): once bootstrapped, ask peers to dial
+   * this node back; if none can, take a relay slot. 'private': take one anyway. 'public': never.
+   */
+  reachability?: 'auto' | 'public' | 'private'
 }
 
 export interface MingaNode {
@@ -67,6 +98,8 @@ export interface MingaNode {
   bootstrap(addrs: string[], timeoutMs?: number): Promise<void>
   /** Peers in the DHT routing table. */
   dhtPeers(): number
+  /** What the reachability check found ('unknown' if it did not run), and whether a relay carries us. */
+  reachability(): { status: Reachability, relayed: boolean }
   stop(): Promise<void>
 }
 
@@ -184,6 +217,7 @@ export async function createMingaNode (init: MingaNodeInit = {}): Promise<MingaN
   // Validate bootstrap addresses and the swarm key before starting anything.
   for (const a of init.bootstrap ?? []) parseBootstrap(a)
   const swarmKey = init.swarmKey !== undefined ? parseSwarmKey(init.swarmKey) : undefined
+  const relayLimits = init.relay === true ? DEFAULT_RELAY_LIMITS : init.relay === false || init.relay == null ? undefined : { ...DEFAULT_RELAY_LIMITS, ...init.relay }
 
   const libp2p = await createLibp2p<MingaServices>({
     privateKey,
@@ -191,7 +225,8 @@ export async function createMingaNode (init: MingaNodeInit = {}): Promise<MingaN
       listen: init.listen ?? DEFAULT_LISTEN,
       ...(init.announce !== undefined ? { announce: init.announce } : {})
     },
-    transports: [tcp()],
+    // reservations: a relay slot is only taken when reachability says so (listenThroughRelay)
+    transports: [tcp(), circuitRelayTransport({ reservationCompletionTimeout: 10_000 })],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux({
       // keep-alive pings stop TCP's 2-minute socket inactivity timeout from closing quiet connections
@@ -224,7 +259,22 @@ export async function createMingaNode (init: MingaNodeInit = {}): Promise<MingaN
         selectors: recordSelectors,
         // a lone node (the first one, or a test) must still answer queries from its own store
         allowQueryWithZeroPeers: true
-      })
+      }),
+      autoNAT: autoNAT(),
+      dcutr: dcutr(),
+      reachability: mingaReachability(),
+      ...(relayLimits !== undefined
+        ? {
+            relay: circuitRelayServer({
+              reservations: {
+                maxReservations: relayLimits.maxReservations,
+                applyDefaultLimit: true,
+                defaultDataLimit: BigInt(relayLimits.maxBytes),
+                defaultDurationLimit: relayLimits.maxDurationMs
+              }
+            })
+          }
+        : {})
     }
   })
 
@@ -232,23 +282,45 @@ export async function createMingaNode (init: MingaNodeInit = {}): Promise<MingaN
     libp2p,
     peerId: libp2p.peerId,
     privateKey,
-    addrs: () => libp2p.getMultiaddrs().map(ma => ma.toString()),
+    addrs: () => shareableAddrs(libp2p.getMultiaddrs().map(ma => ma.toString())),
     bootstrap: async (addrs, timeoutMs = init.bootstrapTimeoutMs ?? DEFAULT_BOOTSTRAP_TIMEOUT_MS) => {
       await bootstrapTo(libp2p, addrs, timeoutMs, swarmKey !== undefined)
     },
     dhtPeers: () => routingTableSize(libp2p.services.dht),
+    reachability: () => ({ status: libp2p.services.reachability.status, relayed: libp2p.services.reachability.relayed }),
     stop: async () => { await libp2p.stop() }
   }
 
-  if ((init.bootstrap ?? []).length > 0) {
-    try {
-      await node.bootstrap(init.bootstrap ?? [])
-    } catch (err) {
-      await libp2p.stop()
-      throw err
+  try {
+    if ((init.bootstrap ?? []).length > 0) await node.bootstrap(init.bootstrap ?? [])
+    const listening = libp2p.getMultiaddrs().length > 0
+    const mode = init.reachability ?? ((init.bootstrap ?? []).length > 0 ? 'auto' : 'public')
+    if (listening && mode !== 'public' && relayLimits === undefined) {
+      const status = mode === 'private' ? 'private' : await libp2p.services.reachability.check()
+      if (status === 'private') {
+        // others cannot reach us, so we should not be in their DHT routing tables
+        await libp2p.services.dht.setMode('client')
+        await libp2p.services.reachability.listenThroughRelay(RELAY_RESERVATION_TIMEOUT_MS)
+      }
     }
+  } catch (err) {
+    await libp2p.stop()
+    throw err
   }
   return node
+}
+
+const isLoopback = (addr: string): boolean => addr.startsWith('/ip4/127.') || addr.startsWith('/ip6/::1/')
+
+/**
+ * Direct addresses first, relayed ones after. A relay hands out all its addresses, loopback
+ * included: a relayed address through the relay's loopback only helps nodes on the relay's machine,
+ * so it is dropped unless this node is itself on loopback only.
+ */
+function shareableAddrs (addrs: string[]): string[] {
+  const direct = addrs.filter(a => !a.includes('/p2p-circuit'))
+  const localOnly = direct.every(isLoopback)
+  return [...direct, ...addrs.filter(a => a.includes('/p2p-circuit') && (localOnly || !isLoopback(a)))]
 }
 
 /** A peer id from its string form (12D3Koo…, Qm…); InvalidArgumentError naming the value if it is not one. */

@@ -127,7 +127,7 @@ export async function openChannel (node: AnyNode, peer: PeerId | Multiaddr | str
   const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
   const defaultTimeout = opts.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS
   const connection = await libp2p.dial(toDialTarget(peer), { signal: opts.signal })
-  const stream = await connection.newStream(protocol, { signal: opts.signal })
+  const stream = await connection.newStream(protocol, { signal: opts.signal, runOnLimitedConnection: true })
   tuneStream(stream, maxFrameBytes, opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS)
   const remotePeer = connection.remotePeer
   const reader = new LpReader(stream, { maxLength: maxFrameBytes })
@@ -366,7 +366,8 @@ export async function handleChannel (node: AnyNode, protocol: string, onFrame: F
   await libp2p.handle(protocol, (stream, connection) => { void serve(stream, connection) }, {
     maxInboundStreams: opts.maxInboundStreams ?? 64,
     maxOutboundStreams: opts.maxInboundStreams ?? 64,
-    runOnLimitedConnection: false
+    // relayed connections are limited (bytes, duration) by the relay; sessions may run over them
+    runOnLimitedConnection: true
   })
 
   return {

@@ -6,8 +6,9 @@ import {
   type ModelConfig, type PrepareProgress, type Quantization, type SpanExecutor
 } from '@minga/engine'
 import {
-  createMingaNode, DEFAULT_MAX_FRAME_BYTES, findSpans, handleChannel, INFERENCE_PROTOCOL, MAX_PAYLOAD_BYTES, parsePeerId,
-  serveInfo, startAnnouncer, type Announcer, type ChannelServer, type MingaNode, type SpanInfo
+  createMingaNode, DEFAULT_MAX_FRAME_BYTES, ErrorCode, findSpans, handleChannel, INFERENCE_PROTOCOL, MAX_PAYLOAD_BYTES,
+  parsePeerId, ProtocolError, serveInfo, startAnnouncer, type Announcer, type ChannelServer, type MingaNode, type RelayLimits,
+  type SpanInfo, type SpanMove
 } from '@minga/p2p'
 import { resolveModel, serveWeights, type FetchModelInit, type FetchResult, type ResolvedModel, type WeightsProvider } from '@minga/weights'
 import { chooseBlocks } from './block-selection.ts'
@@ -16,11 +17,13 @@ import { ChainForwarder } from './forwarding.ts'
 import { SessionHandler } from './handler.ts'
 import { createServerMetrics, serveMetrics, type ServerMetrics } from './metrics.ts'
 import { availableMemory, checkSpanFits, describe } from './memory.ts'
+import { startRebalancer, type MovePlan, type Rebalancer } from './rebalance.ts'
 import { measureThroughput } from './throughput.ts'
 
 export const MINGA_VERSION = '0.1.0'
 export const DEFAULT_MAX_SESSIONS_PER_PEER = 8
 export const DEFAULT_DRAIN_TIMEOUT_MS = 30_000
+export const DEFAULT_REBALANCE_INTERVAL_MS = 120_000
 /** After the drain, how long FORWARDs on the remaining sessions get "moving" before the node closes. */
 const MOVING_GRACE_MS = 2000
 /**
@@ -77,6 +80,10 @@ export interface ServerInit {
   threads?: number
   /** The swarm's pre-shared key (a key file's bytes, see loadSwarmKey): only peers with it can connect. */
   swarmKey?: Uint8Array
+  /** Also relay for nodes behind NAT (`--relay`), within these limits. */
+  relay?: boolean | RelayLimits
+  /** 'auto' (default): take a relay slot if peers cannot dial this node back. See MingaNodeInit. */
+  reachability?: 'auto' | 'public' | 'private'
   /** Only these peers (peer id strings) may open sessions; others get NOT_ALLOWED. Default: anyone. */
   allow?: string[]
   /** Sessions one peer may hold at once; more get BUSY. Default 8. */
@@ -85,6 +92,11 @@ export interface ServerInit {
   maxFrameBytes?: number
   /** On stop(), how long open sessions may go on before they are told to move. Default 30 s. */
   drainTimeoutMs?: number
+  /**
+   * With blocks 'auto': how often (on average, randomized) to check whether moving the span would
+   * heal the swarm's coverage. Default 120 s.
+   */
+  rebalanceIntervalMs?: number
   /**
    * An executor to serve instead of loading one (its span is the server's). Lets an embedder wrap
    * the engine, e.g. tests that need a server which corrupts its outputs.
@@ -107,6 +119,7 @@ export interface MingaServer {
   readonly weights?: WeightsProvider
   readonly peerId: string
   readonly modelId: string
+  /** The span served now (it changes when a `--blocks auto` server moves). */
   readonly start: number
   readonly end: number
   readonly throughput: number
@@ -116,6 +129,8 @@ export interface MingaServer {
   readonly metrics: ServerMetrics
   /** http://host:port/metrics, when metricsPort was given. */
   readonly metricsUrl?: string
+  /** The last time this server moved its span, and why (undefined if it never moved). */
+  readonly lastMove: SpanMove | undefined
   addrs (): string[]
   /**
    * Stops gracefully: refuses new sessions (BUSY "busy: this server is shutting down"), withdraws
@@ -128,10 +143,35 @@ export interface MingaServer {
   stop (options?: { drainTimeoutMs?: number, immediate?: boolean }): Promise<void>
 }
 
+/** One span being served: its engine, its sessions and its announcement. */
+interface ActiveSpan {
+  start: number
+  end: number
+  throughput: number
+  executor: SpanExecutor
+  sessions: SessionHandler
+  announcer?: Announcer
+}
+
+/**
+ * Waits for `what` (if given), at most `ms`, and not past `interrupt`; clears its timer either way.
+ */
+async function within (ms: number, interrupt: Promise<void>, what?: Promise<unknown>): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  // (setTimeout cannot wait longer than 2^31 - 1 ms; an infinite wait has no timer at all)
+  const elapsed = new Promise<void>(resolve => { if (Number.isFinite(ms)) timer = setTimeout(resolve, Math.min(ms, 2 ** 31 - 1)) })
+  try {
+    await Promise.race([elapsed, interrupt, ...(what != null ? [what.then(() => {}, () => {})] : [])])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 export async function createServer (init: ServerInit): Promise<MingaServer> {
   const log = init.log ?? (() => {})
   const limits = checkLimits(init)
   if ((init.modelDir == null) === (init.modelId == null)) throw new ServerConfigError('give either a model directory (--model) or a model id (--model-id)')
+  if (init.rebalanceIntervalMs != null && !(init.rebalanceIntervalMs >= 100)) throw new ServerConfigError(`--rebalance-interval must be ≥ 0.1 s, got ${init.rebalanceIntervalMs / 1000} s`)
   // a directory is checked (and its manifest built) before any network work
   if (init.modelDir != null) loadModelConfig(init.modelDir)
   const local = init.modelDir != null ? await resolveModel({ modelDir: init.modelDir, chunkBytes: init.chunkBytes, cacheDir: init.cacheDir }) : undefined
@@ -140,55 +180,73 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     bootstrap: init.bootstrap,
     privateKey: init.privateKey,
     swarmKey: init.swarmKey,
-    maxFrameBytes: limits.maxFrameBytes
+    maxFrameBytes: limits.maxFrameBytes,
+    relay: init.relay,
+    reachability: init.reachability
   })
-  let executor: SpanExecutor | undefined
-  let channels: ChannelServer | undefined
-  let handler: SessionHandler | undefined
-  const chain = new ChainForwarder({ node, maxFrameBytes: limits.maxFrameBytes, timeoutMs: 30_000, log })
-  let announcer: Announcer | undefined
-  let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined
+  const reach = node.reachability()
+  if (reach.status === 'private') log(reach.relayed ? `not reachable from outside: serving through a relay (${node.addrs().filter(a => a.includes('/p2p-circuit')).join(', ')})` : 'not reachable from outside and no relay slot found: only peers that can reach this node directly can use it')
   let model: ResolvedModel | undefined = local
+  // known once the model is resolved (a model id fetches its config first)
+  let modelId!: string
+  let modelDir!: string
+  let config!: ModelConfig
+  let active: ActiveSpan | undefined
+  /** The span last loaded, for metrics read while a move has none active. */
+  let lastLoaded: ActiveSpan | undefined
+  let channels: ChannelServer | undefined
+  let rebalancer: Rebalancer | undefined
+  let moving: Promise<void> | undefined
+  let lastMove: SpanMove | undefined
+  let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined
   let weights: WeightsProvider | undefined
+  const chain = new ChainForwarder({ node, maxFrameBytes: limits.maxFrameBytes, timeoutMs: 30_000, log })
+  const metrics = createServerMetrics({
+    openSessions: () => active?.sessions.openSessions ?? 0,
+    stats: async () => await (active ?? lastLoaded)!.executor.stats()
+  })
+  const ttlMs = init.announceTtlMs ?? 60_000
 
   // Shutdown, in steps: withdraw, drain, tell the rest to move, close. The drain is timed from the
   // stop() call; `now` (stop({ immediate: true })) ends whichever step is in progress and skips the rest.
   let stopping: Promise<void> | undefined
   let stopNow!: () => void
   const now = new Promise<void>(resolve => { stopNow = resolve })
-  const shutdown = async (drainTimeoutMs: number): Promise<void> => {
-    let drainTimer: ReturnType<typeof setTimeout> | undefined
-    // (setTimeout cannot wait longer than 2^31 - 1 ms; an infinite drain has no timer at all)
-    const drainOver = new Promise<void>(resolve => { if (Number.isFinite(drainTimeoutMs)) drainTimer = setTimeout(resolve, Math.min(drainTimeoutMs, 2 ** 31 - 1)) })
-    try {
-      // (b) no new sessions from here on: BUSY "busy: this server is shutting down"
-      if (handler != null) handler.accepting = false
-      // (a) withdraw the announcement, so routes planned from now on skip this node
-      await Promise.race([announcer?.stop().catch((err: any) => { log(`withdrawing the span failed: ${err?.message ?? err}`) }), now])
-      const sessions = handler
-      const drained = sessions != null && sessions.openSessions > 0
-      if (sessions != null && sessions.openSessions > 0) {
-        // (c) open sessions go on until they close or the drain timeout passes
-        log(`draining: ${sessions.openSessions} open session${sessions.openSessions === 1 ? '' : 's'} may go on for up to ${Math.ceil(drainTimeoutMs / 1000)} s`)
-        await Promise.race([sessions.whenEmpty(), drainOver, now])
-      }
-      if (sessions != null && sessions.openSessions > 0) {
-        // (d) their next FORWARD gets BUSY "moving: …"; a moment for them to send it, then close
-        log(`drain over: telling ${sessions.openSessions} session${sessions.openSessions === 1 ? '' : 's'} to continue elsewhere`)
-        sessions.moving = true
-        let graceTimer: ReturnType<typeof setTimeout> | undefined
-        const grace = new Promise<void>(resolve => { graceTimer = setTimeout(resolve, MOVING_GRACE_MS) })
-        await Promise.race([sessions.whenEmpty(), grace, now])
-        clearTimeout(graceTimer)
-      }
-      if (drained) {
-        let settleTimer: ReturnType<typeof setTimeout> | undefined
-        await Promise.race([new Promise<void>(resolve => { settleTimer = setTimeout(resolve, SETTLE_MS) }), now])
-        clearTimeout(settleTimer)
-      }
-    } finally {
-      clearTimeout(drainTimer)
+
+  /** Steps (a)–(d) of a shutdown, also what a move does to the span it leaves. */
+  const drain = async (span: ActiveSpan, drainTimeoutMs: number): Promise<void> => {
+    const drainEnds = Date.now() + drainTimeoutMs // timed from the start, withdrawal included
+    const { sessions } = span
+    // (b) no new sessions from here on: BUSY "busy: this server is shutting down"
+    sessions.accepting = false
+    // (a) withdraw the announcement, so routes planned from now on skip this span
+    await Promise.race([span.announcer?.stop().catch((err: any) => { log(`withdrawing the span failed: ${err?.message ?? err}`) }), now])
+    const drained = sessions.openSessions > 0
+    if (sessions.openSessions > 0) {
+      // (c) open sessions go on until they close or the drain timeout passes
+      log(`draining: ${sessions.openSessions} open session${sessions.openSessions === 1 ? '' : 's'} may go on for up to ${Math.ceil(drainTimeoutMs / 1000)} s`)
+      await within(drainEnds - Date.now(), now, sessions.whenEmpty())
     }
+    if (sessions.openSessions > 0) {
+      // (d) their next FORWARD gets BUSY "moving: …"; a moment for them to send it, then close
+      log(`drain over: telling ${sessions.openSessions} session${sessions.openSessions === 1 ? '' : 's'} to continue elsewhere`)
+      sessions.moving = true
+      await within(MOVING_GRACE_MS, now, sessions.whenEmpty())
+    }
+    if (drained) await within(SETTLE_MS, now)
+  }
+
+  const release = async (span: ActiveSpan): Promise<void> => {
+    await span.sessions.stop()
+    await span.executor.close()
+  }
+
+  const shutdown = async (drainTimeoutMs: number): Promise<void> => {
+    node.libp2p.removeEventListener('self:peer:update', onSelfUpdate)
+    await Promise.race([rebalancer?.stop(), now])
+    // a move in progress finishes first (it is bounded by the same drain), then the new span drains
+    if (moving != null) await within(drainTimeoutMs, now, moving)
+    if (active != null) await drain(active, drainTimeoutMs)
     // (e) close
     if (metricsServer != null) {
       const { server } = metricsServer
@@ -197,8 +255,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     await channels?.close()
     await weights?.close()
     await chain.close()
-    await handler?.stop()
-    await executor?.close()
+    if (active != null) await release(active)
     model?.close()
     await node.stop()
   }
@@ -207,37 +264,12 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     stopping ??= shutdown(Math.max(0, options.drainTimeoutMs ?? limits.drainTimeoutMs))
     await stopping
   }
-  try {
-    const pickBlocks = async (config: ModelConfig, modelId: string): Promise<{ start: number, end: number }> => init.executor != null
-      ? { start: init.executor.start, end: init.executor.end }
-      : init.blocks === 'auto'
-      ? chooseBlocks(config.numLayers, init.numBlocks ?? config.numLayers, (init.bootstrap?.length ?? 0) > 0 ? await findSpans(node, modelId, config.numLayers) : [])
-      : init.blocks
-    let blocks!: { start: number, end: number }
-    model ??= await resolveModel({
-      modelId: init.modelId,
-      node,
-      cacheDir: init.cacheDir,
-      log,
-      ...init.fetch,
-      // the span is chosen from the fetched config.json, and only its tensors are fetched
-      select: async (_manifest, rawConfig) => {
-        const config = parseModelConfig(rawConfig)
-        blocks = await pickBlocks(config, init.modelId!)
-        checkBlocks(blocks, config)
-        return { blocks }
-      }
-    })
-    const modelDir = model.dir
-    const modelId = model.modelId
-    const config = loadModelConfig(modelDir)
-    if (model.fetched != null) log(`fetched ${(model.fetched.bytesFetched / 1e6).toFixed(1)} MB in ${model.fetched.chunksFetched} chunks (${model.fetched.chunksReused} already held) into ${modelDir}`)
-    else blocks = await pickBlocks(config, modelId)
-    checkBlocks(blocks, config)
+
+  /** Loads `blocks` (preparing them the first time), measures them and makes their session handler (not announced yet). */
+  const load = async (blocks: { start: number, end: number }, given?: SpanExecutor): Promise<ActiveSpan> => {
     log(`model ${modelId}: hosting blocks [${blocks.start}, ${blocks.end}) of ${config.numLayers}`)
-    if (init.executor != null) {
-      executor = init.executor
-    } else {
+    let executor = given
+    if (executor == null) {
       const quant = init.quant ?? DEFAULT_QUANT
       const cacheBytes = init.cacheTokens != null ? init.cacheTokens * kvBytesPerToken(config, blocks.end - blocks.start) : limits.cacheBytes
       const available = init.availableMemory != null ? { bytes: init.availableMemory, source: 'as configured' } : availableMemory()
@@ -260,53 +292,149 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
         ? `prepared ${executor.prepared.built.length} layer${executor.prepared.built.length === 1 ? '' : 's'} into ${executor.prepared.dir}`
         : `loaded the prepared span from ${executor.prepared.dir}`)
     }
-    const throughput = init.throughput ?? await measureThroughput(executor)
-    log(`throughput ${throughput.toFixed(1)} tokens/s through the span`)
+    try {
+      const throughput = init.throughput ?? await measureThroughput(executor)
+      log(`throughput ${throughput.toFixed(1)} tokens/s through the span`)
+      const sessions = new SessionHandler({
+        executor,
+        idleTimeoutMs: init.sessionIdleMs ?? 5 * 60_000,
+        maxSessionsPerPeer: limits.maxSessionsPerPeer,
+        allow: limits.allow,
+        onForward: metrics.forward,
+        chain,
+        log
+      })
+      lastLoaded = { start: blocks.start, end: blocks.end, throughput, executor, sessions }
+      return lastLoaded
+    } catch (err) {
+      await executor.close()
+      throw err
+    }
+  }
 
-    const span = executor
-    let openSessions = (): number => 0
-    const metrics = createServerMetrics({ openSessions: () => openSessions(), stats: async () => await span.stats() })
-    const sessions = new SessionHandler({
-      executor,
-      idleTimeoutMs: init.sessionIdleMs ?? 5 * 60_000,
-      maxSessionsPerPeer: limits.maxSessionsPerPeer,
-      allow: limits.allow,
-      onForward: metrics.forward,
-      chain,
-      log
-    })
-    openSessions = () => sessions.openSessions
-    handler = sessions
-    channels = await handleChannel(node, INFERENCE_PROTOCOL, sessions.onFrame, {
-      maxFrameBytes: limits.maxFrameBytes,
-      onAnswered: metrics.answered,
-      onError: (err: any) => { log(`request failed: ${err?.message ?? err}`) }
-    })
-    await serveInfo(node, () => ({
-      modelId, modelType: config.modelType, numLayers: config.numLayers, start: blocks.start, end: blocks.end, version: MINGA_VERSION,
-      ...(init.publicName != null ? { name: init.publicName } : {})
-    }))
+  const announce = async (span: ActiveSpan): Promise<void> => {
     const info = async (): Promise<SpanInfo> => {
-      const stats = await span.stats()
+      const stats = await span.executor.stats()
       return {
         modelId,
-        start: blocks.start,
-        end: blocks.end,
-        throughput,
-        freeSessions: sessions.accepting ? stats.freeSessions : 0,
+        start: span.start,
+        end: span.end,
+        throughput: span.throughput,
+        freeSessions: span.sessions.accepting ? stats.freeSessions : 0,
         freeCacheTokens: stats.freeCacheTokens,
         version: MINGA_VERSION,
         name: init.publicName
       }
     }
-    const ttlMs = init.announceTtlMs ?? 60_000
-    announcer = startAnnouncer(node, info, { ttlMs, onError: (err: any) => { log(`announce failed: ${err?.message ?? err}`) } })
-    await announcer.ready
+    span.announcer = startAnnouncer(node, info, { ttlMs, onError: (err: any) => { log(`announce failed: ${err?.message ?? err}`) } })
+    await span.announcer.ready
+  }
+
+  // A relay slot taken, moved or lost changes this node's addresses: re-announce at once.
+  let announcedAddrs = node.addrs().join(' ')
+  function onSelfUpdate (): void {
+    const addrs = node.addrs().join(' ')
+    if (addrs === announcedAddrs) return
+    announcedAddrs = addrs
+    void active?.announcer?.announceNow()
+  }
+
+  /** Moves the span without stopping the process: drain the old one like a shutdown, load, announce. */
+  const moveTo = async (plan: MovePlan): Promise<void> => {
+    if (stopping != null || active == null) return
+    const old = active
+    moving = (async () => {
+      await drain(old, limits.drainTimeoutMs)
+      await release(old)
+      if (stopping != null) { active = undefined; return }
+      try {
+        active = await load(plan)
+      } catch (err: any) {
+        log(`loading blocks [${plan.start}, ${plan.end}) failed (${err?.message ?? err}); going back to [${old.start}, ${old.end})`)
+        active = await load(old)
+        await announce(active)
+        return
+      }
+      lastMove = { at: Date.now(), from: [old.start, old.end], to: [plan.start, plan.end], reason: plan.reason }
+      await announce(active)
+      log(`moved from blocks [${old.start}, ${old.end}) to [${plan.start}, ${plan.end})`)
+    })()
+    try {
+      await moving
+    } finally {
+      moving = undefined
+    }
+  }
+
+  try {
+    const pickBlocks = async (modelConfig: ModelConfig, id: string): Promise<{ start: number, end: number }> => init.executor != null
+      ? { start: init.executor.start, end: init.executor.end }
+      : init.blocks === 'auto'
+      ? chooseBlocks(modelConfig.numLayers, init.numBlocks ?? modelConfig.numLayers, (init.bootstrap?.length ?? 0) > 0 ? await findSpans(node, id, modelConfig.numLayers) : [])
+      : init.blocks
+    let blocks!: { start: number, end: number }
+    model ??= await resolveModel({
+      modelId: init.modelId,
+      node,
+      cacheDir: init.cacheDir,
+      log,
+      ...init.fetch,
+      // the span is chosen from the fetched config.json, and only its tensors are fetched
+      select: async (_manifest, rawConfig) => {
+        const fetchedConfig = parseModelConfig(rawConfig)
+        blocks = await pickBlocks(fetchedConfig, init.modelId!)
+        checkBlocks(blocks, fetchedConfig)
+        return { blocks }
+      }
+    })
+    modelDir = model.dir
+    modelId = model.modelId
+    config = loadModelConfig(modelDir)
+    if (model.fetched != null) log(`fetched ${(model.fetched.bytesFetched / 1e6).toFixed(1)} MB in ${model.fetched.chunksFetched} chunks (${model.fetched.chunksReused} already held) into ${modelDir}`)
+    else blocks = await pickBlocks(config, modelId)
+    checkBlocks(blocks, config)
+    active = await load(blocks, init.executor)
+    // one inference handler for the node's life; it hands frames to whichever span is served now
+    channels = await handleChannel(node, INFERENCE_PROTOCOL, async (frame, peer, ctx) => {
+      const span = active
+      if (span == null) throw new ProtocolError(ErrorCode.BUSY, 'busy: this server is moving its span')
+      return await span.sessions.onFrame(frame, peer, ctx)
+    }, {
+      maxFrameBytes: limits.maxFrameBytes,
+      onAnswered: metrics.answered,
+      onError: (err: any) => { log(`request failed: ${err?.message ?? err}`) }
+    })
+    await serveInfo(node, () => ({
+      modelId,
+      modelType: config.modelType,
+      numLayers: config.numLayers,
+      start: active?.start ?? blocks.start,
+      end: active?.end ?? blocks.end,
+      version: MINGA_VERSION,
+      ...(init.publicName != null ? { name: init.publicName } : {}),
+      ...(lastMove != null ? { lastMove } : {})
+    }))
+    await announce(active)
+    node.libp2p.addEventListener('self:peer:update', onSelfUpdate)
     if (init.metricsPort != null) {
       metricsServer = await serveMetrics(metrics.registry, init.metricsHost ?? '127.0.0.1', init.metricsPort)
       log(`metrics at ${metricsServer.url}`)
     }
     if (init.share !== false) weights = await serveWeights(node, [model.source], { shareMbps: init.shareMbps, maxTransfers: init.maxTransfers, log })
+    if (init.blocks === 'auto' && init.executor == null && (init.bootstrap?.length ?? 0) > 0) {
+      rebalancer = startRebalancer({
+        intervalMs: init.rebalanceIntervalMs ?? DEFAULT_REBALANCE_INTERVAL_MS,
+        numLayers: config.numLayers,
+        view: async () => {
+          const self = node.peerId.toString()
+          const others = (await findSpans(node, modelId, config.numLayers)).filter(e => e.peerId !== self)
+          const span = active ?? blocks
+          return { self: { peerId: self, start: span.start, end: span.end, throughput: active?.throughput ?? 0 }, others }
+        },
+        move: moveTo,
+        log
+      })
+    }
 
     return {
       node,
@@ -315,10 +443,11 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       weights,
       peerId: node.peerId.toString(),
       modelId,
-      start: blocks.start,
-      end: blocks.end,
-      throughput,
-      get openSessions () { return sessions.openSessions },
+      get start () { return active?.start ?? blocks.start },
+      get end () { return active?.end ?? blocks.end },
+      get throughput () { return active?.throughput ?? 0 },
+      get openSessions () { return active?.sessions.openSessions ?? 0 },
+      get lastMove () { return lastMove },
       metrics,
       metricsUrl: metricsServer?.url,
       addrs: () => node.addrs(),

@@ -1,14 +1,16 @@
 // `minga serve`: host a span of a model's layers for the swarm until SIGINT/SIGTERM (the first one
 // drains: withdraw, refuse new sessions, let open ones finish; a second one stops at once).
-import type { Command } from 'commander'
+import { InvalidArgumentError, type Command } from 'commander'
 import { DEFAULT_QUANT } from '@minga/engine'
 import { loadOrCreateIdentity } from '@minga/p2p'
 import { createServer } from '@minga/server'
 import type { CliIo } from '../index.ts'
-import { integer, modelChoice, number, parseBlocks, quantization, swarmKeyOption, userPath, untilSignal } from '../options.ts'
+import { addRelayOptions, integer, modelChoice, number, parseBlocks, quantization, relayLimits, swarmKeyOption, userPath, untilSignal, type RelayFlags } from '../options.ts'
 import { prepareProgressView } from '../progress.ts'
 
-interface ServeFlags {
+interface ServeFlags extends RelayFlags {
+  reachability: 'auto' | 'public' | 'private'
+  rebalanceInterval: number
   model?: string
   modelId?: string
   share: boolean
@@ -40,8 +42,8 @@ interface ServeFlags {
 }
 
 export function registerServe (program: Command, io: CliIo): void {
-  program.command('serve')
-    .description('host a span of a model\'s layers for the swarm')
+  addRelayOptions(program.command('serve')
+    .description('host a span of a model\'s layers for the swarm'))
     .option('--model <dir>', 'Hugging Face model directory')
     .option('--model-id <id>', 'or only the model id: fetch this span\'s weights from the swarm (verified, resumable)')
     .option('--no-share', 'do not share this node\'s weights with the swarm')
@@ -69,6 +71,8 @@ export function registerServe (program: Command, io: CliIo): void {
     .option('--drain-timeout <seconds>', 'on SIGINT/SIGTERM, how long open sessions may go on before they are told to move', number(0, 86_400), 30)
     .option('--metrics-port <n>', 'serve Prometheus metrics at http://HOST:N/metrics (0: any free port)', integer(0, 65535))
     .option('--metrics-host <host>', 'with --metrics-port: the address to listen on', '127.0.0.1')
+    .option('--rebalance-interval <seconds>', 'with --blocks auto: how often (on average) to check whether moving would heal the swarm', number(0.1, 86_400), 120)
+    .option('--reachability <mode>', 'auto: take a relay slot if peers cannot dial this node back; public: never; private: always', reachabilityMode, 'auto')
     .option('--json', 'print one JSON line when serving; logs go to stderr')
     .action(async (flags: ServeFlags) => { await serve(flags, io) })
 }
@@ -105,6 +109,9 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
     drainTimeoutMs: flags.drainTimeout * 1000,
     metricsPort: flags.metricsPort,
     metricsHost: flags.metricsHost,
+    rebalanceIntervalMs: Math.round(flags.rebalanceInterval * 1000),
+    relay: relayLimits(flags),
+    reachability: flags.reachability,
     log
   }).finally(progress.stop)
   const ready = { peerId: server.peerId, addrs: server.addrs(), blocks: [server.start, server.end], ...(server.metricsUrl != null ? { metricsUrl: server.metricsUrl } : {}) }
@@ -126,3 +133,9 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
   }
   log('stopped')
 }
+
+function reachabilityMode (value: string): 'auto' | 'public' | 'private' {
+  if (value !== 'auto' && value !== 'public' && value !== 'private') throw new InvalidArgumentError('expected auto, public or private.')
+  return value
+}
+
