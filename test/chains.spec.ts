@@ -1,6 +1,6 @@
 // Chains through three in-process servers: the client sends each step to the first server only, the
 // servers pass it on, and the greedy ids still equal stories260k's reference (f32, the default wire
-// encoding, and f16 over the whole 40-token reference with f32 layers; q8 over fewer); when a link breaks mid-generation the
+// encoding, and f16, over the whole 40-token reference; q8 over fewer tokens); when a link breaks mid-generation the
 // client relays and fails over, and the text does not change.
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { createClient, type MingaClient } from '@minga/client'
