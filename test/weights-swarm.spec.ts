@@ -7,6 +7,7 @@ import { loadManifest, untilDone } from '@minga/engine'
 import { createMingaNode, type MingaNode } from '@minga/p2p'
 import { createServer, type MingaServer } from '@minga/server'
 import { selectTensors } from '@minga/weights'
+import { createGateway } from '@minga/gateway'
 import { STORIES, STORIES_PROMPT, STORIES_REFERENCE_IDS, tempDir } from '../packages/engine/test/helpers.ts'
 
 const CHUNK = 4096 // many chunks from a 1 MB model
@@ -53,4 +54,23 @@ it('a server with only the model id fetches exactly layers 2–4 and serves them
   const result = await untilDone(client.generate(STORIES_PROMPT, { maxNewTokens: STORIES_REFERENCE_IDS.length, temperature: 0 }))
   expect(result.ids).toEqual(STORIES_REFERENCE_IDS)
   expect(result.route).toEqual([{ peerId: holder.peerId, blocks: [0, 2] }, { peerId: fetcher.peerId, blocks: [2, 5] }])
+})
+
+it('a gateway with only the model id answers with the same text as that client', async () => {
+  const cache = tempDir('swarm-weights-gateway')
+  const gateway = await createGateway({ modelId: MODEL_ID, client: { cacheDir: cache.path }, bootstrap: bootstrap.addrs(), port: 0 })
+  try {
+    expect(gateway.modelName).toBe(MODEL_ID)
+    const expected = await untilDone(client.generate(STORIES_PROMPT, { maxNewTokens: 12, temperature: 0 }))
+    const reply = await fetch(`${gateway.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: MODEL_ID, prompt: STORIES_PROMPT, max_tokens: 12, temperature: 0 })
+    })
+    expect(reply.status).toBe(200)
+    expect((await reply.json()).choices[0].text).toBe(expected.text)
+  } finally {
+    await gateway.close()
+    cache.remove()
+  }
 })

@@ -12,11 +12,13 @@ import { createGatewayMetrics, type GatewayMetrics } from './metrics.ts'
 import { createRouter } from './routes.ts'
 
 export interface GatewayInit {
-  /** The model directory (the client runs its tokenizer, embeddings and head here). */
-  modelDir: string
+  /** The model directory (the client runs its tokenizer, embeddings and head here)… */
+  modelDir?: string
+  /** …or only its id: the client fetches what it runs from the swarm, verified (@minga/weights). */
+  modelId?: string
   /** Multiaddrs (with /p2p/) of any swarm nodes. */
   bootstrap: string[]
-  /** The id in /v1/models and the `model` requests must name. Default: the directory's name. */
+  /** The id in /v1/models and the `model` requests must name. Default: the directory's name, or the model id. */
   modelName?: string
   /** Default 127.0.0.1. */
   host?: string
@@ -35,7 +37,7 @@ export interface GatewayInit {
   /** Static files served at / (default: this package's public/). */
   publicDir?: string
   /** Anything else for the swarm client (threads, identity, timeouts). */
-  client?: Omit<ClientInit, 'modelDir' | 'bootstrap' | 'swarmKey'>
+  client?: Omit<ClientInit, 'modelDir' | 'modelId' | 'bootstrap' | 'swarmKey'>
   log?: (message: string) => void
 }
 
@@ -61,8 +63,8 @@ export async function createGateway (init: GatewayInit): Promise<Gateway> {
   const maxBodyBytes = init.maxBodyBytes ?? 2 ** 20
   if (!(Number.isInteger(maxBodyBytes) && maxBodyBytes >= 1024)) throw new GatewayConfigError(`the body size limit must be an integer ≥ 1024 bytes, got ${maxBodyBytes}`)
   const log = init.log ?? (() => {})
-  const client = await createClient({ ...init.client, modelDir: init.modelDir, bootstrap: init.bootstrap, swarmKey: init.swarmKey })
-  const modelName = init.modelName ?? basename(resolve(init.modelDir))
+  const client = await createClient({ ...init.client, modelDir: init.modelDir, modelId: init.modelId, bootstrap: init.bootstrap, swarmKey: init.swarmKey })
+  const modelName = init.modelName ?? (init.modelDir != null ? basename(resolve(init.modelDir)) : client.modelId)
   const metrics = createGatewayMetrics()
   const swarm = new SwarmWatch(client)
   let lastRoute: RouteView | null = null

@@ -1,10 +1,11 @@
 // `minga api`: an OpenAI-compatible HTTP gateway to the swarm (see @minga/gateway), until SIGINT/SIGTERM.
 import type { Command } from 'commander'
 import type { CliIo } from '../index.ts'
-import { existingModelDir, integer, swarmKeyOption, untilSignal } from '../options.ts'
+import { integer, modelChoice, swarmKeyOption, untilSignal } from '../options.ts'
 
 interface ApiFlags {
-  model: string
+  model?: string
+  modelId?: string
   modelName?: string
   bootstrap: string[]
   host: string
@@ -20,7 +21,8 @@ interface ApiFlags {
 export function registerApi (program: Command, io: CliIo): void {
   program.command('api')
     .description('serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) over the swarm')
-    .requiredOption('--model <dir>', 'Hugging Face model directory (the gateway runs its tokenizer, embeddings and head)')
+    .option('--model <dir>', 'Hugging Face model directory (the gateway runs its tokenizer, embeddings and head)')
+    .option('--model-id <id>', 'instead of --model: fetch only what the gateway runs from the swarm')
     .requiredOption('--bootstrap <multiaddr...>', 'any nodes of the swarm')
     .option('--model-name <name>', 'the model id clients use (default: the directory\'s name)')
     .option('--host <host>', 'address to listen on', '127.0.0.1')
@@ -39,7 +41,7 @@ async function api (flags: ApiFlags, io: CliIo): Promise<void> {
   // Loaded here, so the other commands do not pay for the gateway's modules.
   const { createGateway } = await import('@minga/gateway')
   const gateway = await createGateway({
-    modelDir: existingModelDir(flags.model),
+    ...modelChoice(flags),
     modelName: flags.modelName,
     bootstrap: flags.bootstrap,
     host: flags.host,
@@ -48,7 +50,7 @@ async function api (flags: ApiFlags, io: CliIo): Promise<void> {
     swarmKey: await swarmKeyOption(flags.swarmKey),
     maxConcurrent: flags.maxConcurrent,
     defaultMaxTokens: flags.defaultMaxTokens,
-    client: { threads: flags.threads },
+    client: { threads: flags.threads, fetch: { log } },
     log
   })
   if (flags.json === true) io.stdout.write(JSON.stringify({ url: gateway.url }) + '\n')
