@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { ClientHead, SpanExecutor } from '../src/index.ts'
+import { until } from '../../../test/fixtures/until.ts'
 
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '../../..')
 export const STORIES = join(REPO_ROOT, '../shared/models/stories260k')
@@ -69,9 +70,5 @@ export function maxAbs (a: ArrayLike<number>): number {
 
 /** Polls `condition` until it holds; fails naming `what` after `timeoutMs` (never a fixed sleep). */
 export async function waitFor (condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 5))
-  }
+  await until(condition, what, { timeoutMs, intervalMs: 5 })
 }
