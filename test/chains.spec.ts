@@ -71,7 +71,7 @@ it('a server that dies mid-generation: the client relays, fails over to the repl
   expect(result.events.chainedHops).toBeGreaterThan(0)
 }, 120_000)
 
-it('a server that leaves the chain\'s previous hop off its allow list breaks that link: the client relays to it, every step', async () => {
+it('a server that leaves the chain\'s previous hop off its allow list breaks that link: the client relays to it for the rest of the session', async () => {
   const client = await createClient({ modelDir: STORIES, bootstrap: bootstrap.addrs() })
   // (after the test above only the slow spare holds [2, 4)) the best [2, 4) server: every route goes
   // through it, and only the client may talk to it
@@ -81,9 +81,9 @@ it('a server that leaves the chain\'s previous hop off its allow list breaks tha
     const result = await untilDone(client.generate(STORIES_PROMPT, { maxNewTokens: TOKENS }))
     expect(result.route.map(h => h.peerId)).toEqual([first.peerId, picky.peerId, last.peerId])
     expect(result.ids).toEqual(expected)
-    // every step: the first server's forward is refused, so the client relays to the picky one,
-    // and from it to the last server (whose link from the picky one is relayed as well, being after a break)
-    expect(result.events.brokenChains).toBe(TOKENS)
+    // the first server's forward is refused once; from then on the client relays to the picky one
+    // (a link that broke is not tried again in the session), and from it to the last server
+    expect(result.events.brokenChains).toBe(1)
     expect(result.events.failovers).toBe(0)
   } finally {
     await client.close()

@@ -128,8 +128,10 @@ export class RemoteSession implements LayerChain {
         this.record(this.hops[i++], hidden, tokens)
         hidden = output
       }
-      // a broken chain: the hop after the last output did not run (or is in doubt), so relay to it
+      // a broken chain: the hop after the last output did not run (or is in doubt), so relay to it,
+      // and keep relaying to it (a link that failed once, e.g. across a NAT, would cost a timeout each step)
       relayNext = i <= last
+      if (relayNext) this.hops[i].upstream = undefined
       if (!relayNext && verifyLast) hidden = await this.verify(i - 1, hidden)
     }
     return hidden

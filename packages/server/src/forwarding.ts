@@ -20,6 +20,8 @@ export interface ChainForwarderInit {
   node: MingaNode
   /** Per request to the next hop or to the owner. */
   timeoutMs?: number
+  /** Dialing the next hop (one that cannot be reached, e.g. behind a NAT, must not hold the step long). Default 5 s. */
+  dialTimeoutMs?: number
   maxFrameBytes?: number
   log: (message: string) => void
 }
@@ -111,7 +113,7 @@ export class ChainForwarder {
     let channel = this.channels.get(key)
     if (channel != null && (await channel.then(c => c.closed, () => true))) channel = undefined
     if (channel == null) {
-      channel = openChannel(this.init.node, peer, protocol, { maxFrameBytes: this.init.maxFrameBytes, timeoutMs: this.init.timeoutMs, signal: AbortSignal.timeout(this.init.timeoutMs ?? 10_000) })
+      channel = openChannel(this.init.node, peer, protocol, { maxFrameBytes: this.init.maxFrameBytes, timeoutMs: this.init.timeoutMs, signal: AbortSignal.timeout(this.init.dialTimeoutMs ?? 5_000) })
       this.channels.set(key, channel)
       channel.catch(() => { if (this.channels.get(key) === channel) this.channels.delete(key) })
     }
