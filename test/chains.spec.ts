@@ -34,7 +34,7 @@ afterAll(async () => {
 })
 
 async function withClient<T> (wireDtype: 'f32' | 'f16' | 'q8' | undefined, run: (client: MingaClient) => Promise<T>): Promise<T> {
-  const client = await createClient({ modelDir: STORIES, bootstrap: bootstrap.addrs(), wireDtype })
+  const client = await createClient({ modelDir: STORIES, bootstrap: bootstrap.addrs(), wireDtype, chains: true })
   try {
     return await run(client)
   } finally {
@@ -72,7 +72,7 @@ it('a server that dies mid-generation: the client relays, fails over to the repl
 }, 120_000)
 
 it('a server that leaves the chain\'s previous hop off its allow list breaks that link: the client relays to it for the rest of the session', async () => {
-  const client = await createClient({ modelDir: STORIES, bootstrap: bootstrap.addrs() })
+  const client = await createClient({ modelDir: STORIES, bootstrap: bootstrap.addrs(), chains: true })
   // (after the test above only the slow spare holds [2, 4)) the best [2, 4) server: every route goes
   // through it, and only the client may talk to it
   const picky = await createServer({ modelDir: STORIES, blocks: { start: 2, end: 4 }, bootstrap: bootstrap.addrs(), throughput: 5000, threads: 1, allow: [client.node.peerId.toString()] })

@@ -28,7 +28,7 @@ export interface ModelFlags {
   identity?: string
   verifyProbability: number
   wire: 'f16' | 'f32' | 'q8'
-  chains: boolean
+  chains?: boolean
 }
 
 export function addModelOptions (command: Command): Command {
@@ -42,7 +42,7 @@ export function addModelOptions (command: Command): Command {
     .option('--identity <file>', 'with --bootstrap: keep this client\'s peer id in a key file, e.g. for servers\' --allow')
     .option('--verify-probability <r>', 'with --bootstrap: check each step on a second server with this probability', number(0, 1), 0)
     .option('--wire <dtype>', 'with --bootstrap: hidden states on the wire: f16, f32 or q8 (8-bit blocks)', wire, 'f32')
-    .option('--no-chains', 'with --bootstrap: relay every hop from this client instead of letting servers forward steps')
+    .option('--chains', 'with --bootstrap: let servers forward each step along the route instead of this client relaying every hop')
 }
 
 export function generateOptions (flags: ModelFlags): GenerateOptions {

@@ -53,8 +53,9 @@ export interface ClientInit {
    */
   wireDtype?: 'f32' | 'f16' | 'q8'
   /**
-   * Chains (default on): send a step to the route's first server only, and let each server pass it
-   * on to the next; the client still gets every hop's output. Off: the client relays every hop.
+   * Chains (default off): send a step to the route's first server only, and let each server pass it
+   * on to the next; the client still gets every hop's output. Off, the client relays every hop: on
+   * loopback that measured faster, and servers behind NATs cannot yet dial each other directly.
    */
   chains?: boolean
   /** Per-request timeout. Default 60 s. */
@@ -117,7 +118,7 @@ export async function createClient (init: ClientInit): Promise<MingaClient> {
   let model: ResolvedModel | undefined
   let chains: ChainInbox | undefined
   try {
-    if (init.chains !== false) {
+    if (init.chains === true) {
       chains = new ChainInbox(init.requestTimeoutMs ?? 60_000)
       await handleChannel(node, CHAIN_PROTOCOL, chains.onFrame)
     }
