@@ -2,7 +2,7 @@
 import { existsSync, statSync } from 'node:fs'
 import { isAbsolute, resolve } from 'node:path'
 import { InvalidArgumentError, type Command } from 'commander'
-import { QUANTIZATIONS, type Quantization } from '@minga/engine'
+import { isProcessAlive, QUANTIZATIONS, type Quantization } from '@minga/engine'
 import { DEFAULT_RELAY_LIMITS, loadSwarmKey, type RelayLimits } from '@minga/p2p'
 import { modelCid } from '@minga/weights'
 
@@ -83,7 +83,7 @@ export async function untilSignal (): Promise<string> {
   return await new Promise(resolve => {
     const parent = Number(process.env.MINGA_PARENT_PID)
     const watch = Number.isInteger(parent) && parent > 0
-      ? setInterval(() => { if (!alive(parent)) stop('parent process exited') }, 1000)
+      ? setInterval(() => { if (!isProcessAlive(parent)) stop('parent process exited') }, 1000)
       : undefined
     const stop = (reason: string): void => {
       process.off('SIGINT', stop)
@@ -94,15 +94,6 @@ export async function untilSignal (): Promise<string> {
     process.on('SIGINT', stop)
     process.on('SIGTERM', stop)
   })
-}
-
-function alive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err: any) {
-    return err.code === 'EPERM'
-  }
 }
 
 /** `START:END` layers (START < END), or `auto` where allowed. */

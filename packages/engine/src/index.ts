@@ -10,6 +10,7 @@ export {
 export { prepareSpan, preparedSpanBytes, type PrepareSpanInit, type PrepareProgress, type PreparedSpan } from './prepared/prepare-span.ts'
 export { PREPARED_FORMAT } from './prepared/store.ts'
 export { defaultCacheDir } from './cache-dir.ts'
+export { isProcessAlive } from './process-alive.ts'
 export { createClientHead, DEFAULT_HEAD_QUANT, type ClientHead, type ClientHeadInit } from './client-head.ts'
 export { createLocalModel, type LocalModel, type LocalModelInit } from './local-model.ts'
 export { generateTokens, planGeneration, untilDone, type GenerateOptions, type GeneratedToken, type GenerationPlan, type GenerationResult, type LayerChain } from './generate.ts'

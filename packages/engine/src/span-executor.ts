@@ -3,7 +3,7 @@ import type { ModelConfig } from './config.ts'
 import { DEFAULT_QUANT, type Quantization } from './quantize.ts'
 import { ownBuffer, WorkerClient } from './worker/rpc.ts'
 import type { SpanLoadArgs, SpanLoadEvent, SpanLoadResult, SpanStats } from './worker/span-worker.ts'
-import type { PrepareProgress } from './prepared/prepare-span.ts'
+import type { PrepareProgress, PrepareSpanInit } from './prepared/prepare-span.ts'
 
 export type { SpanStats }
 
@@ -17,18 +17,8 @@ export function kvBytesPerToken (config: ModelConfig, layers: number): number {
 /** The KV cache budget of a span unless told otherwise. */
 export const DEFAULT_CACHE_BYTES = 256 * 2 ** 20
 
-export interface SpanExecutorInit {
-  modelDir: string
-  /** First layer of the span (inclusive). */
-  start: number
-  /** Last layer of the span (exclusive). */
-  end: number
-  /** Default DEFAULT_QUANT (int8); 'none' keeps f32. */
-  quant?: Quantization
-  /** Where prepared layers are kept (default: defaultCacheDir()). */
-  cacheDir?: string
-  /** The checkpoint's model id, if the caller has it (it keys the prepared layers). */
-  modelId?: string
+/** Where the span comes from is PrepareSpanInit's; the rest is how its worker serves it. */
+export interface SpanExecutorInit extends Omit<PrepareSpanInit, 'onProgress'> {
   /** ORT intra-op threads (default: all cores). */
   threads?: number
   /** Sessions open at once (default 16). */
@@ -37,8 +27,6 @@ export interface SpanExecutorInit {
   cacheBytes?: number
   /** Each layer prepared on this load (the first load of a span prepares it). */
   onPrepareProgress?: (progress: PrepareProgress) => void
-  /** Notes from the load, e.g. a damaged prepared layer being rebuilt. */
-  log?: (message: string) => void
 }
 
 export interface ForwardOptions {

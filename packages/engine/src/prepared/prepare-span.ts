@@ -18,6 +18,7 @@ export interface PrepareSpanInit {
   /** Layers [start, end). */
   start: number
   end: number
+  /** Default DEFAULT_QUANT (int8); 'none' keeps f32. */
   quant?: Quantization
   /** The cache folder; layers go under its prepared/. Default: defaultCacheDir() ($MINGA_CACHE, $XDG_CACHE_HOME/minga or ~/.cache/minga). */
   cacheDir?: string

@@ -9,6 +9,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import { join, resolve } from 'node:path'
 import { crc32 } from 'node:zlib'
 import type { Quantization } from '../quantize.ts'
+import { isProcessAlive } from '../process-alive.ts'
 
 /** Bump when the prepared layout or graph changes: older entries are then never looked at. */
 export const PREPARED_FORMAT = 1
@@ -97,7 +98,7 @@ export class PreparedStore {
     const pattern = new RegExp(`^layer-${layer}\\.(onnx|weights|json)\\.(\\d+)-\\w+\\.tmp$`)
     for (const name of readdirSync(this.dir)) {
       const match = pattern.exec(name)
-      if (match != null && !alive(Number(match[2]))) rmSync(join(this.dir, name), { force: true })
+      if (match != null && !isProcessAlive(Number(match[2]))) rmSync(join(this.dir, name), { force: true })
     }
   }
 }
@@ -121,14 +122,5 @@ function fileCrc32 (path: string): number {
     }
   } finally {
     closeSync(fd)
-  }
-}
-
-function alive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err: any) {
-    return err.code === 'EPERM'
   }
 }
