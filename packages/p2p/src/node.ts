@@ -25,6 +25,7 @@ import type { ConnectionProtector, Libp2p, PeerId, PrivateKey } from '@libp2p/in
 import { BootstrapError, IdentityError, InvalidArgumentError } from './errors.ts'
 import { DEFAULT_MAX_FRAME_BYTES } from './frames.ts'
 import { recordSelectors, recordValidators } from './records.ts'
+import { MergingRecordStore } from './record-store.ts'
 import { mingaReachability, type Reachability, type ReachabilityService } from './reachability.ts'
 import { parseSwarmKey } from './swarm-key.ts'
 
@@ -221,6 +222,8 @@ export async function createMingaNode (init: MingaNodeInit = {}): Promise<MingaN
 
   const libp2p = await createLibp2p<MingaServices>({
     privateKey,
+    // block values merge on PUT instead of replacing each other (record-store.ts)
+    datastore: new MergingRecordStore(),
     addresses: {
       listen: init.listen ?? DEFAULT_LISTEN,
       ...(init.announce !== undefined ? { announce: init.announce } : {})

@@ -16,14 +16,12 @@
 // one), merge with their own entry (newest per peer, expired ones dropped) and put the union; and
 // they re-announce every ttl/3 (startAnnouncer).
 //
-// Races, and the chosen trade-off: two servers announcing the same block at the same moment both
-// read V, both put V+self, and each DHT holder keeps whichever PUT reached it last, so one of the two
-// entries can be lost on some or all holders. Readers take the union of all values they receive,
-// which recovers entries that survived on any holder; the selector (used by kad-dht to pick "the"
-// value and to push it back to holders with other values) prefers the value with the most live
-// entries, then the newest; and since every server re-announces every ttl/3 while its entry lives
-// for ttl, a lost entry reappears within one period and never expires because of one lost race. We
-// accept this eventual consistency rather than add a coordination protocol (no DHT compare-and-swap).
+// Races: two servers announcing the same block at the same moment both read V and both put V+self.
+// Every minga node's DHT store (record-store.ts) merges a block value that arrives with the one it
+// holds instead of replacing it, so neither entry is lost on a holder that runs minga. Readers also
+// take the union of all values they receive, and the selector (used by kad-dht to pick "the" value
+// and to push it back to holders with other values) prefers the value with the most live entries.
+// Without the merging store, 50-node swarms always missed a few servers' entries.
 // A malicious DHT holder can still drop or hide entries (not forge them): re-announcing and querying
 // several holders (kad-dht queries up to k) is the mitigation.
 
@@ -434,9 +432,11 @@ export interface PutResult {
   failed: number
 }
 
-async function putBlock (node: MingaNode, modelId: string, block: number, entries: ServerEntry[], keep: string, opts: DhtOptions): Promise<PutResult> {
-  const now = Date.now()
-  // Keep the value within bounds: our own entry first, then live ones, the longest-lived first.
+/**
+ * A block's value from these entries, within bounds: each peer's newest entry, and when there are too
+ * many, `keep`'s own first, then live ones, the longest-lived first.
+ */
+export function boundedBlockValue (modelId: string, block: number, entries: Iterable<ServerEntry>, keep?: string, now = Date.now()): Uint8Array {
   let list = mergeEntries(entries, now)
   if (list.length > MAX_ENTRIES_PER_BLOCK || encodeBlockRecord({ v: 1, modelId, block, entries: list }).length > MAX_BLOCK_VALUE_BYTES) {
     const rank = (e: ServerEntry): number => (e.peerId === keep ? 2e15 : 0) + (isLive(e, now) ? 1e15 : 0) + e.expires
@@ -444,7 +444,11 @@ async function putBlock (node: MingaNode, modelId: string, block: number, entrie
     while (list.length > 1 && encodeBlockRecord({ v: 1, modelId, block, entries: list }).length > MAX_BLOCK_VALUE_BYTES) list.pop()
     list.sort((a, b) => a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0)
   }
-  const value = encodeBlockRecord({ v: 1, modelId, block, entries: list })
+  return encodeBlockRecord({ v: 1, modelId, block, entries: list })
+}
+
+async function putBlock (node: MingaNode, modelId: string, block: number, entries: ServerEntry[], keep: string, opts: DhtOptions): Promise<PutResult> {
+  const value = boundedBlockValue(modelId, block, entries, keep)
   let stored = 0
   let failed = 0
   const signal = dhtSignal(opts)

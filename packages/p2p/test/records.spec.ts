@@ -76,6 +76,23 @@ describe('DHT span records', () => {
     console.log(`dht: 2 concurrent span announcements (4 blocks each) ${tAnnounce.toFixed(0)} ms; findSpans over 6 blocks ${tFind.toFixed(0)} ms (4 nodes, loopback)`)
   })
 
+  it('two servers that each put a value holding only their own entry (a lost race) both stay visible', async () => {
+    // what a read-merge-put race leaves: each announcer read the block before the other's put
+    const block = 7
+    const now = Date.now()
+    const own = async (node: MingaNode): Promise<ServerEntry> => await signEntry(node.privateKey, {
+      ...info(block, block + 1, 5), addrs: node.addrs(), issued: now, expires: now + TTL
+    })
+    for (const node of [a, b]) {
+      const value = encodeBlockRecord({ v: 1, modelId: MODEL, block, entries: [await own(node)] })
+      for await (const ev of node.libp2p.services.dht.put(blockKey(MODEL, block), value)) void ev
+    }
+    // every holder merged the second put into the first instead of replacing it
+    expect((await findBlockServers(c, MODEL, block)).map(e => e.peerId).sort()).toEqual([a.peerId.toString(), b.peerId.toString()].sort())
+    await withdrawSpan(a, MODEL, a.peerId.toString(), [block])
+    await withdrawSpan(b, MODEL, b.peerId.toString(), [block])
+  })
+
   it('the validator rejects expired, malformed and forged records', async () => {
     const key = blockKey(MODEL, 1)
     const good: BlockRecord = { v: 1, modelId: MODEL, block: 1, entries: [entryA] }
