@@ -16,7 +16,8 @@ export interface ServerMetrics {
 
 export interface ServerMetricsSources {
   openSessions: () => number
-  stats: () => Promise<SpanStats>
+  /** undefined while no span is loaded (starting, or moving to other blocks) */
+  stats: () => Promise<SpanStats | undefined>
 }
 
 const STEP_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
@@ -25,8 +26,8 @@ export function createServerMetrics (sources: ServerMetricsSources): ServerMetri
   const registry = new Registry()
   const registers = [registry]
   new Gauge({ name: 'minga_server_sessions_open', help: 'Inference sessions open.', registers, collect () { this.set(sources.openSessions()) } })
-  new Gauge({ name: 'minga_server_cache_tokens_used', help: 'KV cache tokens reserved by open sessions.', registers, async collect () { this.set((await sources.stats()).cacheTokens) } })
-  new Gauge({ name: 'minga_server_cache_tokens_free', help: 'KV cache tokens still free.', registers, async collect () { this.set((await sources.stats()).freeCacheTokens) } })
+  new Gauge({ name: 'minga_server_cache_tokens_used', help: 'KV cache tokens reserved by open sessions.', registers, async collect () { this.set((await sources.stats())?.cacheTokens ?? 0) } })
+  new Gauge({ name: 'minga_server_cache_tokens_free', help: 'KV cache tokens still free.', registers, async collect () { this.set((await sources.stats())?.freeCacheTokens ?? 0) } })
   const steps = new Counter({ name: 'minga_server_forward_steps_total', help: 'FORWARD steps run, by span and phase (prefill: more than one token).', labelNames: ['span', 'phase'], registers })
   const duration = new Histogram({ name: 'minga_server_forward_duration_seconds', help: 'Time to run one FORWARD step through the span.', labelNames: ['span', 'phase'], buckets: STEP_BUCKETS, registers })
   const tokens = new Counter({ name: 'minga_server_forward_tokens_total', help: 'Tokens run through the span.', labelNames: ['span'], registers })

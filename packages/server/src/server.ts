@@ -192,8 +192,6 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   let modelDir!: string
   let config!: ModelConfig
   let active: ActiveSpan | undefined
-  /** The span last loaded, for metrics read while a move has none active. */
-  let lastLoaded: ActiveSpan | undefined
   let channels: ChannelServer | undefined
   let rebalancer: Rebalancer | undefined
   let moving: Promise<void> | undefined
@@ -203,7 +201,8 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   const chain = new ChainForwarder({ node, maxFrameBytes: limits.maxFrameBytes, timeoutMs: 30_000, log })
   const metrics = createServerMetrics({
     openSessions: () => active?.sessions.openSessions ?? 0,
-    stats: async () => await (active ?? lastLoaded)!.executor.stats()
+    // no span while one loads or moves: its gauges read 0 then
+    stats: async () => await active?.executor.stats()
   })
   const ttlMs = init.announceTtlMs ?? 60_000
 
@@ -304,8 +303,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
         chain,
         log
       })
-      lastLoaded = { start: blocks.start, end: blocks.end, throughput, executor, sessions }
-      return lastLoaded
+      return { start: blocks.start, end: blocks.end, throughput, executor, sessions }
     } catch (err) {
       await executor.close()
       throw err
