@@ -134,13 +134,17 @@ async function main (): Promise<void> {
   const observer = await createMingaNode({ listen: [], bootstrap })
   let seen: ServerEntry[] = []
   const tJoin = performance.now()
+  // a swarm that never shows every record is a result too: the count is reported, the run goes on
+  let visibleMs: number | null = null
   for (;;) {
     seen = await findSpans(observer, modelId, numBlocks)
-    if (servers.every(s => seen.some(e => e.peerId === s.peerId))) break
-    if (performance.now() - tJoin > 120_000) throw new Error(`only ${seen.length} of ${SERVERS} servers visible after 120 s`)
+    if (servers.every(s => seen.some(e => e.peerId === s.peerId))) { visibleMs = performance.now() - tJoin; break }
+    if (performance.now() - tJoin > 120_000) break
   }
-  const visibleMs = performance.now() - tJoin
-  log(`all ${SERVERS} records visible ${round(visibleMs)} ms after a newcomer joined (${round((performance.now() - tServers))} ms after the last server announced)`)
+  const visible = servers.filter(s => seen.some(e => e.peerId === s.peerId)).length
+  log(visibleMs != null
+    ? `all ${SERVERS} records visible ${round(visibleMs)} ms after a newcomer joined (${round((performance.now() - tServers))} ms after the last server announced)`
+    : `only ${visible} of ${SERVERS} records visible 120 s after a newcomer joined`)
 
   // 2. DHT lookups
   const blockLookups: number[] = []
@@ -224,7 +228,8 @@ async function main (): Promise<void> {
     servers: SERVERS,
     processes: PROCESSES,
     startSeconds: round((tServers - t0) / 1000),
-    allRecordsVisibleMs: round(visibleMs),
+    allRecordsVisibleMs: visibleMs != null ? round(visibleMs) : null,
+    recordsVisible: visible,
     blockLookupMs: stats(blockLookups),
     findSpansMs: stats(spanLookups),
     planRouteUsP50: round(quantile(planUs, 0.5), 2),
