@@ -152,12 +152,15 @@ export function serveRequests (handlers: Record<string, (args: any) => unknown>,
     for (const [i, request] of batch.entries()) reply(request, results[i])
   }
 
+  // Work starts from setImmediate, and each request or batch ends with a turn of the event loop: ORT
+  // runs block the thread, so requests that came meanwhile are only queued once their message events
+  // have run, and they should all be there when the next batch is gathered.
   const drain = async (): Promise<void> => {
-    busy = true
     for (let request = queue.shift(); request != null; request = queue.shift()) {
       const spec = batched[request.method]
       if (spec == null) await answer(request)
       else await answerBatch(request.method, spec, request)
+      await new Promise(resolve => setImmediate(resolve))
     }
     busy = false
   }
@@ -165,6 +168,9 @@ export function serveRequests (handlers: Record<string, (args: any) => unknown>,
   port.on('message', (request: Request) => {
     queue.push(request)
     arrived?.()
-    if (!busy) void drain()
+    if (!busy) {
+      busy = true
+      setImmediate(() => { void drain() })
+    }
   })
 }

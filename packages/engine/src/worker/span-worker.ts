@@ -46,6 +46,10 @@ export interface SpanStats {
   freeCacheTokens: number
   cacheBytes: number
   freeCacheBytes: number
+  /** Steps run since the span loaded, the batches they ran in, and the most steps one batch held. */
+  steps: number
+  batches: number
+  largestBatch: number
 }
 
 interface LayerCache { key: ort.Tensor, value: ort.Tensor, keyData: Float32Array, valueData: Float32Array }
@@ -73,6 +77,7 @@ let span: { start: number, end: number }
 let tokenLayerBytes: number
 let cacheBytesInUse = 0
 let batchWaitMs = 0
+const batching = { steps: 0, batches: 0, largestBatch: 0 }
 const layers = new Map<number, { pre: ort.InferenceSession, post: ort.InferenceSession }>()
 /** GroupQueryAttention alone: no weights, so one session serves every layer. */
 let attention: ort.InferenceSession
@@ -195,6 +200,9 @@ async function forwardBatch (batch: ForwardArgs[]): Promise<unknown[]> {
   }
   for (const group of groups.values()) {
     const outputs = await runSteps(group.map(g => g.step))
+    batching.steps += group.length
+    batching.batches++
+    batching.largestBatch = Math.max(batching.largestBatch, group.length)
     for (const [i, { index }] of group.entries()) results[index] = outputs[i]
   }
   const now = performance.now()
@@ -305,7 +313,8 @@ function stats (): SpanStats {
     freeSessions: limits.maxSessions - sessions.size,
     freeCacheTokens: Math.floor(freeCacheBytes / spanTokenBytes),
     cacheBytes: cacheBytesInUse,
-    freeCacheBytes
+    freeCacheBytes,
+    ...batching
   }
 }
 
