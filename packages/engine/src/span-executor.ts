@@ -16,7 +16,7 @@ export function kvBytesPerToken (config: ModelConfig, layers: number): number {
 }
 
 /** A step's longest wait for companions, unless told otherwise, and the most it may be told. */
-export const DEFAULT_BATCH_WAIT_MS = 1
+export const DEFAULT_BATCH_WAIT_MS = 2
 export const MAX_BATCH_WAIT_MS = 2
 
 /** The KV cache budget of a span unless told otherwise. */
