@@ -199,11 +199,16 @@ async function forwardBatch (batch: ForwardArgs[]): Promise<unknown[]> {
     }
   }
   for (const group of groups.values()) {
-    const outputs = await runSteps(group.map(g => g.step))
+    try {
+      const outputs = await runSteps(group.map(g => g.step))
+      for (const [i, { index }] of group.entries()) results[index] = outputs[i]
+    } catch (err) {
+      // (onnxruntime failing on checked inputs: only this group's steps are lost)
+      for (const { index } of group) results[index] = err
+    }
     batching.steps += group.length
     batching.batches++
     batching.largestBatch = Math.max(batching.largestBatch, group.length)
-    for (const [i, { index }] of group.entries()) results[index] = outputs[i]
   }
   const now = performance.now()
   for (const { sessionId } of batch) {
