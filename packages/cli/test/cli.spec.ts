@@ -88,3 +88,11 @@ describe('minga prepare', () => {
     expect(stderr).toMatch(/auto is for serve; prepare needs START:END/)
   })
 })
+
+describe('minga serve', () => {
+  it('rejects a --batch-wait over 2 ms before loading anything', async () => {
+    const { code, stderr } = await runMinga('serve', '--model', STORIES, '--blocks', '0:5', '--batch-wait', '5')
+    expect(code).not.toBe(0)
+    expect(stderr).toMatch(/'--batch-wait <ms>' argument '5' is invalid/)
+  })
+})

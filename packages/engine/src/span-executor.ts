@@ -1,5 +1,6 @@
 // The async face of a span worker: open a session, push hidden states through its layers, close it.
 import type { ModelConfig } from './config.ts'
+import { InvalidArgumentError } from './errors.ts'
 import { DEFAULT_QUANT, type Quantization } from './quantize.ts'
 import { ownBuffer, WorkerClient } from './worker/rpc.ts'
 import type { SpanLoadArgs, SpanLoadEvent, SpanLoadResult, SpanStats } from './worker/span-worker.ts'
@@ -14,6 +15,10 @@ export function kvBytesPerToken (config: ModelConfig, layers: number): number {
   return 2 * config.numKvHeads * config.headDim * Float32Array.BYTES_PER_ELEMENT * layers
 }
 
+/** A step's longest wait for companions, unless told otherwise, and the most it may be told. */
+export const DEFAULT_BATCH_WAIT_MS = 2
+export const MAX_BATCH_WAIT_MS = 2
+
 /** The KV cache budget of a span unless told otherwise. */
 export const DEFAULT_CACHE_BYTES = 256 * 2 ** 20
 
@@ -25,6 +30,12 @@ export interface SpanExecutorInit extends Omit<PrepareSpanInit, 'onProgress'> {
   maxSessions?: number
   /** KV cache budget of all sessions together, in bytes (default 256 MiB). Caches grow as sessions fill them. */
   cacheBytes?: number
+  /**
+   * How long a step may wait for other active sessions' steps to run with it as one batch, in ms
+   * (0 = never wait; at most MAX_BATCH_WAIT_MS; default DEFAULT_BATCH_WAIT_MS). Steps that are
+   * already queued batch either way.
+   */
+  batchWaitMs?: number
   /** Each layer prepared on this load (the first load of a span prepares it). */
   onPrepareProgress?: (progress: PrepareProgress) => void
 }
@@ -56,7 +67,11 @@ export interface SpanExecutor {
   /** Longest session the model's position tables allow. */
   readonly maxPositions: number
   openSession (sessionId: string, maxLength: number, options?: OpenSessionOptions): Promise<SpanStats>
-  /** Runs new tokens' hidden states through the span. `hidden`'s buffer is handed to the worker. */
+  /**
+   * Runs new tokens' hidden states through the span. `hidden`'s buffer is handed to the worker.
+   * Concurrent calls of different sessions run as one batch (each session's output is what it would
+   * be alone); a second call of one session waits for the first.
+   */
   forward (sessionId: string, hidden: Float32Array, options: ForwardOptions): Promise<Float32Array>
   closeSession (sessionId: string): Promise<SpanStats>
   stats (): Promise<SpanStats>
@@ -64,6 +79,10 @@ export interface SpanExecutor {
 }
 
 export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanExecutor> {
+  const batchWaitMs = init.batchWaitMs ?? DEFAULT_BATCH_WAIT_MS
+  if (!(Number.isFinite(batchWaitMs) && batchWaitMs >= 0 && batchWaitMs <= MAX_BATCH_WAIT_MS)) {
+    throw new InvalidArgumentError(`batchWaitMs ${batchWaitMs} must be between 0 and ${MAX_BATCH_WAIT_MS} ms`)
+  }
   const onEvent = (event: SpanLoadEvent): void => {
     if (event.type === 'progress') init.onPrepareProgress?.(event)
     else init.log?.(event.message)
@@ -80,7 +99,8 @@ export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanE
       quant,
       threads: init.threads,
       maxSessions: init.maxSessions ?? 16,
-      cacheBytes: init.cacheBytes ?? DEFAULT_CACHE_BYTES
+      cacheBytes: init.cacheBytes ?? DEFAULT_CACHE_BYTES,
+      batchWaitMs
     }
     const loaded = await worker.call<SpanLoadResult>('load', args)
     return {

@@ -39,7 +39,7 @@ describe('prepared spans', () => {
     expect(first.built).toEqual([0, 1, 2, 3, 4])
     expect(first.bytesRead).toBeGreaterThan(0)
     const files = readdirSync(dir).sort()
-    expect(files).toEqual([0, 1, 2, 3, 4].flatMap(l => [`layer-${l}.json`, `layer-${l}.onnx`, `layer-${l}.weights`]).sort())
+    expect(files).toEqual([0, 1, 2, 3, 4].flatMap(l => [`layer-${l}.json`, `layer-${l}.post.onnx`, `layer-${l}.pre.onnx`, `layer-${l}.weights`]).sort())
     const weights = files.filter(f => f.endsWith('.weights')).reduce((n, f) => n + statSync(join(dir, f)).size, 0)
     expect(weights).toBe(preparedSpanBytes(loadModelConfig(STORIES), 'int8', 5))
 
@@ -63,10 +63,10 @@ describe('prepared spans', () => {
   it.each([
     { damage: 'a truncated weights file', file: 'layer-2.weights', apply: (path: string) => { truncateSync(path, statSync(path).size - 100) }, reason: /layer-2\.weights has \d+ bytes, expected \d+/ },
     { damage: 'a flipped byte', file: 'layer-2.weights', apply: flipByte, reason: /layer-2\.weights fails its checksum/ },
-    { damage: 'a corrupted graph', file: 'layer-2.onnx', apply: flipByte, reason: /layer-2\.onnx fails its checksum/ },
+    { damage: 'a corrupted graph', file: 'layer-2.post.onnx', apply: flipByte, reason: /layer-2\.post\.onnx fails its checksum/ },
     { damage: 'a manifest of another format', file: 'layer-2.json', apply: (path: string) => { writeFileSync(path, readFileSync(path, 'utf8').replace(`"format": ${PREPARED_FORMAT}`, '"format": 0')) }, reason: new RegExp(`format 0, expected ${PREPARED_FORMAT}`) },
     { damage: 'an unreadable manifest', file: 'layer-2.json', apply: (path: string) => { writeFileSync(path, '{') }, reason: /unreadable manifest/ },
-    { damage: 'files without a manifest (killed mid-write)', file: 'layer-2.json', apply: (path: string) => { rmSync(path) }, reason: /layer-2\.onnx and layer-2\.weights without a manifest: preparation was interrupted/ }
+    { damage: 'files without a manifest (killed mid-write)', file: 'layer-2.json', apply: (path: string) => { rmSync(path) }, reason: /layer-2\.pre\.onnx and layer-2\.post\.onnx and layer-2\.weights without a manifest: preparation was interrupted/ }
   ])('$damage is detected, logged and rebuilt, never loaded', async ({ file, apply, reason }) => {
     apply(join(dir, file))
     const rebuilt = await startAndRun(init)

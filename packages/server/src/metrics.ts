@@ -28,6 +28,8 @@ export function createServerMetrics (sources: ServerMetricsSources): ServerMetri
   new Gauge({ name: 'minga_server_sessions_open', help: 'Inference sessions open.', registers, collect () { this.set(sources.openSessions()) } })
   new Gauge({ name: 'minga_server_cache_tokens_used', help: 'KV cache tokens reserved by open sessions.', registers, async collect () { this.set((await sources.stats())?.cacheTokens ?? 0) } })
   new Gauge({ name: 'minga_server_cache_tokens_free', help: 'KV cache tokens still free.', registers, async collect () { this.set((await sources.stats())?.freeCacheTokens ?? 0) } })
+  new Gauge({ name: 'minga_server_forward_batches', help: 'Batches the span has run since it loaded (concurrent sessions\' steps share one).', registers, async collect () { this.set((await sources.stats())?.batches ?? 0) } })
+  new Gauge({ name: 'minga_server_forward_largest_batch', help: 'Most steps one batch has held since the span loaded.', registers, async collect () { this.set((await sources.stats())?.largestBatch ?? 0) } })
   const steps = new Counter({ name: 'minga_server_forward_steps_total', help: 'FORWARD steps run, by span and phase (prefill: more than one token).', labelNames: ['span', 'phase'], registers })
   const duration = new Histogram({ name: 'minga_server_forward_duration_seconds', help: 'Time to run one FORWARD step through the span.', labelNames: ['span', 'phase'], buckets: STEP_BUCKETS, registers })
   const tokens = new Counter({ name: 'minga_server_forward_tokens_total', help: 'Tokens run through the span.', labelNames: ['span'], registers })

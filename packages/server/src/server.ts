@@ -78,6 +78,11 @@ export interface ServerInit {
   /** Sessions idle this long are closed. Default 5 min. */
   sessionIdleMs?: number
   threads?: number
+  /**
+   * How long a step may wait for other active sessions' steps to run through the span with it as
+   * one batch, in ms (0 to 2; default the engine's DEFAULT_BATCH_WAIT_MS).
+   */
+  batchWaitMs?: number
   /** The swarm's pre-shared key (a key file's bytes, see loadSwarmKey): only peers with it can connect. */
   swarmKey?: Uint8Array
   /** Also relay for nodes behind NAT (`--relay`), within these limits. */
@@ -284,6 +289,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
         threads: init.threads,
         maxSessions: init.maxSessions,
         cacheBytes,
+        batchWaitMs: init.batchWaitMs,
         onPrepareProgress: init.onPrepareProgress,
         log
       })

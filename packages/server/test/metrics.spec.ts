@@ -66,6 +66,9 @@ describe('node metrics', () => {
     expect(during.text).toContain('minga_server_forward_duration_seconds_count{span="0:2",phase="prefill"} 1\n')
     expect(during.text).toContain('minga_server_forward_duration_seconds_count{span="0:2",phase="decode"} 1\n')
     expect(during('minga_server_forward_tokens_total', { span: '0:2' })).toBe(4)
+    // one step after the other: each its own batch
+    expect(during('minga_server_forward_batches') - before('minga_server_forward_batches')).toBe(2)
+    expect(during('minga_server_forward_largest_batch')).toBeGreaterThanOrEqual(1)
     expect(during('minga_server_frames_refused_total', { code: 'UNKNOWN_SESSION' })).toBe(1)
     // at least the two FORWARD payloads in and the two results out
     expect(during('minga_server_received_bytes_total') - before('minga_server_received_bytes_total')).toBeGreaterThan(4 * HIDDEN * 4)

@@ -31,6 +31,7 @@ interface ServeFlags extends RelayFlags {
   announceTtl: number
   sessionIdle: number
   threads?: number
+  batchWait?: number
   swarmKey?: string
   allow?: string[]
   maxSessionsPerPeer: number
@@ -65,6 +66,7 @@ export function registerServe (program: Command, io: CliIo): void {
     .option('--announce-ttl <seconds>', 'lifetime of the DHT announcement (renewed every third)', integer(2, 3600), 60)
     .option('--session-idle <seconds>', 'close sessions idle this long', integer(1), 300)
     .option('--threads <n>', 'onnxruntime threads (default: all cores)', integer(1))
+    .option('--batch-wait <ms>', 'how long a step may wait for other sessions\' steps to run with it as one batch (0 to 2; default 2)', number(0, 2))
     .option('--swarm-key <file>', 'a private swarm: only nodes with this key (minga keygen) can connect')
     .option('--allow <peerid...>', 'only these peers may open sessions (default: anyone)')
     .option('--max-frame-mb <MiB>', 'largest inference frame accepted; bigger ones get TOO_LARGE (default 64)', number(0, 1024, { minExclusive: true }))
@@ -102,6 +104,7 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
     announceTtlMs: flags.announceTtl * 1000,
     sessionIdleMs: flags.sessionIdle * 1000,
     threads: flags.threads,
+    batchWaitMs: flags.batchWait,
     swarmKey,
     allow: flags.allow,
     maxSessionsPerPeer: flags.maxSessionsPerPeer,

@@ -1,14 +1,18 @@
-// The ONNX graph of one decoder layer, read top to bottom like llama2.c's forward(): rmsnorm, qkv,
-// rotary, attention over the cache, output projection, residual, rmsnorm, SwiGLU, residual. Hidden
-// states in, hidden states out. A span runs one such graph per layer, so that a client can use any
-// part of it (routes over overlapping spans need that).
+// The ONNX graphs of one decoder layer, read top to bottom like llama2.c's forward(): rmsnorm, qkv,
+// rotary, attention over the cache, output projection, residual, rmsnorm, SwiGLU, residual. A layer is
+// cut around attention into two graphs with its weights, `pre` (norm, QKV, rotary) and `post` (output
+// projection, residual, norm, SwiGLU, residual), and one weightless `attention` graph serves every
+// layer. `pre` and `post` are row-wise, so a batch of sessions runs them once over all its rows
+// ([1, M, hidden]: every linear layer reads its weights once per batch) while attention runs per
+// session over that session's own cache. A span runs such graphs per layer, so that a client can use
+// any part of it (routes over overlapping spans need that).
 //
-// The KV cache lives outside the graph, in the worker, growing per session in blocks of tokens. Each
-// run feeds it as `past_key_i`/`past_value_i` (zero-copy) and returns only the new tokens' rotated
-// keys and values (`new_key_i`/`new_value_i`), which the worker writes into the cache. Fetching GQA's
-// `present_*` instead would make onnxruntime-node copy the whole cache back to JS on every step.
+// The KV cache lives outside the graphs, in the worker, growing per session in blocks of tokens. Each
+// attention run feeds it as `past_key`/`past_value` (zero-copy); `pre` returns the new tokens'
+// rotated keys and values, which the worker writes into the cache. Fetching GQA's `present_*` instead
+// would make onnxruntime-node copy the whole cache back to JS on every step.
 //
-// Weights are not in the graph: a LayerWeights (prepared/layer-file.ts) names each initializer and
+// Weights are not in the graphs: a LayerWeights (prepared/layer-file.ts) names each initializer and
 // puts its bytes in the layer's weights file, which ORT reads itself as external data.
 import type { ModelConfig } from '../config.ts'
 import { QUANT_BLOCK_SIZE, quantizeBlockwise, type Quantization } from '../quantize.ts'
@@ -17,9 +21,12 @@ import { GraphBuilder, MS_DOMAIN } from './onnx.ts'
 /** A linear layer's initializers: an f32 [k, n] matrix, or MatMulNBits' three tensors. */
 export type LinearTensors = { bits: 0, weight: string } | { bits: 4 | 8, qweight: string, scales: string, zeroPoints: string }
 
-/** The initializers of one layer, declared by the graph as it is built. */
+/** The initializers of one layer, declared by its graphs as they are built. */
 export interface LayerWeights {
+  /** The graph being built: initializers declared now belong to it. */
   readonly graph: GraphBuilder
+  /** Starts the layer's next graph (its weights share the layer's one weights file). */
+  startGraph (): GraphBuilder
   /** Checkpoint vectors (norm weights, biases) concatenated, as f32. */
   vector (name: string, sources: Array<{ name: string, rows: number }>): string
   /** Values computed here (the rotary tables). */
@@ -28,37 +35,86 @@ export interface LayerWeights {
   linear (name: string, sources: Array<{ name: string, rows: number }>, k: number): LinearTensors
 }
 
-/** Graph input and output names, shared with the worker that feeds the graph. */
+/** Graph input and output names, shared with the worker that feeds the graphs. */
 export const SPAN_IO = {
+  /** pre and post: the layer's input rows (post adds them back as the residual). */
   hidden: 'hidden_states',
   positions: 'position_ids',
+  /** pre → attention: rotated queries, rotated new keys, new values. */
+  query: 'query',
+  newKey: 'new_key',
+  newValue: 'new_value',
+  pastKey: 'past_key',
+  pastValue: 'past_value',
   seqlensK: 'seqlens_k',
   totalLength: 'total_sequence_length',
-  hiddenOut: 'hidden_states_out',
-  pastKey: (layer: number) => `past_key_${layer}`,
-  pastValue: (layer: number) => `past_value_${layer}`,
-  newKey: (layer: number) => `new_key_${layer}`,
-  newValue: (layer: number) => `new_value_${layer}`
+  /** attention → post. */
+  attended: 'attended',
+  hiddenOut: 'hidden_states_out'
 }
 
-/** The graph of decoder layer `index`; its initializers are declared through `w`. */
-export function buildLayerGraph (config: ModelConfig, index: number, w: LayerWeights, rotary: { cos: Float32Array, sin: Float32Array, positions: number }): Uint8Array {
-  const { hiddenSize, numKvHeads, headDim } = config
-  const g = w.graph
-  const x = g.input(SPAN_IO.hidden, 'float32', [1, 'sequence', hiddenSize])
-  g.input(SPAN_IO.positions, 'int64', [1, 'sequence'])
-  g.input(SPAN_IO.seqlensK, 'int32', [1])
-  g.input(SPAN_IO.totalLength, 'int32', [])
-  w.values('rotary_cos', [rotary.positions, headDim / 2], rotary.cos)
-  w.values('rotary_sin', [rotary.positions, headDim / 2], rotary.sin)
-  g.input(SPAN_IO.pastKey(index), 'float32', [1, numKvHeads, 'capacity', headDim])
-  g.input(SPAN_IO.pastValue(index), 'float32', [1, numKvHeads, 'capacity', headDim])
+export interface LayerGraphs { pre: Uint8Array, post: Uint8Array }
 
+/** The two graphs of decoder layer `index`; their initializers are declared through `w`. */
+export function buildLayerGraphs (config: ModelConfig, index: number, w: LayerWeights, rotary: { cos: Float32Array, sin: Float32Array, positions: number }): LayerGraphs {
   const l = `layer${index}`
   const p = `model.layers.${index}.`
+  return { pre: buildPre(config, w.startGraph(), w, l, p, rotary), post: buildPost(config, w.startGraph(), w, l, p) }
+}
+
+/** Rows [1, M, hidden] (with each row's position) → rotated q, k and v rows. */
+function buildPre (config: ModelConfig, g: GraphBuilder, w: LayerWeights, l: string, p: string, rotary: { cos: Float32Array, sin: Float32Array, positions: number }): Uint8Array {
+  const { hiddenSize, numHeads, numKvHeads, headDim } = config
+  const qDim = numHeads * headDim
+  const kvDim = numKvHeads * headDim
+  const a = p + 'self_attn.'
+  const x = g.input(SPAN_IO.hidden, 'float32', [1, 'rows', hiddenSize])
+  g.input(SPAN_IO.positions, 'int64', [1, 'rows'])
+  w.values('rotary_cos', [rotary.positions, headDim / 2], rotary.cos)
+  w.values('rotary_sin', [rotary.positions, headDim / 2], rotary.sin)
   const [normed] = g.node('SimplifiedLayerNormalization', [x, w.vector(`${l}.input_norm.weight`, [{ name: p + 'input_layernorm.weight', rows: hiddenSize }])],
     { epsilon: config.rmsNormEps, axis: -1, stash_type: 1 }, { name: `${l}.input_norm` })
-  const attention = makeAttention(g, w, config, l, p, index, normed)
+  const qkvWeight = w.linear(`${l}.qkv_proj`, [{ name: a + 'q_proj.weight', rows: qDim }, { name: a + 'k_proj.weight', rows: kvDim }, { name: a + 'v_proj.weight', rows: kvDim }], hiddenSize)
+  const qkvBias = config.qkvBias ? w.vector(`${l}.qkv_proj.bias`, [{ name: a + 'q_proj.bias', rows: qDim }, { name: a + 'k_proj.bias', rows: kvDim }, { name: a + 'v_proj.bias', rows: kvDim }]) : undefined
+  const qkv = linearNodes(g, `${l}.qkv_proj`, normed, qkvWeight, qkvBias, qDim + 2 * kvDim, hiddenSize)
+  const split = g.initializer(`${l}.qkv_split`, 'int64', [3], BigInt64Array.from([qDim, kvDim, kvDim].map(BigInt)))
+  const [q, k] = g.node('Split', [qkv, split], { axis: -1 }, { outputs: [`${l}.q`, `${l}.k`, SPAN_IO.newValue] })
+  g.node('RotaryEmbedding', [q, SPAN_IO.positions, 'rotary_cos', 'rotary_sin'], { num_heads: numHeads, interleaved: 0 }, { domain: MS_DOMAIN, outputs: [SPAN_IO.query] })
+  g.node('RotaryEmbedding', [k, SPAN_IO.positions, 'rotary_cos', 'rotary_sin'], { num_heads: numKvHeads, interleaved: 0 }, { domain: MS_DOMAIN, outputs: [SPAN_IO.newKey] })
+  g.output(SPAN_IO.query, 'float32', [1, 'rows', qDim])
+  g.output(SPAN_IO.newKey, 'float32', [1, 'rows', kvDim])
+  g.output(SPAN_IO.newValue, 'float32', [1, 'rows', kvDim])
+  return g.toBytes(`minga_${l}_pre`)
+}
+
+/** One session's new rows attending over its cache: GroupQueryAttention, rotary already applied. */
+export function buildAttentionGraph (config: ModelConfig): Uint8Array {
+  const { numHeads, numKvHeads, headDim } = config
+  const g = new GraphBuilder()
+  g.input(SPAN_IO.query, 'float32', [1, 'sequence', numHeads * headDim])
+  g.input(SPAN_IO.newKey, 'float32', [1, 'sequence', numKvHeads * headDim])
+  g.input(SPAN_IO.newValue, 'float32', [1, 'sequence', numKvHeads * headDim])
+  g.input(SPAN_IO.pastKey, 'float32', [1, numKvHeads, 'capacity', headDim])
+  g.input(SPAN_IO.pastValue, 'float32', [1, numKvHeads, 'capacity', headDim])
+  g.input(SPAN_IO.seqlensK, 'int32', [1])
+  g.input(SPAN_IO.totalLength, 'int32', [])
+  g.node('GroupQueryAttention', [
+    SPAN_IO.query, SPAN_IO.newKey, SPAN_IO.newValue, SPAN_IO.pastKey, SPAN_IO.pastValue, SPAN_IO.seqlensK, SPAN_IO.totalLength
+  ], { num_heads: numHeads, kv_num_heads: numKvHeads, scale: 1 / Math.sqrt(headDim) }, { domain: MS_DOMAIN, outputs: [SPAN_IO.attended, 'present_key', 'present_value'], name: 'attention' })
+  g.output(SPAN_IO.attended, 'float32', [1, 'sequence', numHeads * headDim])
+  return g.toBytes('minga_attention')
+}
+
+/** Attention output and the layer's input rows [1, M, ·] → the layer's output rows. */
+function buildPost (config: ModelConfig, g: GraphBuilder, w: LayerWeights, l: string, p: string): Uint8Array {
+  const { hiddenSize, numHeads, headDim } = config
+  const qDim = numHeads * headDim
+  const a = p + 'self_attn.'
+  const x = g.input(SPAN_IO.hidden, 'float32', [1, 'rows', hiddenSize])
+  const attended = g.input(SPAN_IO.attended, 'float32', [1, 'rows', qDim])
+  const oWeight = w.linear(`${l}.o_proj`, [{ name: a + 'o_proj.weight', rows: hiddenSize }], qDim)
+  const oBias = config.outputBias ? w.vector(`${l}.o_proj.bias`, [{ name: a + 'o_proj.bias', rows: hiddenSize }]) : undefined
+  const attention = linearNodes(g, `${l}.o_proj`, attended, oWeight, oBias, hiddenSize, qDim)
   // the residual add is fused into the second RMSNorm
   const postNormed = `${l}.post_attention_norm/out`
   const residual = `${l}.post_attention_norm/sum`
@@ -66,32 +122,8 @@ export function buildLayerGraph (config: ModelConfig, index: number, w: LayerWei
     { epsilon: config.rmsNormEps }, { name: `${l}.post_attention_norm`, outputs: [postNormed, '', '', residual], domain: MS_DOMAIN })
   const mlp = makeMlp(g, w, config, l, p, postNormed)
   g.node('Add', [mlp, residual], {}, { outputs: [SPAN_IO.hiddenOut] })
-  g.output(SPAN_IO.hiddenOut, 'float32', [1, 'sequence', hiddenSize])
-  return g.toBytes(`minga_layer_${index}`)
-}
-
-function makeAttention (g: GraphBuilder, w: LayerWeights, config: ModelConfig, l: string, p: string, index: number, input: string): string {
-  const { hiddenSize, numHeads, numKvHeads, headDim } = config
-  const qDim = numHeads * headDim
-  const kvDim = numKvHeads * headDim
-  const a = p + 'self_attn.'
-  const qkvWeight = w.linear(`${l}.qkv_proj`, [{ name: a + 'q_proj.weight', rows: qDim }, { name: a + 'k_proj.weight', rows: kvDim }, { name: a + 'v_proj.weight', rows: kvDim }], hiddenSize)
-  const qkvBias = config.qkvBias ? w.vector(`${l}.qkv_proj.bias`, [{ name: a + 'q_proj.bias', rows: qDim }, { name: a + 'k_proj.bias', rows: kvDim }, { name: a + 'v_proj.bias', rows: kvDim }]) : undefined
-  const qkv = linearNodes(g, `${l}.qkv_proj`, input, qkvWeight, qkvBias, qDim + 2 * kvDim, hiddenSize)
-  const split = g.initializer(`${l}.qkv_split`, 'int64', [3], BigInt64Array.from([qDim, kvDim, kvDim].map(BigInt)))
-  const [q, k, v] = g.node('Split', [qkv, split], { axis: -1 }, { outputs: 3 })
-  const [qRotated] = g.node('RotaryEmbedding', [q, SPAN_IO.positions, 'rotary_cos', 'rotary_sin'], { num_heads: numHeads, interleaved: 0 }, { domain: MS_DOMAIN })
-  g.node('RotaryEmbedding', [k, SPAN_IO.positions, 'rotary_cos', 'rotary_sin'], { num_heads: numKvHeads, interleaved: 0 }, { domain: MS_DOMAIN, outputs: [SPAN_IO.newKey(index)] })
-  g.node('Identity', [v], {}, { outputs: [SPAN_IO.newValue(index)] })
-  g.output(SPAN_IO.newKey(index), 'float32', [1, 'sequence', kvDim])
-  g.output(SPAN_IO.newValue(index), 'float32', [1, 'sequence', kvDim])
-  const [attended] = g.node('GroupQueryAttention', [
-    qRotated, SPAN_IO.newKey(index), SPAN_IO.newValue(index),
-    SPAN_IO.pastKey(index), SPAN_IO.pastValue(index), SPAN_IO.seqlensK, SPAN_IO.totalLength
-  ], { num_heads: numHeads, kv_num_heads: numKvHeads, scale: 1 / Math.sqrt(headDim) }, { domain: MS_DOMAIN, outputs: 3, name: `${l}.attention` })
-  const oWeight = w.linear(`${l}.o_proj`, [{ name: a + 'o_proj.weight', rows: hiddenSize }], qDim)
-  const oBias = config.outputBias ? w.vector(`${l}.o_proj.bias`, [{ name: a + 'o_proj.bias', rows: hiddenSize }]) : undefined
-  return linearNodes(g, `${l}.o_proj`, attended, oWeight, oBias, hiddenSize, qDim)
+  g.output(SPAN_IO.hiddenOut, 'float32', [1, 'rows', hiddenSize])
+  return g.toBytes(`minga_${l}_post`)
 }
 
 function makeMlp (g: GraphBuilder, w: LayerWeights, config: ModelConfig, l: string, p: string, input: string): string {

@@ -1,4 +1,4 @@
-// One prepared layer's weights file. As the layer's graph is built it declares each initializer here,
+// One prepared layer's weights file. As the layer's graphs are built it declares each initializer here,
 // which gives it a page-aligned place in the file (ORT reads it from there as external data) and
 // remembers how to fill it. `write` then fills the file from the checkpoint a slice of rows at a
 // time, so preparing a layer never holds more than one slice and one output tensor in memory.
@@ -21,13 +21,18 @@ type Recipe =
   | { kind: 'quantized-linear', bits: 4 | 8, qweight: number, scales: number, zeroPoints: number, sources: Source[], k: number }
 
 export class LayerFile implements LayerWeights {
-  readonly graph = new GraphBuilder()
+  graph = new GraphBuilder()
   /** Size of the weights file. */
   bytes = 0
   private readonly recipes: Recipe[] = []
 
   /** `location`: the weights file's name, relative to the graph file. */
   constructor (private readonly quant: Quantization, private readonly location: string) {}
+
+  startGraph (): GraphBuilder {
+    this.graph = new GraphBuilder()
+    return this.graph
+  }
 
   vector (name: string, sources: Source[]): string {
     const length = sources.reduce((n, s) => n + s.rows, 0)

@@ -4,7 +4,7 @@
 import { closeSync, openSync, writeFileSync } from 'node:fs'
 import { loadModelConfig, type ModelConfig } from '../config.ts'
 import { InvalidArgumentError } from '../errors.ts'
-import { buildLayerGraph } from '../graph/span-graph.ts'
+import { buildLayerGraphs } from '../graph/span-graph.ts'
 import { computeModelId } from '../manifest.ts'
 import { DEFAULT_QUANT, type Quantization } from '../quantize.ts'
 import { rotaryTables } from '../rope.ts'
@@ -40,8 +40,8 @@ export interface PrepareProgress {
 export interface PreparedSpan {
   /** The folder of this model and quantization. */
   dir: string
-  /** The graph file of each layer, in order. */
-  graphs: string[]
+  /** The graph files of each layer, in order. */
+  graphs: Array<{ pre: string, post: string }>
   /** Layers that were prepared by this call (the others were already there). */
   built: number[]
   /** Size of the prepared span on disk (graphs and weights). */
@@ -90,26 +90,27 @@ export async function prepareSpan (init: PrepareSpanInit): Promise<PreparedSpan>
       checkpoint.close()
     }
   }
-  return { dir: store.dir, graphs: layers.map(l => store.graphPath(l)), built: missing, bytes, bytesRead }
+  return { dir: store.dir, graphs: layers.map(l => store.graphPaths(l)), built: missing, bytes, bytesRead }
 }
 
 /** Bytes a prepared span of `layers` layers takes (weights files; the graphs add a few KB each). */
 export function preparedSpanBytes (config: ModelConfig, quant: Quantization, layers: number): number {
   const file = new LayerFile(quant, 'sizing')
   // (a LayerFile sizes tensors by their dims, so empty rotary tables will do)
-  buildLayerGraph(config, 0, file, { cos: new Float32Array(0), sin: new Float32Array(0), positions: config.maxPositionEmbeddings })
+  buildLayerGraphs(config, 0, file, { cos: new Float32Array(0), sin: new Float32Array(0), positions: config.maxPositionEmbeddings })
   return file.bytes * layers
 }
 
 function writeLayer (checkpoint: SafetensorsCheckpoint, config: ModelConfig, quant: Quantization, layer: number,
-  rotary: { cos: Float32Array, sin: Float32Array, positions: number }, paths: { graph: string, weights: string }, weightsName: string): void {
+  rotary: { cos: Float32Array, sin: Float32Array, positions: number }, paths: { pre: string, post: string, weights: string }, weightsName: string): void {
   const file = new LayerFile(quant, weightsName)
-  const graph = buildLayerGraph(config, layer, file, rotary)
+  const graphs = buildLayerGraphs(config, layer, file, rotary)
   const fd = openSync(paths.weights, 'w')
   try {
     file.write(checkpoint, fd)
   } finally {
     closeSync(fd)
   }
-  writeFileSync(paths.graph, graph)
+  writeFileSync(paths.pre, graphs.pre)
+  writeFileSync(paths.post, graphs.post)
 }

@@ -1,6 +1,7 @@
 // Where prepared layers live and how an entry is known to be whole. One folder per model id,
-// quantization and format version; per layer a graph (layer-N.onnx), its weights (layer-N.weights)
-// and a manifest (layer-N.json) with both files' sizes and CRC-32s. Files are written under
+// quantization and format version; per layer its two graphs (layer-N.pre.onnx: norm, QKV and rotary;
+// layer-N.post.onnx: output projection and MLP; attention runs between them, per session), their
+// weights (layer-N.weights) and a manifest (layer-N.json) with the files' sizes and CRC-32s. Files are written under
 // temporary names and renamed; the manifest goes last, so an entry without one is unfinished.
 // A file whose inode and modification time are still those the manifest recorded has not been
 // touched since it was checksummed, and is not read again: warm starts stay fast. Anything else
@@ -12,7 +13,7 @@ import type { Quantization } from '../quantize.ts'
 import { isProcessAlive } from '../process-alive.ts'
 
 /** Bump when the prepared layout or graph changes: older entries are then never looked at. */
-export const PREPARED_FORMAT = 1
+export const PREPARED_FORMAT = 2
 
 interface Manifest {
   format: number
@@ -21,6 +22,9 @@ interface Manifest {
   quant: Quantization
   files: Record<string, { bytes: number, crc32: number, stamp: string }>
 }
+
+/** The files of one prepared layer. */
+export type LayerFileKind = 'pre' | 'post' | 'weights'
 
 export type LayerState = { state: 'ok', bytes: number } | { state: 'missing' } | { state: 'damaged', reason: string }
 
@@ -31,13 +35,22 @@ export class PreparedStore {
     this.dir = join(resolve(cacheDir), 'prepared', modelId, `${quant}-v${PREPARED_FORMAT}`)
   }
 
-  graphPath (layer: number): string { return join(this.dir, `layer-${layer}.onnx`) }
+  /** The graphs of layer `layer` (before and after attention). */
+  graphPaths (layer: number): { pre: string, post: string } {
+    const names = this.fileNames(layer)
+    return { pre: join(this.dir, names.pre), post: join(this.dir, names.post) }
+  }
+
   weightsName (layer: number): string { return `layer-${layer}.weights` }
+  private fileNames (layer: number): Record<LayerFileKind, string> {
+    return { pre: `layer-${layer}.pre.onnx`, post: `layer-${layer}.post.onnx`, weights: this.weightsName(layer) }
+  }
+
   private manifestPath (layer: number): string { return join(this.dir, `layer-${layer}.json`) }
 
   /** Whether layer `layer` is prepared and whole: its manifest, sizes and checksums all agree. */
   check (layer: number): LayerState {
-    const files = [`layer-${layer}.onnx`, this.weightsName(layer)]
+    const files = Object.values(this.fileNames(layer))
     const manifestPath = this.manifestPath(layer)
     if (!existsSync(manifestPath)) {
       const leftover = files.filter(f => existsSync(join(this.dir, f)))
@@ -71,31 +84,32 @@ export class PreparedStore {
    * Writes layer `layer`: `writeFiles` fills the graph and weights files at the temporary paths it
    * is given; they are checksummed and renamed into place, then the manifest is written.
    */
-  commit (layer: number, writeFiles: (paths: { graph: string, weights: string }) => void): number {
+  commit (layer: number, writeFiles: (paths: Record<LayerFileKind, string>) => void): number {
     mkdirSync(this.dir, { recursive: true })
     this.removeStale(layer)
     const suffix = `.${process.pid}-${Math.random().toString(36).slice(2, 8)}.tmp`
-    const names = { graph: `layer-${layer}.onnx`, weights: this.weightsName(layer) }
-    const temp = { graph: join(this.dir, names.graph + suffix), weights: join(this.dir, names.weights + suffix) }
+    const names = this.fileNames(layer)
+    const kinds = Object.keys(names) as LayerFileKind[]
+    const temp = Object.fromEntries(kinds.map(kind => [kind, join(this.dir, names[kind] + suffix)])) as Record<LayerFileKind, string>
     const manifestTemp = this.manifestPath(layer) + suffix
     try {
       writeFiles(temp)
       const manifest: Manifest = { format: PREPARED_FORMAT, modelId: this.modelId, layer, quant: this.quant, files: {} }
-      for (const kind of ['graph', 'weights'] as const) {
+      for (const kind of kinds) {
         manifest.files[names[kind]] = { bytes: statSync(temp[kind]).size, crc32: fileCrc32(temp[kind]), stamp: stamp(temp[kind]) }
       }
-      for (const kind of ['graph', 'weights'] as const) renameSync(temp[kind], join(this.dir, names[kind]))
+      for (const kind of kinds) renameSync(temp[kind], join(this.dir, names[kind]))
       writeFileSync(manifestTemp, JSON.stringify(manifest, null, 2) + '\n')
       renameSync(manifestTemp, this.manifestPath(layer))
       return Object.values(manifest.files).reduce((n, f) => n + f.bytes, 0)
     } finally {
-      for (const path of [temp.graph, temp.weights, manifestTemp]) rmSync(path, { force: true })
+      for (const path of [...Object.values(temp), manifestTemp]) rmSync(path, { force: true })
     }
   }
 
   /** Temporary files of this layer left by a process that no longer runs (killed mid-write). */
   private removeStale (layer: number): void {
-    const pattern = new RegExp(`^layer-${layer}\\.(onnx|weights|json)\\.(\\d+)-\\w+\\.tmp$`)
+    const pattern = new RegExp(`^layer-${layer}\\.(pre\\.onnx|post\\.onnx|weights|json)\\.(\\d+)-\\w+\\.tmp$`)
     for (const name of readdirSync(this.dir)) {
       const match = pattern.exec(name)
       if (match != null && !isProcessAlive(Number(match[2]))) rmSync(join(this.dir, name), { force: true })

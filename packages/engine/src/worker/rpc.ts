@@ -68,22 +68,109 @@ export function emitEvent (event: unknown): void {
   parentPort?.postMessage({ event } satisfies WorkerEvent)
 }
 
-/** Runs in the worker: answers requests with the named handlers, one at a time, in arrival order. */
-export function serveRequests (handlers: Record<string, (args: any) => unknown>): void {
+/**
+ * A method whose requests the worker runs together: when it becomes free it takes every queued
+ * request of the method (up to the first request of another method, so that order across methods
+ * holds; one per key, a second one waits for the next batch) and may wait a bounded time for more.
+ */
+export interface BatchedMethod<A = any> {
+  /** Requests with the same key never share a batch (e.g. two steps of one session). */
+  key: (args: A) => string
+  /** One result (or Error: that request alone fails) per request, in order. */
+  run: (batch: A[]) => Promise<unknown[]>
+  /** Longest wait for companions, in ms (0: a batch starts at once). */
+  maxWaitMs: number
+  /** Whether a batch should start without waiting further (every expected companion is in). */
+  complete: (batch: A[]) => boolean
+}
+
+/**
+ * Runs in the worker: answers requests with the named handlers, one at a time, in arrival order;
+ * requests of a `batched` method are answered a batch at a time.
+ */
+export function serveRequests (handlers: Record<string, (args: any) => unknown>, batched: Record<string, BatchedMethod> = {}): void {
   if (isMainThread || parentPort == null) throw new Error('serveRequests must run in a worker thread')
   const port = parentPort
-  let queue = Promise.resolve()
-  port.on('message', (request: Request) => {
-    queue = queue.then(async () => {
-      try {
-        const handler = handlers[request.method]
-        if (handler == null) throw new WorkerError(`unknown worker method ${request.method}`)
-        const result = await handler(request.args)
-        if (result instanceof Transfer) port.postMessage({ id: request.id, ok: true, value: result.value } satisfies Response, result.transfer)
-        else port.postMessage({ id: request.id, ok: true, value: result } satisfies Response)
-      } catch (err: any) {
-        port.postMessage({ id: request.id, ok: false, name: err?.name ?? 'Error', message: err?.message ?? String(err) } satisfies Response)
+  const queue: Request[] = []
+  let busy = false
+  /** Wakes a batch waiting for companions when a request arrives. */
+  let arrived: (() => void) | undefined
+
+  const reply = (request: Request, result: unknown): void => {
+    if (result instanceof Error) port.postMessage({ id: request.id, ok: false, name: result.name ?? 'Error', message: result.message ?? String(result) } satisfies Response)
+    else if (result instanceof Transfer) port.postMessage({ id: request.id, ok: true, value: result.value } satisfies Response, result.transfer)
+    else port.postMessage({ id: request.id, ok: true, value: result } satisfies Response)
+  }
+
+  const answer = async (request: Request): Promise<void> => {
+    try {
+      const handler = handlers[request.method]
+      if (handler == null) throw new WorkerError(`unknown worker method ${request.method}`)
+      reply(request, await handler(request.args))
+    } catch (err: any) {
+      reply(request, err instanceof Error ? err : new Error(String(err)))
+    }
+  }
+
+  /** Moves the queued requests that may join `batch` into it. */
+  const gather = (method: string, spec: BatchedMethod, batch: Request[], keys: Set<string>): void => {
+    for (let i = 0; i < queue.length;) {
+      const request = queue[i]
+      if (request.method !== method) return
+      const key = spec.key(request.args)
+      if (keys.has(key)) {
+        i++
+        continue
       }
-    })
+      keys.add(key)
+      batch.push(request)
+      queue.splice(i, 1)
+    }
+  }
+
+  const answerBatch = async (method: string, spec: BatchedMethod, first: Request): Promise<void> => {
+    const batch = [first]
+    const keys = new Set([spec.key(first.args)])
+    gather(method, spec, batch, keys)
+    const deadline = performance.now() + spec.maxWaitMs
+    while (!spec.complete(batch.map(r => r.args)) && performance.now() < deadline) {
+      let timer: NodeJS.Timeout | undefined
+      await new Promise<void>(resolve => {
+        arrived = resolve
+        timer = setTimeout(resolve, deadline - performance.now())
+      })
+      arrived = undefined
+      clearTimeout(timer)
+      gather(method, spec, batch, keys)
+    }
+    let results: unknown[]
+    try {
+      results = await spec.run(batch.map(r => r.args))
+    } catch (err: any) {
+      results = batch.map(() => err instanceof Error ? err : new Error(String(err)))
+    }
+    for (const [i, request] of batch.entries()) reply(request, results[i])
+  }
+
+  // Work starts from setImmediate, and each request or batch ends with a turn of the event loop: ORT
+  // runs block the thread, so requests that came meanwhile are only queued once their message events
+  // have run, and they should all be there when the next batch is gathered.
+  const drain = async (): Promise<void> => {
+    for (let request = queue.shift(); request != null; request = queue.shift()) {
+      const spec = batched[request.method]
+      if (spec == null) await answer(request)
+      else await answerBatch(request.method, spec, request)
+      await new Promise(resolve => setImmediate(resolve))
+    }
+    busy = false
+  }
+
+  port.on('message', (request: Request) => {
+    queue.push(request)
+    arrived?.()
+    if (!busy) {
+      busy = true
+      setImmediate(() => { void drain() })
+    }
   })
 }

@@ -1,14 +1,17 @@
 // Worker: hosts one span of decoder layers and the KV caches of its sessions. The layers come from the
 // prepared cache (prepared/), built there first if needed; their weights stay out of JS entirely.
+// Concurrent sessions' steps run as one batch (see forwardBatch): each layer's `pre` and `post`
+// graphs see all their rows at once, so its weights are read once per batch, while attention runs
+// per session over that session's own cache.
 import * as ort from 'onnxruntime-node'
 import { loadModelConfig, type ModelConfig } from '../config.ts'
 import { ContextLengthError, InvalidArgumentError, PositionError, SessionLimitError, ShapeError, UnknownSessionError } from '../errors.ts'
-import { SPAN_IO } from '../graph/span-graph.ts'
+import { buildAttentionGraph, SPAN_IO } from '../graph/span-graph.ts'
 import { prepareSpan } from '../prepared/prepare-span.ts'
 import type { Quantization } from '../quantize.ts'
 import { KV_BLOCK_TOKENS, kvBytesPerToken } from '../span-executor.ts'
 import { sessionOptions } from './ort-options.ts'
-import { emitEvent, serveRequests, Transfer } from './rpc.ts'
+import { emitEvent, serveRequests, Transfer, type BatchedMethod } from './rpc.ts'
 
 export interface SpanLoadArgs {
   modelDir: string
@@ -21,6 +24,8 @@ export interface SpanLoadArgs {
   maxSessions: number
   /** KV cache budget, all sessions together. */
   cacheBytes: number
+  /** Longest wait of a step for other active sessions' steps to batch with (ms, 0 = none). */
+  batchWaitMs: number
 }
 
 export interface SpanLoadResult { config: ModelConfig, bytesRead: number, maxPositions: number, preparedBytes: number, preparedDir: string, built: number[] }
@@ -41,6 +46,10 @@ export interface SpanStats {
   freeCacheTokens: number
   cacheBytes: number
   freeCacheBytes: number
+  /** Steps run since the span loaded, the batches they ran in, and the most steps one batch held. */
+  steps: number
+  batches: number
+  largestBatch: number
 }
 
 interface LayerCache { key: ort.Tensor, value: ort.Tensor, keyData: Float32Array, valueData: Float32Array }
@@ -54,7 +63,12 @@ interface Session {
   capacity: number
   length: number
   caches: Map<number, LayerCache>
+  /** When its last step ended (performance.now()): a session that stepped lately is worth waiting for. */
+  lastStep: number
 }
+
+/** A session stepping more often than this is active: a batch waits (briefly) for its next step. */
+const ACTIVE_MS = 1000
 
 let config: ModelConfig
 let limits: { maxSessions: number, cacheBytes: number, maxPositions: number }
@@ -62,14 +76,21 @@ let span: { start: number, end: number }
 /** Bytes of one token's keys and values in one layer. */
 let tokenLayerBytes: number
 let cacheBytesInUse = 0
-const graphs = new Map<number, { session: ort.InferenceSession, fetches: string[] }>()
+let batchWaitMs = 0
+const batching = { steps: 0, batches: 0, largestBatch: 0 }
+const layers = new Map<number, { pre: ort.InferenceSession, post: ort.InferenceSession }>()
+/** GroupQueryAttention alone: no weights, so one session serves every layer. */
+let attention: ort.InferenceSession
 const sessions = new Map<string, Session>()
+/** Reused between batches: the rows of all sessions' attention outputs, fed to `post`. */
+let attendedRows = new Float32Array(0)
 
 async function load (args: SpanLoadArgs): Promise<SpanLoadResult> {
   config = loadModelConfig(args.modelDir)
   const maxPositions = config.maxPositionEmbeddings
   span = { start: args.start, end: args.end }
   limits = { maxSessions: args.maxSessions, cacheBytes: args.cacheBytes, maxPositions }
+  batchWaitMs = args.batchWaitMs
   tokenLayerBytes = kvBytesPerToken(config, 1)
   const prepared = await prepareSpan({
     modelDir: args.modelDir,
@@ -82,13 +103,13 @@ async function load (args: SpanLoadArgs): Promise<SpanLoadResult> {
     log: message => { emitEvent({ type: 'log', message } satisfies SpanLoadEvent) }
   })
   // ORT reads each layer's graph and its external weights from the files itself.
-  for (const [i, path] of prepared.graphs.entries()) {
-    const index = args.start + i
-    // No arena and no memory patterns: the caches are ours, and per-session arenas would each keep
-    // their peak activations; prepacking stays on (MatMulNBits is far slower without it).
-    const session = await ort.InferenceSession.create(path, { ...sessionOptions(args.threads), enableCpuMemArena: false, enableMemPattern: false })
-    graphs.set(index, { session, fetches: [SPAN_IO.hiddenOut, SPAN_IO.newKey(index), SPAN_IO.newValue(index)] })
+  // No arena and no memory patterns: the caches are ours, and per-session arenas would each keep
+  // their peak activations; prepacking stays on (MatMulNBits is far slower without it).
+  const options = { ...sessionOptions(args.threads), enableCpuMemArena: false, enableMemPattern: false }
+  for (const [i, paths] of prepared.graphs.entries()) {
+    layers.set(args.start + i, { pre: await ort.InferenceSession.create(paths.pre, options), post: await ort.InferenceSession.create(paths.post, options) })
   }
+  attention = await ort.InferenceSession.create(buildAttentionGraph(config), options)
   return { config, bytesRead: prepared.bytesRead, maxPositions, preparedBytes: prepared.bytes, preparedDir: prepared.dir, built: prepared.built }
 }
 
@@ -106,7 +127,7 @@ function open ({ sessionId, maxLength, start = span.start, end = span.end }: Ope
   if (cacheBytesInUse + firstBlock > limits.cacheBytes) {
     throw new SessionLimitError(`busy: the KV cache is full (${mb(cacheBytesInUse)} of ${mb(limits.cacheBytes)} MB in use)`)
   }
-  sessions.set(sessionId, { start, end, maxLength, capacity: 0, length: 0, caches: new Map() })
+  sessions.set(sessionId, { start, end, maxLength, capacity: 0, length: 0, caches: new Map(), lastStep: -Infinity })
   return stats()
 }
 
@@ -136,12 +157,16 @@ function grow (sessionId: string, session: Session, needed: number): void {
   cacheBytesInUse += extra
 }
 
-async function forward ({ sessionId, hidden, tokens, position }: ForwardArgs): Promise<Transfer<Float32Array>> {
+/** A step of one session, checked and with room in its cache. */
+interface Step { session: Session, hidden: Float32Array, tokens: number, past: number }
+
+/** Checks a step against its session and makes room for it; throws what is wrong with it. */
+function prepareStep ({ sessionId, hidden, tokens, position }: ForwardArgs): Step {
   const session = sessions.get(sessionId)
   if (session == null) throw new UnknownSessionError(`unknown session ${sessionId}`)
   const { hiddenSize } = config
-  if (!Number.isInteger(tokens) || tokens < 1 || hidden.length !== tokens * hiddenSize) {
-    throw new ShapeError(`hidden states of ${hidden.length} values do not match ${tokens} tokens × hidden size ${hiddenSize}`)
+  if (!Number.isInteger(tokens) || tokens < 1 || !(hidden instanceof Float32Array) || hidden.length !== tokens * hiddenSize) {
+    throw new ShapeError(`hidden states of ${hidden?.length} values do not match ${tokens} tokens × hidden size ${hiddenSize}`)
   }
   const past = session.length
   if (position != null && position !== past) {
@@ -151,31 +176,117 @@ async function forward ({ sessionId, hidden, tokens, position }: ForwardArgs): P
     throw new ContextLengthError(`${past} cached + ${tokens} new tokens exceed the session's length of ${session.maxLength}`)
   }
   if (past + tokens > session.capacity) grow(sessionId, session, past + tokens)
+  return { session, hidden, tokens, past }
+}
 
-  const positions = new BigInt64Array(tokens)
-  for (let i = 0; i < tokens; i++) positions[i] = BigInt(past + i)
-  const feeds: Record<string, ort.Tensor> = {
-    [SPAN_IO.positions]: new ort.Tensor('int64', positions, [1, tokens]),
-    [SPAN_IO.seqlensK]: new ort.Tensor('int32', Int32Array.of(past + tokens - 1), [1]),
-    [SPAN_IO.totalLength]: new ort.Tensor('int32', Int32Array.of(past + tokens), [])
+/**
+ * Runs the steps of several sessions (at most one each) as batches: steps over the same layers
+ * share one, whose rows go through each layer's `pre` and `post` graphs together. A step that is
+ * wrong (unknown session, bad shape or position, no room) fails alone.
+ */
+async function forwardBatch (batch: ForwardArgs[]): Promise<unknown[]> {
+  const results: unknown[] = new Array(batch.length)
+  const groups = new Map<string, Array<{ index: number, step: Step }>>()
+  for (const [index, args] of batch.entries()) {
+    try {
+      const step = prepareStep(args)
+      const key = `${step.session.start}:${step.session.end}`
+      const group = groups.get(key) ?? []
+      group.push({ index, step })
+      groups.set(key, group)
+    } catch (err) {
+      results[index] = err
+    }
   }
-  let current: ort.Tensor = new ort.Tensor('float32', hidden, [1, tokens, hiddenSize])
-  for (let layer = session.start; layer < session.end; layer++) {
-    const graph = graphs.get(layer)!
-    const cache = session.caches.get(layer)!
-    feeds[SPAN_IO.hidden] = current
-    feeds[SPAN_IO.pastKey(layer)] = cache.key
-    feeds[SPAN_IO.pastValue(layer)] = cache.value
-    const out = await graph.session.run(feeds, graph.fetches)
-    delete feeds[SPAN_IO.pastKey(layer)]
-    delete feeds[SPAN_IO.pastValue(layer)]
-    appendToCache(cache.keyData, out[SPAN_IO.newKey(layer)].data as Float32Array, session.capacity, past, tokens)
-    appendToCache(cache.valueData, out[SPAN_IO.newValue(layer)].data as Float32Array, session.capacity, past, tokens)
-    current = out[SPAN_IO.hiddenOut]
+  for (const group of groups.values()) {
+    try {
+      const outputs = await runSteps(group.map(g => g.step))
+      for (const [i, { index }] of group.entries()) results[index] = outputs[i]
+    } catch (err) {
+      // (onnxruntime failing on checked inputs: only this group's steps are lost)
+      for (const { index } of group) results[index] = err
+    }
+    batching.steps += group.length
+    batching.batches++
+    batching.largestBatch = Math.max(batching.largestBatch, group.length)
   }
-  session.length += tokens
-  const result = current.data as Float32Array
-  return new Transfer(result, [result.buffer as ArrayBuffer])
+  const now = performance.now()
+  for (const { sessionId } of batch) {
+    const session = sessions.get(sessionId)
+    if (session != null) session.lastStep = now
+  }
+  return results
+}
+
+/** Steps of sessions over the same layers, through those layers; each session's output rows. */
+async function runSteps (steps: Step[]): Promise<Array<Transfer<Float32Array>>> {
+  const { hiddenSize, numHeads, numKvHeads, headDim } = config
+  const qDim = numHeads * headDim
+  const kvDim = numKvHeads * headDim
+  const rows = steps.reduce((n, s) => n + s.tokens, 0)
+  const { start, end } = steps[0].session
+  // One step is fed as it came; several are concatenated once, and stay so through every layer.
+  let hidden = steps[0].hidden
+  if (steps.length > 1) {
+    hidden = new Float32Array(rows * hiddenSize)
+    let row = 0
+    for (const step of steps) {
+      hidden.set(step.hidden, row * hiddenSize)
+      row += step.tokens
+    }
+  }
+  const positions = new BigInt64Array(rows)
+  let first = 0
+  const attentionFeeds = steps.map(step => {
+    for (let i = 0; i < step.tokens; i++) positions[first + i] = BigInt(step.past + i)
+    first += step.tokens
+    return {
+      [SPAN_IO.seqlensK]: new ort.Tensor('int32', Int32Array.of(step.past + step.tokens - 1), [1]),
+      [SPAN_IO.totalLength]: new ort.Tensor('int32', Int32Array.of(step.past + step.tokens), [])
+    } as Record<string, ort.Tensor>
+  })
+  const positionIds = new ort.Tensor('int64', positions, [1, rows])
+  if (steps.length > 1 && attendedRows.length < rows * qDim) attendedRows = new Float32Array(rows * qDim)
+  let current: ort.Tensor = new ort.Tensor('float32', hidden, [1, rows, hiddenSize])
+  for (let layer = start; layer < end; layer++) {
+    const graphs = layers.get(layer)!
+    const pre = await graphs.pre.run({ [SPAN_IO.hidden]: current, [SPAN_IO.positions]: positionIds })
+    const query = pre[SPAN_IO.query].data as Float32Array
+    const newKey = pre[SPAN_IO.newKey].data as Float32Array
+    const newValue = pre[SPAN_IO.newValue].data as Float32Array
+    let attended: ort.Tensor | undefined
+    let row = 0
+    for (const [i, step] of steps.entries()) {
+      const { session, tokens, past } = step
+      const cache = session.caches.get(layer)!
+      const keyRows = newKey.subarray(row * kvDim, (row + tokens) * kvDim)
+      const valueRows = newValue.subarray(row * kvDim, (row + tokens) * kvDim)
+      const feeds = attentionFeeds[i]
+      feeds[SPAN_IO.query] = new ort.Tensor('float32', query.subarray(row * qDim, (row + tokens) * qDim), [1, tokens, qDim])
+      feeds[SPAN_IO.newKey] = new ort.Tensor('float32', keyRows, [1, tokens, kvDim])
+      feeds[SPAN_IO.newValue] = new ort.Tensor('float32', valueRows, [1, tokens, kvDim])
+      feeds[SPAN_IO.pastKey] = cache.key
+      feeds[SPAN_IO.pastValue] = cache.value
+      const out = (await attention.run(feeds))[SPAN_IO.attended]
+      appendToCache(cache.keyData, keyRows, session.capacity, past, tokens)
+      appendToCache(cache.valueData, valueRows, session.capacity, past, tokens)
+      if (steps.length === 1) attended = out
+      else attendedRows.set(out.data as Float32Array, row * qDim)
+      row += tokens
+    }
+    attended ??= new ort.Tensor('float32', attendedRows.subarray(0, rows * qDim), [1, rows, qDim])
+    current = (await graphs.post.run({ [SPAN_IO.hidden]: current, [SPAN_IO.attended]: attended }))[SPAN_IO.hiddenOut]
+  }
+  for (const step of steps) step.session.length += step.tokens
+  const out = current.data as Float32Array
+  if (steps.length === 1) return [new Transfer(out, [out.buffer as ArrayBuffer])]
+  // each session's rows move to the caller in a buffer of their own
+  let row = 0
+  return steps.map(step => {
+    const own = out.slice(row * hiddenSize, (row + step.tokens) * hiddenSize)
+    row += step.tokens
+    return new Transfer(own, [own.buffer])
+  })
 }
 
 /** Writes new rows [tokens, kvHeads * headDim] into a cache laid out [kvHeads, capacity, headDim]. */
@@ -207,7 +318,8 @@ function stats (): SpanStats {
     freeSessions: limits.maxSessions - sessions.size,
     freeCacheTokens: Math.floor(freeCacheBytes / spanTokenBytes),
     cacheBytes: cacheBytesInUse,
-    freeCacheBytes
+    freeCacheBytes,
+    ...batching
   }
 }
 
@@ -215,4 +327,19 @@ function mb (bytes: number): string {
   return (bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 2 : 0)
 }
 
-serveRequests({ load, open, forward, close, stats })
+/** Steps of sessions stepping lately, other than the batch's own, are worth a short wait. */
+function batchComplete (batch: ForwardArgs[]): boolean {
+  const now = performance.now()
+  const inBatch = new Set(batch.map(args => args.sessionId))
+  for (const [id, session] of sessions) if (!inBatch.has(id) && now - session.lastStep < ACTIVE_MS) return false
+  return true
+}
+
+const forward: BatchedMethod<ForwardArgs> = {
+  key: args => args.sessionId,
+  run: forwardBatch,
+  get maxWaitMs () { return batchWaitMs },
+  complete: batchComplete
+}
+
+serveRequests({ load, open, close, stats }, { forward })
