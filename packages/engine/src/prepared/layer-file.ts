@@ -2,7 +2,7 @@
 // which gives it a page-aligned place in the file (ORT reads it from there as external data) and
 // remembers how to fill it. `write` then fills the file from the checkpoint a slice of rows at a
 // time, so preparing a layer never holds more than one slice and one output tensor in memory.
-import { ftruncateSync, writeSync } from 'node:fs'
+import { closeSync, ftruncateSync, openSync, writeFileSync, writeSync } from 'node:fs'
 import { GraphBuilder, type DataType } from '../graph/onnx.ts'
 import type { LayerWeights, LinearTensors } from '../graph/span-graph.ts'
 import { QUANT_BLOCK_SIZE, quantizeBlockwise, type Quantization } from '../quantize.ts'
@@ -24,6 +24,8 @@ export class LayerFile implements LayerWeights {
   readonly graph = new GraphBuilder()
   /** Size of the weights file. */
   bytes = 0
+  /** Bytes of the tensors alone (the file pads each to a page). */
+  tensorBytes = 0
   private readonly recipes: Recipe[] = []
 
   /** `location`: the weights file's name, relative to the graph file. */
@@ -64,6 +66,17 @@ export class LayerFile implements LayerWeights {
     return { bits, ...names }
   }
 
+  /** Writes the weights file (filled from the checkpoint) and the graph built over this file. */
+  save (checkpoint: SafetensorsCheckpoint, graph: Uint8Array, paths: { graph: string, weights: string }): void {
+    const fd = openSync(paths.weights, 'w')
+    try {
+      this.write(checkpoint, fd)
+    } finally {
+      closeSync(fd)
+    }
+    writeFileSync(paths.graph, graph)
+  }
+
   /** Fills the weights file open as `fd` from the checkpoint. */
   write (checkpoint: SafetensorsCheckpoint, fd: number): void {
     ftruncateSync(fd, this.bytes)
@@ -94,6 +107,7 @@ export class LayerFile implements LayerWeights {
   private place (name: string, type: DataType, dims: number[], length: number): number {
     const offset = this.bytes
     this.graph.externalInitializer(name, type, dims, this.location, offset, length)
+    this.tensorBytes += length
     this.bytes = Math.ceil((offset + length) / ALIGN) * ALIGN
     return offset
   }

@@ -1,6 +1,7 @@
 // Where prepared layers live and how an entry is known to be whole. One folder per model id,
 // quantization and format version; per layer a graph (layer-N.onnx), its weights (layer-N.weights)
-// and a manifest (layer-N.json) with both files' sizes and CRC-32s. Files are written under
+// and a manifest (layer-N.json) with both files' sizes and CRC-32s; the client's head (final norm and
+// LM head) is the entry `head` (head.onnx, head.weights, head.json) beside them. Files are written under
 // temporary names and renamed; the manifest goes last, so an entry without one is unfinished.
 // A file whose inode and modification time are still those the manifest recorded has not been
 // touched since it was checksummed, and is not read again: warm starts stay fast. Anything else
@@ -13,10 +14,13 @@ import type { Quantization } from '../quantize.ts'
 /** Bump when the prepared layout or graph changes: older entries are then never looked at. */
 export const PREPARED_FORMAT = 1
 
+/** A decoder layer, or the client's head. */
+export type PreparedEntry = number | 'head'
+
 interface Manifest {
   format: number
   modelId: string
-  layer: number
+  layer: PreparedEntry
   quant: Quantization
   files: Record<string, { bytes: number, crc32: number, stamp: string }>
 }
@@ -30,13 +34,13 @@ export class PreparedStore {
     this.dir = join(resolve(cacheDir), 'prepared', modelId, `${quant}-v${PREPARED_FORMAT}`)
   }
 
-  graphPath (layer: number): string { return join(this.dir, `layer-${layer}.onnx`) }
-  weightsName (layer: number): string { return `layer-${layer}.weights` }
-  private manifestPath (layer: number): string { return join(this.dir, `layer-${layer}.json`) }
+  graphPath (layer: PreparedEntry): string { return join(this.dir, `${baseName(layer)}.onnx`) }
+  weightsName (layer: PreparedEntry): string { return `${baseName(layer)}.weights` }
+  private manifestPath (layer: PreparedEntry): string { return join(this.dir, `${baseName(layer)}.json`) }
 
   /** Whether layer `layer` is prepared and whole: its manifest, sizes and checksums all agree. */
-  check (layer: number): LayerState {
-    const files = [`layer-${layer}.onnx`, this.weightsName(layer)]
+  check (layer: PreparedEntry): LayerState {
+    const files = [`${baseName(layer)}.onnx`, this.weightsName(layer)]
     const manifestPath = this.manifestPath(layer)
     if (!existsSync(manifestPath)) {
       const leftover = files.filter(f => existsSync(join(this.dir, f)))
@@ -70,11 +74,11 @@ export class PreparedStore {
    * Writes layer `layer`: `writeFiles` fills the graph and weights files at the temporary paths it
    * is given; they are checksummed and renamed into place, then the manifest is written.
    */
-  commit (layer: number, writeFiles: (paths: { graph: string, weights: string }) => void): number {
+  commit (layer: PreparedEntry, writeFiles: (paths: { graph: string, weights: string }) => void): number {
     mkdirSync(this.dir, { recursive: true })
     this.removeStale(layer)
     const suffix = `.${process.pid}-${Math.random().toString(36).slice(2, 8)}.tmp`
-    const names = { graph: `layer-${layer}.onnx`, weights: this.weightsName(layer) }
+    const names = { graph: `${baseName(layer)}.onnx`, weights: this.weightsName(layer) }
     const temp = { graph: join(this.dir, names.graph + suffix), weights: join(this.dir, names.weights + suffix) }
     const manifestTemp = this.manifestPath(layer) + suffix
     try {
@@ -93,13 +97,17 @@ export class PreparedStore {
   }
 
   /** Temporary files of this layer left by a process that no longer runs (killed mid-write). */
-  private removeStale (layer: number): void {
-    const pattern = new RegExp(`^layer-${layer}\\.(onnx|weights|json)\\.(\\d+)-\\w+\\.tmp$`)
+  private removeStale (layer: PreparedEntry): void {
+    const pattern = new RegExp(`^${baseName(layer)}\\.(onnx|weights|json)\\.(\\d+)-\\w+\\.tmp$`)
     for (const name of readdirSync(this.dir)) {
       const match = pattern.exec(name)
       if (match != null && !alive(Number(match[2]))) rmSync(join(this.dir, name), { force: true })
     }
   }
+}
+
+function baseName (layer: PreparedEntry): string {
+  return layer === 'head' ? 'head' : `layer-${layer}`
 }
 
 /** Inode and modification time (ns): a rename keeps both, any write changes the time. */
