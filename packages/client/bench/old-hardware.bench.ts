@@ -14,7 +14,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { seededRandom, untilDone } from '@minga/engine'
-import { defaultCheckpointDir, ensureRandomCheckpoint, LLAMA2_7B_SHAPE } from '../../engine/bench/random-checkpoint.ts'
+import { defaultCheckpointDir, ensureRandomCheckpoint, ensureTokenizer, LLAMA2_7B_SHAPE } from '../../engine/bench/random-checkpoint.ts'
 import { startNode, type NodeProcess } from '@minga/cli/processes'
 import { createClient, type SwarmGenerationResult } from '../src/index.ts'
 
@@ -90,8 +90,9 @@ async function phase (label: string, modelDir: string, cacheDir: string, bootstr
     let generation
     let error: string | undefined
     if (failed == null) {
-      const client = await createClient({ modelDir, bootstrap: [bootstrapAddr], threads: 2 })
+      let client: Awaited<ReturnType<typeof createClient>> | undefined
       try {
+        client = await createClient({ modelDir, bootstrap: [bootstrapAddr], threads: 2 })
         const random = seededRandom(7)
         const prompt = [1, ...Array.from({ length: Number(values['prompt-tokens']) - 1 }, () => 3 + Math.floor(random() * (LLAMA2_7B_SHAPE.vocabSize - 3)))]
         const result: SwarmGenerationResult = await untilDone(client.generate(prompt, { maxNewTokens: Number(values['decode-tokens']), temperature: 0 }))
@@ -99,7 +100,7 @@ async function phase (label: string, modelDir: string, cacheDir: string, bootstr
       } catch (err: any) {
         error = `generation failed: ${err?.message ?? err}`
       } finally {
-        await client.close()
+        await client?.close()
       }
     } else {
       error = `a node failed to start: ${failed.reason?.message ?? failed.reason}`
@@ -116,7 +117,8 @@ async function phase (label: string, modelDir: string, cacheDir: string, bootstr
     }
     return { nodes: reports, generation, error }
   } finally {
-    await Promise.all(nodes.map(async (node, i) => { if (node != null && reports[i] != null) reports[i].exit = await node.stop() }))
+    // (stopped even when the phase failed before its reports were written)
+    await Promise.all(nodes.map(async (node, i) => { const exit = await node?.stop(); if (reports[i] != null) reports[i].exit = exit }))
     for (const cgroup of cgroups) cgroup.remove()
   }
 }
@@ -128,6 +130,7 @@ async function main (): Promise<void> {
   note(`checkpoint: ${modelDir} (built once, ≈ 13.5 GB)`)
   const checkpoint = ensureRandomCheckpoint(modelDir, REPO_ROOT, LLAMA2_7B_SHAPE, 4321)
   note(checkpoint.reused ? '  reusing it' : `  built in ${(checkpoint.buildMs / 1000).toFixed(0)} s`)
+  if (ensureTokenizer(modelDir, LLAMA2_7B_SHAPE.vocabSize)) note('  wrote a generated tokenizer (the client loads one)')
   const bootstrap = await startNode(['bootstrap'], { label: 'bootstrap' })
   const report: Record<string, unknown> = { startedAt: new Date().toISOString(), cores: availableParallelism(), limitBytes, loadAverageAtStart: loadavg() }
   try {

@@ -125,7 +125,7 @@ export async function createClient (init: ClientInit): Promise<MingaClient> {
     model = await resolveModel({ modelDir: init.modelDir, modelId: init.modelId, node, cacheDir: init.cacheDir, ...init.fetch, select: { head: true } })
     const config = loadModelConfig(model.dir)
     const tokenizer = loadTokenizer(model.dir, config)
-    const head = await createClientHead({ modelDir: model.dir, headQuant: init.headQuant, threads: init.threads })
+    const head = await createClientHead({ modelDir: model.dir, modelId: model.modelId, cacheDir: init.cacheDir, headQuant: init.headQuant, threads: init.threads })
     return new SwarmClient(init, node, head, tokenizer, config, model, chains)
   } catch (err) {
     model?.close()

@@ -459,12 +459,15 @@ async function measureStarts (options: Options, checkpoint: CheckpointInfo, note
 
 function formatStart (start: StartReport): string {
   const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(0)} MiB`
-  const base = start.baseline?.peakRssBytes ?? NaN
-  const lines = [`node start: minga serve --blocks 0:${TINYLLAMA_SHAPE.numLayers} --cache-mb 64 --throughput 1, spawn → ready line; peak RSS = VmHWM at ready`,
-    `  baseline (Node + libp2p + onnxruntime: a node serving stories260k f32): peak RSS ${mib(base)}, ready in ${((start.baseline?.readyMs ?? NaN) / 1000).toFixed(1)} s`]
-  lines.push(...table(['quant', 'prepared', 'cold s', 'warm s', 'peak RSS cold', 'peak RSS warm', '(warm − baseline) / prepared'], start.runs.map(r => [
-    r.quant, mib(r.preparedBytes), (r.cold.readyMs / 1000).toFixed(1), (r.warm.readyMs / 1000).toFixed(1), mib(r.cold.peakRssBytes), mib(r.warm.peakRssBytes),
-    ((r.warm.peakRssBytes - base) / r.preparedBytes).toFixed(3)
+  const base = start.baseline
+  const baseRss = base?.peakRssBytes ?? NaN
+  const lines = [`node start: minga serve --blocks 0:${TINYLLAMA_SHAPE.numLayers} --cache-mb 64 --throughput 1, spawn → ready line; peak RSS = VmHWM at ready, anon / file = RssAnon / RssFile at ready`,
+    `  baseline (Node + libp2p + onnxruntime: a node serving stories260k f32): peak RSS ${mib(baseRss)} (anon ${mib(base?.rssAnonBytes ?? NaN)}, file ${mib(base?.rssFileBytes ?? NaN)}), ready in ${((base?.readyMs ?? NaN) / 1000).toFixed(1)} s`,
+    '  warm − baseline s: what the span itself adds to a warm start (the rest is Node, tsx, module loading and libp2p)']
+  lines.push(...table(['quant', 'prepared', 'cold s', 'warm s', 'warm − baseline s', 'peak RSS cold', 'peak RSS warm', 'anon / file warm', '(warm − baseline) / prepared', 'anon ratio'], start.runs.map(r => [
+    r.quant, mib(r.preparedBytes), (r.cold.readyMs / 1000).toFixed(1), (r.warm.readyMs / 1000).toFixed(1), ((r.warm.readyMs - (base?.readyMs ?? NaN)) / 1000).toFixed(1),
+    mib(r.cold.peakRssBytes), mib(r.warm.peakRssBytes), `${mib(r.warm.rssAnonBytes)} / ${mib(r.warm.rssFileBytes)}`,
+    ((r.warm.peakRssBytes - baseRss) / r.preparedBytes).toFixed(3), ((r.warm.rssAnonBytes - (base?.rssAnonBytes ?? NaN)) / r.preparedBytes).toFixed(3)
   ])))
   if (start.error != null) lines.push(`  FAILED: ${start.error}`)
   return lines.join('\n')

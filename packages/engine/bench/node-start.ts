@@ -14,6 +14,9 @@ export interface StartRun {
   readyMs: number
   peakRssBytes: number
   rssBytes: number
+  /** RSS when ready split: anonymous memory (heap, ORT's packed weights) and file-backed pages (mmapped weights, code). */
+  rssAnonBytes: number
+  rssFileBytes: number
   /** The serve process's own log lines (stderr). */
   log: string[]
 }
@@ -57,7 +60,7 @@ export async function startServe (modelDir: string, blocks: [number, number], qu
     })
     const status = readFileSync(`/proc/${child.pid}/status`, 'utf8')
     const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN) * 1024
-    return { readyMs, peakRssBytes: field('VmHWM'), rssBytes: field('VmRSS'), log }
+    return { readyMs, peakRssBytes: field('VmHWM'), rssBytes: field('VmRSS'), rssAnonBytes: field('RssAnon'), rssFileBytes: field('RssFile'), log }
   } finally {
     if (child.exitCode == null) {
       const exited = new Promise(resolve => child.once('exit', resolve))

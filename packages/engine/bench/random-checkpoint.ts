@@ -204,3 +204,50 @@ function writeRandomSafetensors (path: string, plan: TensorPlan[], seed: number)
 function writeAll (fd: number, bytes: Uint8Array): void {
   for (let done = 0; done < bytes.length;) done += writeSync(fd, bytes, done, bytes.length - done)
 }
+
+// A random checkpoint has no tokenizer, but the local model and the client both load one
+// (loadTokenizer runs even when the prompt is given as ids). Write a minimal valid one: BPE without
+// merges over a generated 32000-word vocabulary ("w3" … "w31999"), ids 0–2 the usual specials.
+
+export function ensureTokenizer (dir: string, vocabSize: number): boolean {
+  const tokenizerPath = join(dir, 'tokenizer.json')
+  const configPath = join(dir, 'tokenizer_config.json')
+  if (existsSync(tokenizerPath) && existsSync(configPath)) {
+    try {
+      const vocab = JSON.parse(readFileSync(tokenizerPath, 'utf8'))?.model?.vocab as Record<string, number> | undefined
+      if (vocab != null && Object.keys(vocab).length === vocabSize) return false
+    } catch {}
+  }
+  const specials = ['<unk>', '<s>', '</s>']
+  const vocab: Record<string, number> = {}
+  specials.forEach((token, id) => { vocab[token] = id })
+  for (let id = specials.length; id < vocabSize; id++) vocab[`▁w${id}`] = id
+  const tokenizer = {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: specials.map((content, id) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
+    normalizer: null,
+    pre_tokenizer: {
+      type: 'Sequence',
+      pretokenizers: [{ type: 'WhitespaceSplit' }, { type: 'Metaspace', replacement: '▁', prepend_scheme: 'always', split: false }]
+    },
+    post_processor: null,
+    decoder: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'always', split: false },
+    model: {
+      type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null,
+      fuse_unk: true, byte_fallback: false, ignore_merges: true, vocab, merges: []
+    }
+  }
+  const tokenizerConfig = {
+    tokenizer_class: 'LlamaTokenizerFast', add_bos_token: true, add_eos_token: false,
+    bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>', model_max_length: 2048
+  }
+  const writeAtomic = (path: string, value: unknown): void => {
+    writeFileSync(`${path}.${process.pid}.tmp`, JSON.stringify(value) + '\n')
+    renameSync(`${path}.${process.pid}.tmp`, path)
+  }
+  writeAtomic(configPath, tokenizerConfig)
+  writeAtomic(tokenizerPath, tokenizer)
+  return true
+}

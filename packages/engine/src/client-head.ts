@@ -2,7 +2,7 @@
 import type { ModelConfig } from './config.ts'
 import { InvalidArgumentError } from './errors.ts'
 import { QUANTIZATIONS, type Quantization } from './quantize.ts'
-import type { HeadLoadArgs, HeadLoadResult } from './worker/head-worker.ts'
+import type { HeadLoadArgs, HeadLoadEvent, HeadLoadResult } from './worker/head-worker.ts'
 import { ownBuffer, WorkerClient } from './worker/rpc.ts'
 
 /**
@@ -16,6 +16,12 @@ export interface ClientHeadInit {
   /** Quantization of the LM head (default int8; `none` is f32). */
   headQuant?: Quantization
   threads?: number
+  /** Where the prepared head is kept (default: defaultCacheDir()), beside the span's layers. */
+  cacheDir?: string
+  /** The checkpoint's model id, if the caller has it (it keys the prepared head). */
+  modelId?: string
+  /** Notes from the load, e.g. a damaged prepared head being rebuilt. */
+  log?: (message: string) => void
 }
 
 export interface ClientHead {
@@ -33,9 +39,9 @@ export interface ClientHead {
 export async function createClientHead (init: ClientHeadInit): Promise<ClientHead> {
   const headQuant = init.headQuant ?? DEFAULT_HEAD_QUANT
   if (!QUANTIZATIONS.includes(headQuant)) throw new InvalidArgumentError(`head quantization ${JSON.stringify(headQuant)} is not one of ${QUANTIZATIONS.join(', ')}`)
-  const worker = new WorkerClient(new URL('./worker/head-worker.ts', import.meta.url), 'client head')
+  const worker = new WorkerClient(new URL('./worker/head-worker.ts', import.meta.url), 'client head', (event: HeadLoadEvent) => { init.log?.(event.message) })
   try {
-    const args: HeadLoadArgs = { modelDir: init.modelDir, headQuant, threads: init.threads }
+    const args: HeadLoadArgs = { modelDir: init.modelDir, headQuant, threads: init.threads, cacheDir: init.cacheDir, modelId: init.modelId }
     const { config, preparedBytes } = await worker.call<HeadLoadResult>('load', args)
     return {
       config,

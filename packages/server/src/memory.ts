@@ -58,23 +58,28 @@ function cgroupRoom (): { bytes: number, source: string } | undefined {
   const v2 = lines.find(l => l.startsWith('0::'))
   if (v2 != null) {
     const dir = `/sys/fs/cgroup${v2.slice(3)}`
-    const room = limitRoom(`${dir}/memory.max`, `${dir}/memory.current`, `${dir}/memory.stat`, 'inactive_file')
+    const room = limitRoom(`${dir}/memory.max`, `${dir}/memory.current`, `${dir}/memory.stat`, { inactive: 'inactive_file', active: 'active_file', mapped: 'file_mapped', dirty: 'file_dirty' })
     if (room != null) return { bytes: room, source: `cgroup v2 memory.max in ${dir}` }
   }
   const v1 = lines.map(l => l.split(':')).find(parts => parts[1]?.split(',').includes('memory'))
   if (v1 != null) {
     const dir = `/sys/fs/cgroup/memory${v1[2] === '/' ? '' : v1[2]}`
-    const room = limitRoom(`${dir}/memory.limit_in_bytes`, `${dir}/memory.usage_in_bytes`, `${dir}/memory.stat`, 'total_inactive_file')
+    const room = limitRoom(`${dir}/memory.limit_in_bytes`, `${dir}/memory.usage_in_bytes`, `${dir}/memory.stat`, { inactive: 'total_inactive_file', active: 'total_active_file', mapped: 'total_mapped_file', dirty: 'total_dirty' })
     if (room != null) return { bytes: room, source: `cgroup v1 memory.limit_in_bytes in ${dir}` }
   }
   return undefined
 }
 
-/** Usage counts page cache; its inactive part is given back under pressure, so it is room too. */
-function limitRoom (limitFile: string, usageFile: string, statFile: string, inactiveKey: string): number | undefined {
+/**
+ * Usage counts the page cache. What of it is neither mapped nor dirty (the checkpoint just hashed or
+ * read, active or not) is given back under pressure, so it is room too.
+ */
+function limitRoom (limitFile: string, usageFile: string, statFile: string, keys: { inactive: string, active: string, mapped: string, dirty: string }): number | undefined {
   const limit = Number(readText(limitFile)?.trim())
-  const inactive = new RegExp(`^${inactiveKey} (\\d+)$`, 'm').exec(readText(statFile) ?? '')
-  const usage = Number(readText(usageFile)?.trim()) - Number(inactive?.[1] ?? 0)
+  const stat = readText(statFile) ?? ''
+  const value = (key: string): number => Number(new RegExp(`^${key} (\\d+)$`, 'm').exec(stat)?.[1] ?? 0)
+  const reclaimable = Math.max(0, value(keys.inactive) + value(keys.active) - value(keys.mapped) - value(keys.dirty))
+  const usage = Number(readText(usageFile)?.trim()) - reclaimable
   // "max" (v2) or a huge number (v1) mean no limit
   if (!Number.isFinite(limit) || limit >= 2 ** 60 || !Number.isFinite(usage)) return undefined
   return Math.max(0, limit - usage)

@@ -179,7 +179,44 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   if (init.rebalanceIntervalMs != null && !(init.rebalanceIntervalMs >= 100)) throw new ServerConfigError(`--rebalance-interval must be ≥ 0.1 s, got ${init.rebalanceIntervalMs / 1000} s`)
   // a directory is checked (and its manifest built) before any network work
   if (init.modelDir != null) loadModelConfig(init.modelDir)
+  /** Checks that `blocks` fit in memory, then starts their executor (which prepares the layers the first time). */
+  const openExecutor = async (model: { dir: string, modelId: string, config: ModelConfig }, blocks: { start: number, end: number }): Promise<SpanExecutor> => {
+    log(`model ${model.modelId}: hosting blocks [${blocks.start}, ${blocks.end}) of ${model.config.numLayers}`)
+    const quant = init.quant ?? DEFAULT_QUANT
+    const cacheBytes = init.cacheTokens != null ? init.cacheTokens * kvBytesPerToken(model.config, blocks.end - blocks.start) : limits.cacheBytes
+    const available = init.availableMemory != null ? { bytes: init.availableMemory, source: 'as configured' } : availableMemory()
+    const need = checkSpanFits(model.config, quant, blocks, cacheBytes, available)
+    log(`blocks [${blocks.start}, ${blocks.end}) at ${quant} take ≈ ${describe(need)}`)
+    const executor = await createSpanExecutor({
+      modelDir: model.dir,
+      modelId: model.modelId,
+      cacheDir: init.cacheDir,
+      start: blocks.start,
+      end: blocks.end,
+      quant,
+      threads: init.threads,
+      maxSessions: init.maxSessions,
+      cacheBytes,
+      batchWaitMs: init.batchWaitMs,
+      onPrepareProgress: init.onPrepareProgress,
+      log
+    })
+    log(executor.prepared.built.length > 0
+      ? `prepared ${executor.prepared.built.length} layer${executor.prepared.built.length === 1 ? '' : 's'} into ${executor.prepared.dir}`
+      : `loaded the prepared span from ${executor.prepared.dir}`)
+    return executor
+  }
   const local = init.modelDir != null ? await resolveModel({ modelDir: init.modelDir, chunkBytes: init.chunkBytes, cacheDir: init.cacheDir }) : undefined
+  // A local model with fixed blocks starts loading them (in the span's worker thread) while the node
+  // starts: a warm start then takes the longer of the two, not their sum.
+  let early: Promise<SpanExecutor> | undefined
+  if (local != null && init.blocks !== 'auto' && init.executor == null) {
+    const localConfig = loadModelConfig(local.dir)
+    checkBlocks(init.blocks, localConfig)
+    early = openExecutor({ dir: local.dir, modelId: local.modelId, config: localConfig }, init.blocks)
+    // (a failure is seen where the span is awaited below, not as an unhandled rejection meanwhile)
+    early.catch(() => {})
+  }
   const node = await createMingaNode({
     listen: init.listen,
     bootstrap: init.bootstrap,
@@ -188,6 +225,9 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     maxFrameBytes: limits.maxFrameBytes,
     relay: init.relay,
     reachability: init.reachability
+  }).catch(async (err: unknown) => {
+    await early?.then(async executor => { await executor.close() }, () => {})
+    throw err
   })
   const reach = node.reachability()
   if (reach.status === 'private') log(reach.relayed ? `not reachable from outside: serving through a relay (${node.addrs().filter(a => a.includes('/p2p-circuit')).join(', ')})` : 'not reachable from outside and no relay slot found: only peers that can reach this node directly can use it')
@@ -270,33 +310,8 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   }
 
   /** Loads `blocks` (preparing them the first time), measures them and makes their session handler (not announced yet). */
-  const load = async (blocks: { start: number, end: number }, given?: SpanExecutor): Promise<ActiveSpan> => {
-    log(`model ${modelId}: hosting blocks [${blocks.start}, ${blocks.end}) of ${config.numLayers}`)
-    let executor = given
-    if (executor == null) {
-      const quant = init.quant ?? DEFAULT_QUANT
-      const cacheBytes = init.cacheTokens != null ? init.cacheTokens * kvBytesPerToken(config, blocks.end - blocks.start) : limits.cacheBytes
-      const available = init.availableMemory != null ? { bytes: init.availableMemory, source: 'as configured' } : availableMemory()
-      const need = checkSpanFits(config, quant, blocks, cacheBytes, available)
-      log(`blocks [${blocks.start}, ${blocks.end}) at ${quant} take ≈ ${describe(need)}`)
-      executor = await createSpanExecutor({
-        modelDir,
-        modelId,
-        cacheDir: init.cacheDir,
-        start: blocks.start,
-        end: blocks.end,
-        quant,
-        threads: init.threads,
-        maxSessions: init.maxSessions,
-        cacheBytes,
-        batchWaitMs: init.batchWaitMs,
-        onPrepareProgress: init.onPrepareProgress,
-        log
-      })
-      log(executor.prepared.built.length > 0
-        ? `prepared ${executor.prepared.built.length} layer${executor.prepared.built.length === 1 ? '' : 's'} into ${executor.prepared.dir}`
-        : `loaded the prepared span from ${executor.prepared.dir}`)
-    }
+  const load = async (blocks: { start: number, end: number }, loading?: Promise<SpanExecutor>): Promise<ActiveSpan> => {
+    const executor = await (loading ?? openExecutor({ dir: modelDir, modelId, config }, blocks))
     try {
       const throughput = init.throughput ?? await measureThroughput(executor)
       log(`throughput ${throughput.toFixed(1)} tokens/s through the span`)
@@ -397,7 +412,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     if (model.fetched != null) log(`fetched ${(model.fetched.bytesFetched / 1e6).toFixed(1)} MB in ${model.fetched.chunksFetched} chunks (${model.fetched.chunksReused} already held) into ${modelDir}`)
     else blocks = await pickBlocks(config, modelId)
     checkBlocks(blocks, config)
-    active = await load(blocks, init.executor)
+    active = await load(blocks, early ?? (init.executor != null ? Promise.resolve(init.executor) : undefined))
     // one inference handler for the node's life; it hands frames to whichever span is served now
     channels = await handleChannel(node, INFERENCE_PROTOCOL, async (frame, peer, ctx) => {
       const span = active

@@ -2,7 +2,7 @@
 // which gives it a page-aligned place in the file (ORT reads it from there as external data) and
 // remembers how to fill it. `write` then fills the file from the checkpoint a slice of rows at a
 // time, so preparing a layer never holds more than one slice and one output tensor in memory.
-import { ftruncateSync, writeSync } from 'node:fs'
+import { closeSync, ftruncateSync, openSync, writeFileSync, writeSync } from 'node:fs'
 import { GraphBuilder, type DataType } from '../graph/onnx.ts'
 import type { LayerWeights, LinearTensors } from '../graph/span-graph.ts'
 import { QUANT_BLOCK_SIZE, quantizeBlockwise, type Quantization } from '../quantize.ts'
@@ -21,9 +21,12 @@ type Recipe =
   | { kind: 'quantized-linear', bits: 4 | 8, qweight: number, scales: number, zeroPoints: number, sources: Source[], k: number }
 
 export class LayerFile implements LayerWeights {
+  /** The graph being built (a layer has two: see startGraph). */
   graph = new GraphBuilder()
   /** Size of the weights file. */
   bytes = 0
+  /** Bytes of the tensors alone (the file pads each to a page). */
+  tensorBytes = 0
   private readonly recipes: Recipe[] = []
 
   /** `location`: the weights file's name, relative to the graph file. */
@@ -69,6 +72,17 @@ export class LayerFile implements LayerWeights {
     return { bits, ...names }
   }
 
+  /** Writes the weights file (filled from the checkpoint) and the graphs built over it, each at `paths[its name]`. */
+  save (checkpoint: SafetensorsCheckpoint, graphs: Record<string, Uint8Array>, paths: Record<string, string> & { weights: string }): void {
+    const fd = openSync(paths.weights, 'w')
+    try {
+      this.write(checkpoint, fd)
+    } finally {
+      closeSync(fd)
+    }
+    for (const [name, bytes] of Object.entries(graphs)) writeFileSync(paths[name], bytes)
+  }
+
   /** Fills the weights file open as `fd` from the checkpoint. */
   write (checkpoint: SafetensorsCheckpoint, fd: number): void {
     ftruncateSync(fd, this.bytes)
@@ -99,6 +113,7 @@ export class LayerFile implements LayerWeights {
   private place (name: string, type: DataType, dims: number[], length: number): number {
     const offset = this.bytes
     this.graph.externalInitializer(name, type, dims, this.location, offset, length)
+    this.tensorBytes += length
     this.bytes = Math.ceil((offset + length) / ALIGN) * ALIGN
     return offset
   }

@@ -1,7 +1,6 @@
 // Prepares a span once: each layer converted (and quantized) from the checkpoint into an ONNX graph
 // with external weights in the cache folder. Later loads find the layers prepared and never read the
 // checkpoint's tensors. Layers are stored one by one, so a prepared [0, 22) also serves [0, 8).
-import { closeSync, openSync, writeFileSync } from 'node:fs'
 import { loadModelConfig, type ModelConfig } from '../config.ts'
 import { InvalidArgumentError } from '../errors.ts'
 import { buildLayerGraphs } from '../graph/span-graph.ts'
@@ -104,13 +103,6 @@ export function preparedSpanBytes (config: ModelConfig, quant: Quantization, lay
 function writeLayer (checkpoint: SafetensorsCheckpoint, config: ModelConfig, quant: Quantization, layer: number,
   rotary: { cos: Float32Array, sin: Float32Array, positions: number }, paths: { pre: string, post: string, weights: string }, weightsName: string): void {
   const file = new LayerFile(quant, weightsName)
-  const graphs = buildLayerGraphs(config, layer, file, rotary)
-  const fd = openSync(paths.weights, 'w')
-  try {
-    file.write(checkpoint, fd)
-  } finally {
-    closeSync(fd)
-  }
-  writeFileSync(paths.pre, graphs.pre)
-  writeFileSync(paths.post, graphs.post)
+  const { pre, post } = buildLayerGraphs(config, layer, file, rotary)
+  file.save(checkpoint, { pre, post }, paths)
 }

@@ -1,7 +1,9 @@
 // Where prepared layers live and how an entry is known to be whole. One folder per model id,
 // quantization and format version; per layer its two graphs (layer-N.pre.onnx: norm, QKV and rotary;
 // layer-N.post.onnx: output projection and MLP; attention runs between them, per session), their
-// weights (layer-N.weights) and a manifest (layer-N.json) with the files' sizes and CRC-32s. Files are written under
+// weights (layer-N.weights) and a manifest (layer-N.json) with the files' sizes and CRC-32s; the
+// client's head (final norm and LM head) is the entry `head` (head.onnx, head.weights, head.json)
+// beside them. Files are written under
 // temporary names and renamed; the manifest goes last, so an entry without one is unfinished.
 // A file whose inode and modification time are still those the manifest recorded has not been
 // touched since it was checksummed, and is not read again: warm starts stay fast. Anything else
@@ -15,16 +17,19 @@ import { isProcessAlive } from '../process-alive.ts'
 /** Bump when the prepared layout or graph changes: older entries are then never looked at. */
 export const PREPARED_FORMAT = 2
 
+/** A decoder layer, or the client's head. */
+export type PreparedEntry = number | 'head'
+
 interface Manifest {
   format: number
   modelId: string
-  layer: number
+  layer: PreparedEntry
   quant: Quantization
   files: Record<string, { bytes: number, crc32: number, stamp: string }>
 }
 
-/** The files of one prepared layer. */
-export type LayerFileKind = 'pre' | 'post' | 'weights'
+/** The files of one prepared entry: a layer's two graphs or the head's one, and its weights. */
+export type EntryFiles = { pre: string, post: string, weights: string } | { graph: string, weights: string }
 
 export type LayerState = { state: 'ok', bytes: number } | { state: 'missing' } | { state: 'damaged', reason: string }
 
@@ -37,19 +42,22 @@ export class PreparedStore {
 
   /** The graphs of layer `layer` (before and after attention). */
   graphPaths (layer: number): { pre: string, post: string } {
-    const names = this.fileNames(layer)
+    const names = layerFiles(layer)
     return { pre: join(this.dir, names.pre), post: join(this.dir, names.post) }
   }
 
-  weightsName (layer: number): string { return `layer-${layer}.weights` }
-  private fileNames (layer: number): Record<LayerFileKind, string> {
-    return { pre: `layer-${layer}.pre.onnx`, post: `layer-${layer}.post.onnx`, weights: this.weightsName(layer) }
+  /** The head's graph. */
+  headGraphPath (): string { return join(this.dir, 'head.onnx') }
+
+  weightsName (entry: PreparedEntry): string { return `${baseName(entry)}.weights` }
+  private fileNames (entry: PreparedEntry): EntryFiles {
+    return entry === 'head' ? { graph: 'head.onnx', weights: this.weightsName(entry) } : layerFiles(entry)
   }
 
-  private manifestPath (layer: number): string { return join(this.dir, `layer-${layer}.json`) }
+  private manifestPath (entry: PreparedEntry): string { return join(this.dir, `${baseName(entry)}.json`) }
 
   /** Whether layer `layer` is prepared and whole: its manifest, sizes and checksums all agree. */
-  check (layer: number): LayerState {
+  check (layer: PreparedEntry): LayerState {
     const files = Object.values(this.fileNames(layer))
     const manifestPath = this.manifestPath(layer)
     if (!existsSync(manifestPath)) {
@@ -84,13 +92,15 @@ export class PreparedStore {
    * Writes layer `layer`: `writeFiles` fills the graph and weights files at the temporary paths it
    * is given; they are checksummed and renamed into place, then the manifest is written.
    */
-  commit (layer: number, writeFiles: (paths: Record<LayerFileKind, string>) => void): number {
+  commit (layer: number, writeFiles: (paths: { pre: string, post: string, weights: string }) => void): number
+  commit (layer: 'head', writeFiles: (paths: { graph: string, weights: string }) => void): number
+  commit (layer: PreparedEntry, writeFiles: (paths: any) => void): number {
     mkdirSync(this.dir, { recursive: true })
     this.removeStale(layer)
     const suffix = `.${process.pid}-${Math.random().toString(36).slice(2, 8)}.tmp`
-    const names = this.fileNames(layer)
-    const kinds = Object.keys(names) as LayerFileKind[]
-    const temp = Object.fromEntries(kinds.map(kind => [kind, join(this.dir, names[kind] + suffix)])) as Record<LayerFileKind, string>
+    const names: Record<string, string> = this.fileNames(layer)
+    const kinds = Object.keys(names)
+    const temp: Record<string, string> = Object.fromEntries(kinds.map(kind => [kind, join(this.dir, names[kind] + suffix)]))
     const manifestTemp = this.manifestPath(layer) + suffix
     try {
       writeFiles(temp)
@@ -108,13 +118,21 @@ export class PreparedStore {
   }
 
   /** Temporary files of this layer left by a process that no longer runs (killed mid-write). */
-  private removeStale (layer: number): void {
-    const pattern = new RegExp(`^layer-${layer}\\.(pre\\.onnx|post\\.onnx|weights|json)\\.(\\d+)-\\w+\\.tmp$`)
+  private removeStale (layer: PreparedEntry): void {
+    const pattern = new RegExp(`^${baseName(layer)}\\.(pre\\.onnx|post\\.onnx|onnx|weights|json)\\.(\\d+)-\\w+\\.tmp$`)
     for (const name of readdirSync(this.dir)) {
       const match = pattern.exec(name)
       if (match != null && !isProcessAlive(Number(match[2]))) rmSync(join(this.dir, name), { force: true })
     }
   }
+}
+
+function baseName (entry: PreparedEntry): string {
+  return entry === 'head' ? 'head' : `layer-${entry}`
+}
+
+function layerFiles (layer: number): { pre: string, post: string, weights: string } {
+  return { pre: `layer-${layer}.pre.onnx`, post: `layer-${layer}.post.onnx`, weights: `layer-${layer}.weights` }
 }
 
 /** Inode and modification time (ns): a rename keeps both, any write changes the time. */

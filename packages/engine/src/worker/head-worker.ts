@@ -1,65 +1,48 @@
 // Worker: the client's own part of the model — token embeddings, final norm and LM head.
 // Embeddings are read from the checkpoint row by row as tokens need them (a row is a few KB, and
-// the OS page cache keeps the hot ones), so the vocab × hidden f32 matrix is never held here; the
-// LM head is quantized a chunk of rows at a time, even when it is tied to the embeddings.
+// the OS page cache keeps the hot ones), so the vocab × hidden f32 matrix is never held here. The
+// final norm and LM head come from the prepared cache (prepared/prepare-head.ts), prepared there the
+// first time: ORT reads them from the files itself, so no JS copy and no ModelProto bytes of the
+// weights exist in this process.
 import * as ort from 'onnxruntime-node'
 import { loadModelConfig, type ModelConfig } from '../config.ts'
 import { InvalidArgumentError, ShapeError } from '../errors.ts'
-import { buildHeadGraph, HEAD_IO, type HeadWeight } from '../graph/head-graph.ts'
-import { quantizeByRows, quantizedBytes, type Quantization } from '../quantize.ts'
+import { HEAD_IO } from '../graph/head-graph.ts'
+import { EMBEDDINGS, prepareHead } from '../prepared/prepare-head.ts'
+import type { Quantization } from '../quantize.ts'
 import { SafetensorsCheckpoint } from '../safetensors.ts'
-import { collectGarbage } from './collect-garbage.ts'
 import { sessionOptions } from './ort-options.ts'
-import { serveRequests, Transfer } from './rpc.ts'
+import { emitEvent, serveRequests, Transfer } from './rpc.ts'
 
-export interface HeadLoadArgs { modelDir: string, headQuant: Quantization, threads?: number }
+export interface HeadLoadArgs { modelDir: string, headQuant: Quantization, threads?: number, cacheDir?: string, modelId?: string }
 
 export interface HeadLoadResult {
   config: ModelConfig
+  /** Checkpoint bytes the load read (0 when the head was already prepared). */
   bytesRead: number
-  /** Bytes of the head's weights as the graph holds them (final norm + LM head, quantized or not). */
+  /** Bytes of the head's weights as prepared (final norm + LM head, quantized or not). */
   preparedBytes: number
 }
 
-const EMBEDDINGS = 'model.embed_tokens.weight'
+/** Events the worker sends while it loads. */
+export type HeadLoadEvent = { type: 'log', message: string }
 
 let config: ModelConfig
 let checkpoint: SafetensorsCheckpoint
 let head: ort.InferenceSession
 
-async function load ({ modelDir, headQuant, threads }: HeadLoadArgs): Promise<HeadLoadResult> {
+async function load ({ modelDir, headQuant, threads, cacheDir, modelId }: HeadLoadArgs): Promise<HeadLoadResult> {
   config = loadModelConfig(modelDir)
   checkpoint = new SafetensorsCheckpoint(modelDir) // stays open: embeddings are read per token
   try {
     checkpoint.checkShape(EMBEDDINGS, [config.vocabSize, config.hiddenSize])
-    let graph: Uint8Array | undefined
-    let preparedBytes: number
-    ;({ graph, preparedBytes } = buildGraph(headQuant))
-    // Peak memory: only the graph's bytes are alive when onnxruntime copies them, not the JS weights.
-    collectGarbage()
-    head = await ort.InferenceSession.create(graph, sessionOptions(threads))
-    graph = undefined
-    setImmediate(collectGarbage) // after this call's frames, which still hold the graph, are gone
-    return { config, bytesRead: checkpoint.bytesRead, preparedBytes }
+    const prepared = prepareHead({ modelDir, quant: headQuant, cacheDir, modelId, log: message => { emitEvent({ type: 'log', message } satisfies HeadLoadEvent) } })
+    head = await ort.InferenceSession.create(prepared.graph, sessionOptions(threads))
+    return { config, bytesRead: prepared.bytesRead, preparedBytes: prepared.weightBytes }
   } catch (err) {
     checkpoint.close()
     throw err
   }
-}
-
-function buildGraph (headQuant: Quantization): { graph: Uint8Array, preparedBytes: number } {
-  const finalNorm = checkpoint.readShaped('model.norm.weight', [config.hiddenSize])
-  const tied = config.tieWordEmbeddings || !checkpoint.has('lm_head.weight')
-  const lmHead = readHeadWeight(tied ? EMBEDDINGS : 'lm_head.weight', headQuant)
-  const preparedBytes = finalNorm.byteLength + (lmHead instanceof Float32Array ? lmHead.byteLength : quantizedBytes(lmHead))
-  return { graph: buildHeadGraph(config, finalNorm, lmHead), preparedBytes }
-}
-
-function readHeadWeight (name: string, quant: Quantization): HeadWeight {
-  const { vocabSize, hiddenSize } = config
-  if (quant === 'none') return checkpoint.readShaped(name, [vocabSize, hiddenSize])
-  checkpoint.checkShape(name, [vocabSize, hiddenSize])
-  return quantizeByRows(vocabSize, hiddenSize, quant === 'int4' ? 4 : 8, (from, to) => checkpoint.readRows(name, from, to))
 }
 
 function embed ({ ids }: { ids: number[] }): Transfer<Float32Array> {
