@@ -373,17 +373,33 @@ function dhtSignal (opts: DhtOptions): AbortSignal {
 }
 
 /**
- * Every valid value the DHT returns for a key: kad-dht's get() yields the selected best value last,
- * but also each responding peer's record (in PEER_RESPONSE events), which we keep for the union.
+ * Holders whose values a read waits for. Every minga holder merges the values put to it
+ * (record-store.ts), so a few of them already hold the union; waiting for the whole query (kad-dht
+ * asks every closest peer, then pushes corrections to each stale one in turn) made a lookup in a
+ * 50-node swarm take seconds, often the whole timeout.
+ */
+export const DHT_READ_QUORUM = 3
+
+/**
+ * Every valid value the DHT returns for a key: each responding peer's record (in PEER_RESPONSE
+ * events) until DHT_READ_QUORUM holders have answered, or all the query found when fewer hold it
+ * (kad-dht's get() yields its own selected value, and ours if we hold one, only at its end).
  */
 async function getAllValues (node: MingaNode, key: Uint8Array, opts: DhtOptions): Promise<Uint8Array[]> {
   const values: Uint8Array[] = []
-  const signal = dhtSignal(opts)
+  const enough = new AbortController()
+  const signal = AbortSignal.any([dhtSignal(opts), enough.signal])
   await untilAborted(signal, async () => {
     try {
       for await (const ev of node.libp2p.services.dht.get(key, { signal })) {
         if (ev.name === 'VALUE') values.push(ev.value)
-        else if (ev.name === 'PEER_RESPONSE' && ev.record != null) values.push(ev.record.value)
+        else if (ev.name === 'PEER_RESPONSE' && ev.record != null) {
+          values.push(ev.record.value)
+          if (values.length >= DHT_READ_QUORUM) {
+            enough.abort()
+            break
+          }
+        }
       }
     } catch {
       // a timeout, or kad-dht failing to push its "correction" to a stale holder: keep what we got
