@@ -31,6 +31,8 @@ import { parseSwarmKey } from './swarm-key.ts'
 
 /** Protocol id of minga's DHT: a private DHT, never mixed with the IPFS one. */
 export const DHT_PROTOCOL = '/minga/kad/1.0.0'
+/** This machine's addresses, as connection-manager allow-list entries. */
+const LOOPBACK = ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1']
 export const DEFAULT_LISTEN = ['/ip4/127.0.0.1/tcp/0']
 export const DEFAULT_BOOTSTRAP_TIMEOUT_MS = 15_000
 /** Relay limits per relayed connection (a volunteer's relay should not carry whole swarms). */
@@ -224,6 +226,10 @@ export async function createMingaNode (init: MingaNodeInit = {}): Promise<MingaN
     privateKey,
     // block values merge on PUT instead of replacing each other (record-store.ts)
     datastore: new MergingRecordStore(),
+    // Connections from this machine (a local gateway or client, the other nodes of a local swarm)
+    // skip the per-host limits meant for remote hosts: on loopback every node is the same host, and
+    // with tens of nodes the 5-a-second limit refused joins.
+    connectionManager: { allow: LOOPBACK },
     addresses: {
       listen: init.listen ?? DEFAULT_LISTEN,
       ...(init.announce !== undefined ? { announce: init.announce } : {})
