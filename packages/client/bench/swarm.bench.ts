@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { createLocalModel, loadModelConfig, seededRandom, untilDone, type ClientHead, type GenerationResult, type LocalModel, type Quantization } from '@minga/engine'
 import { FrameType, type Channel } from '@minga/p2p'
+import { median } from '../../engine/bench/bench-helpers.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from '../../engine/bench/random-checkpoint.ts'
 import { createClient, type MingaClient, type SwarmGenerationResult } from '../src/index.ts'
 
@@ -67,11 +68,6 @@ function parseVariant (name: string): ClientVariant {
 
 const log = (msg: string): void => { process.stderr.write(`${msg}\n`) }
 const load1 = (): number => Number(loadavg()[0].toFixed(2))
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = s.length >> 1
-  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
-}
 const round = (x: number, digits = 2): number => Number(x.toFixed(digits))
 
 /**
