@@ -20,7 +20,7 @@ import { ensureGguf, GGUF_FILE_TYPES, type GgufFileType } from '../../engine/ben
 import { ensureNodeLlamaCpp } from '../../engine/bench/llama-cpp.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from '../../engine/bench/random-checkpoint.ts'
 import type { RunnerInit, RunnerRequest, RunnerRun } from './bench-runner.ts'
-import { ensureTokenizer, startSwarm, stopSwarm, type Swarm } from './swarm-processes.ts'
+import { ensureTokenizer, startSwarm, stopSwarm, type Swarm, type SwarmModel } from './swarm-processes.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
 const RUNNER = fileURLToPath(new URL('./bench-runner.ts', import.meta.url))
@@ -270,6 +270,17 @@ async function alternate (rows: Row[], opts: Options, phase: string): Promise<vo
   }
 }
 
+/** A server on a machine this busy may miss its 15 s DHT join ("no peer joined the DHT"): try once more. */
+async function startSwarmRetrying (model: SwarmModel, threads: number, opts: Options): Promise<Swarm> {
+  const procOptions = { verbose: opts.verbose, readyTimeoutMs: opts.readyTimeoutMs }
+  try {
+    return await startSwarm(model, threads, procOptions)
+  } catch (err) {
+    log(`  the swarm did not start (${(err as Error).message.split('\n').slice(0, 2).join(' ')}); once more`)
+    return await startSwarm(model, threads, procOptions)
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Main
 
@@ -366,7 +377,7 @@ async function main (): Promise<void> {
         for (const spans of [[[0, 22]], [[0, 8], [8, 15], [15, 22]]] as Array<Array<[number, number]>>) {
           const name = `swarm ${spans.length} node${spans.length > 1 ? 's' : ''}`
           log(`${name}: starting ${spans.length} server${spans.length > 1 ? 's' : ''} and a client…`)
-          const swarm = await startSwarm({ dir: checkpoint.dir, quant: 'int4', spans }, threads, { verbose: opts.verbose, readyTimeoutMs: opts.readyTimeoutMs })
+          const swarm = await startSwarmRetrying({ dir: checkpoint.dir, quant: 'int4', spans }, threads, opts)
           swarms.push(swarm)
           const client = await startRunner(`${name} client`, { kind: 'swarm', modelDir: checkpoint.dir, bootstrap: swarm.bootstrap, threads, hops: spans.length }, opts)
           opened.push(client)
