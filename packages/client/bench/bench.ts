@@ -24,6 +24,9 @@ import { ensureTokenizer, startSwarm, stopSwarm, type Swarm, type SwarmModel } f
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
 const RUNNER = fileURLToPath(new URL('./bench-runner.ts', import.meta.url))
+const STORIES = fileURLToPath(new URL('../../../../shared/models/stories260k', import.meta.url))
+/** "Once upon a time" in stories260k's tokenizer, with BOS. */
+const STORIES_PROMPT = [1, 403, 407, 261, 378]
 const log = (msg: string): void => { process.stderr.write(`${msg}\n`) }
 const round = (x: number, digits = 2): number => Number(x.toFixed(digits))
 
@@ -214,6 +217,8 @@ interface RowSummary {
   vsAnchor?: { anchor: string, decodeRatio: number, prefillRatio: number }
   runs: Array<{ decodeTokensPerSecond: number, prefillTokensPerSecond: number, timeToFirstTokenMs: number }>
   sameIdsAs?: { row: string, same: boolean }
+  /** Swarm rows: hops of each measured run's route (every session's, for the sessions row). */
+  hops?: number[]
 }
 
 function perRun (r: RunnerRun, promptTokens: number): RowSummary['runs'][number] {
@@ -238,6 +243,7 @@ function summarize (row: Row, rows: Row[], promptTokens: number, bandwidth: Band
     peakRssBytes: row.peakRss,
     weightBytesPerToken: Math.round(bytes),
     fractionOfBound: round((decode * bytes) / bandwidth.bytesPerSecond, 3),
+    hops: row.runs[0]?.sessions[0]?.hops != null ? row.runs.flatMap(r => r.sessions.map(x => x.hops!)) : undefined,
     runs: runs.map(r => ({ decodeTokensPerSecond: round(r.decodeTokensPerSecond), prefillTokensPerSecond: round(r.prefillTokensPerSecond), timeToFirstTokenMs: round(r.timeToFirstTokenMs, 1) }))
   }
   const anchor = rows.find(r => r.name === row.anchor)
@@ -270,6 +276,31 @@ async function alternate (rows: Row[], opts: Options, phase: string): Promise<vo
   }
 }
 
+/**
+ * The GGUF path checked on real weights: stories260k (F16: its FFN width 172 is no multiple of 32,
+ * the Q8_0/Q4_0 block) through llama.cpp against minga f32, greedy ids and next-token probabilities.
+ */
+async function storiesSanity (llamaEntry: string, opts: Options): Promise<StoriesSanity> {
+  const config = loadModelConfig(STORIES)
+  const gguf = ensureGguf(STORIES, join(dirname(defaultCheckpointDir()), 'stories260k-gguf'), 'F16')
+  const minga = await startRunner('stories minga f32', { kind: 'minga', modelDir: STORIES, quant: 'none', headQuant: 'none', threads: 1 }, opts)
+  try {
+    const llama = await startRunner('stories llama.cpp F16', { kind: 'llama', entry: llamaEntry, gguf: gguf.path, threads: 1, contextSize: 128 }, opts)
+    try {
+      const tokens = 32
+      const [a, b] = [await run(minga, [STORIES_PROMPT], tokens), await run(llama, [STORIES_PROMPT], tokens)]
+      const [p, q] = [await probabilities(minga, STORIES_PROMPT, config.vocabSize), await probabilities(llama, STORIES_PROMPT, config.vocabSize)]
+      let diff = 0
+      for (let v = 0; v < p.length; v++) diff = Math.max(diff, Math.abs(p[v] - q[v]))
+      return { sameGreedyIds: JSON.stringify(a.sessions[0].ids) === JSON.stringify(b.sessions[0].ids), tokens, top1Same: argmax(p) === argmax(q), maxAbsProbabilityDiff: diff, maxProbability: Math.max(...p) }
+    } finally {
+      await closeRunner(llama)
+    }
+  } finally {
+    await closeRunner(minga)
+  }
+}
+
 /** A server on a machine this busy may miss its 15 s DHT join ("no peer joined the DHT"): try once more. */
 async function startSwarmRetrying (model: SwarmModel, threads: number, opts: Options): Promise<Swarm> {
   const procOptions = { verbose: opts.verbose, readyTimeoutMs: opts.readyTimeoutMs }
@@ -284,7 +315,10 @@ async function startSwarmRetrying (model: SwarmModel, threads: number, opts: Opt
 // ---------------------------------------------------------------------------------------------
 // Main
 
-interface Sanity { against: string, prompt: number, top1Same: boolean, maxAbsProbabilityDiff: number }
+interface Sanity { against: string, prompt: number, top1Same: boolean, maxAbsProbabilityDiff: number, maxProbability: number }
+
+/** stories260k (real weights) through llama.cpp from the F16 GGUF minga writes, against minga f32. */
+interface StoriesSanity { sameGreedyIds: boolean, tokens: number, top1Same: boolean, maxAbsProbabilityDiff: number, maxProbability: number }
 
 function cpuFlags (): { model: string, flags: string[] } {
   const info = readFileSync('/proc/cpuinfo', 'utf8')
@@ -321,6 +355,9 @@ async function main (): Promise<void> {
     }
   }
 
+  const stories = opts.llama ? await storiesSanity(llamaEntry, opts) : undefined
+  if (stories != null) log(`  stories260k through llama.cpp F16: same greedy ids ${String(stories.sameGreedyIds)}, max |Δp| ${stories.maxAbsProbabilityDiff.toExponential(2)}`)
+
   log(`read bandwidth, ${opts.threads} threads…`)
   const bandwidth = await measureReadBandwidth(opts.threads)
   log(`  ${(bandwidth.bytesPerSecond / 1e9).toFixed(1)} GB/s`)
@@ -342,7 +379,7 @@ async function main (): Promise<void> {
       const probs = await probabilities(runner, p, config.vocabSize)
       let diff = 0
       for (let v = 0; v < probs.length; v++) diff = Math.max(diff, Math.abs(probs[v] - reference[i][v]))
-      sanity.push({ against, prompt: p.length, top1Same: argmax(probs) === argmax(reference[i]), maxAbsProbabilityDiff: diff })
+      sanity.push({ against, prompt: p.length, top1Same: argmax(probs) === argmax(reference[i]), maxAbsProbabilityDiff: diff, maxProbability: Math.max(...reference[i]) })
     }
   }
 
@@ -379,7 +416,7 @@ async function main (): Promise<void> {
           log(`${name}: starting ${spans.length} server${spans.length > 1 ? 's' : ''} and a client…`)
           const swarm = await startSwarmRetrying({ dir: checkpoint.dir, quant: 'int4', spans }, threads, opts)
           swarms.push(swarm)
-          const client = await startRunner(`${name} client`, { kind: 'swarm', modelDir: checkpoint.dir, bootstrap: swarm.bootstrap, threads, hops: spans.length }, opts)
+          const client = await startRunner(`${name} client`, { kind: 'swarm', modelDir: checkpoint.dir, bootstrap: swarm.bootstrap, threads, servers: spans.length }, opts)
           opened.push(client)
           const procs: Record<string, number> = { client: client.child.pid! }
           for (const p of swarm.procs.slice(1)) procs[p.name] = p.child.pid!
@@ -414,13 +451,14 @@ async function main (): Promise<void> {
     options: { tokens: opts.tokens, promptTokens: opts.promptTokens, repeats: opts.repeats, warmupRuns: opts.warmupRuns, threads, sessions: opts.sessions },
     bandwidth: { bytesPerSecond: Math.round(bandwidth.bytesPerSecond), runs: bandwidth.runs.map(Math.round), threads: bandwidth.threads },
     sanity,
+    storiesSanity: stories,
     rows: summaries
   }
   if (opts.json) process.stdout.write(JSON.stringify(report) + '\n')
   else process.stdout.write(formatReport(report) + '\n')
 }
 
-function formatReport (report: { machine: any, options: any, bandwidth: { bytesPerSecond: number }, sanity: Sanity[], rows: RowSummary[] }): string {
+function formatReport (report: { machine: any, options: any, bandwidth: { bytesPerSecond: number }, sanity: Sanity[], storiesSanity?: StoriesSanity, rows: RowSummary[] }): string {
   const { machine, options } = report
   const mib = (b: number): string => `${Math.round(b / 2 ** 20)}`
   const bw = report.bandwidth.bytesPerSecond
@@ -445,8 +483,15 @@ function formatReport (report: { machine: any, options: any, bandwidth: { bytesP
     r.vsAnchor?.decodeRatio.toFixed(3) ?? '',
     r.vsAnchor?.prefillRatio.toFixed(3) ?? ''
   ])))
+  const hops = report.rows.filter(r => r.hops != null).map(r => `${r.name}: ${r.hops!.join(', ')}`)
+  if (hops.length > 0) lines.push('', `  route hops per run (the planner may cut one server's span into several hops): ${hops.join('; ')}`)
   const ids = report.rows.filter(r => r.sameIdsAs != null).map(r => `${r.name} = ${r.sameIdsAs!.row}: ${String(r.sameIdsAs!.same)}`)
   if (ids.length > 0) lines.push('', `  same greedy ids: ${ids.join('; ')}`)
+  const st = report.storiesSanity
+  if (st != null) {
+    lines.push('', `  sanity on real weights: stories260k as F16 GGUF through llama.cpp against minga f32: same ${st.tokens} greedy ids ${String(st.sameGreedyIds)}, ` +
+      `next-token top-1 same ${String(st.top1Same)}, max |Δp| ${st.maxAbsProbabilityDiff.toExponential(2)} (largest p ${st.maxProbability.toFixed(3)})`)
+  }
   if (report.sanity.length > 0) {
     lines.push('', '  sanity, next-token probabilities against minga f32 (prompt lengths ' + [...new Set(report.sanity.map(s => s.prompt))].join(', ') + '):')
     const by = new Map<string, Sanity[]>()
@@ -454,6 +499,7 @@ function formatReport (report: { machine: any, options: any, bandwidth: { bytesP
     for (const [name, list] of by) {
       lines.push(`    ${name}: top-1 same ${list.filter(s => s.top1Same).length}/${list.length}, max |Δp| ${Math.max(...list.map(s => s.maxAbsProbabilityDiff)).toExponential(2)}`)
     }
+    lines.push(`    (random weights give nearly flat distributions, f32's largest p is ${Math.max(...report.sanity.map(s => s.maxProbability)).toExponential(2)}, and 22 random layers amplify any rounding: top-1 there is a near tie)`)
   }
   return lines.join('\n')
 }
