@@ -5,6 +5,7 @@
 // https://github.com/ggml-org/ggml/blob/master/docs/gguf.md; the quantizers follow ggml's
 // quantize_row_q8_0_ref / quantize_row_q4_0_ref.
 import { closeSync, openSync, renameSync, rmSync, writeSync } from 'node:fs'
+import { f32ToF16 } from '@minga/p2p'
 
 export const GGUF_MAGIC = 0x46554747 // "GGUF" little-endian
 export const GGUF_VERSION = 3
@@ -48,38 +49,19 @@ export function tensorBytes (type: GgmlType, count: number): number {
 // ---------------------------------------------------------------------------------------------
 // f16 and the block quantizers
 
-const f32 = new Float32Array(1)
-const u32 = new Uint32Array(f32.buffer)
+const one = new Float32Array(1)
+const oneHalf = new Uint16Array(1)
 
-/** IEEE half-precision bits of x, rounded to nearest even (as ggml's GGML_FP32_TO_FP16). */
+/** IEEE half-precision bits of x, rounded to nearest even (p2p's f16 conversion, as ggml's GGML_FP32_TO_FP16). */
 export function toHalf (x: number): number {
-  f32[0] = x
-  const bits = u32[0]
-  const sign = (bits >>> 16) & 0x8000
-  const exp = (bits >>> 23) & 0xff
-  let mant = bits & 0x7fffff
-  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 : 0) // Inf, NaN
-  const e = exp - 127 + 15
-  if (e >= 0x1f) return sign | 0x7c00 // overflow → Inf
-  if (e <= 0) { // subnormal or zero
-    if (e < -10) return sign
-    mant |= 0x800000
-    const shift = 14 - e
-    let half = mant >>> shift
-    const rest = mant & ((1 << shift) - 1)
-    const halfway = 1 << (shift - 1)
-    if (rest > halfway || (rest === halfway && (half & 1) === 1)) half++
-    return sign | half
-  }
-  let half = (e << 10) | (mant >>> 13)
-  const rest = mant & 0x1fff
-  if (rest > 0x1000 || (rest === 0x1000 && (half & 1) === 1)) half++ // may carry into the exponent: still right
-  return sign | half
+  one[0] = x
+  f32ToF16(one, oneHalf)
+  return oneHalf[0]
 }
 
 function encodeF16 (values: Float32Array): Uint8Array {
   const out = new Uint16Array(values.length)
-  for (let i = 0; i < values.length; i++) out[i] = toHalf(values[i])
+  f32ToF16(values, out)
   return new Uint8Array(out.buffer)
 }
 
