@@ -8,20 +8,18 @@
 //
 // See README.md next to this file.
 import '@minga/p2p/polyfill'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { availableParallelism, loadavg } from 'node:os'
-import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { createLocalModel, loadModelConfig, seededRandom, untilDone, type ClientHead, type GenerationResult, type LocalModel, type Quantization } from '@minga/engine'
 import { FrameType, type Channel } from '@minga/p2p'
+import { median } from '../../engine/bench/bench-helpers.ts'
+import { startSwarm, stopSwarm, type Swarm } from './swarm-processes.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint, ensureTokenizer } from '../../engine/bench/random-checkpoint.ts'
 import { createClient, type MingaClient, type SwarmGenerationResult } from '../src/index.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
-const CLI = fileURLToPath(new URL('../../cli/src/bin.ts', import.meta.url))
 const STORIES = fileURLToPath(new URL('../../../../shared/models/stories260k', import.meta.url))
 /** "Once upon a time" in stories260k's tokenizer, with BOS. */
 const STORIES_PROMPT = [1, 403, 407, 261, 378]
@@ -67,11 +65,6 @@ function parseVariant (name: string): ClientVariant {
 
 const log = (msg: string): void => { process.stderr.write(`${msg}\n`) }
 const load1 = (): number => Number(loadavg()[0].toFixed(2))
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = s.length >> 1
-  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
-}
 const round = (x: number, digits = 2): number => Number(x.toFixed(digits))
 
 /**
@@ -152,106 +145,6 @@ function modelSpecs (opts: Options): ModelSpec[] {
     // compute dominates a step here (≥ 50 ms): two warm-up runs are enough
     return { name, dir: info.dir, quant: 'int4', spans: [[0, 8], [8, 15], [15, 22]], promptIds, tokens: opts.tokens ?? 32, warmupRuns: opts.warmupRuns ?? 2 }
   })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Processes: a bootstrap node and one `minga serve` per span, each waited for by its JSON line.
-
-interface Proc { name: string, child: ChildProcess, stderr: string[], ready: Promise<any>, exited: Promise<number | null> }
-
-const live = new Set<ChildProcess>()
-process.on('exit', () => { for (const c of live) c.kill('SIGKILL') })
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    for (const c of live) c.kill('SIGKILL')
-    process.exit(130)
-  })
-}
-
-function startProc (name: string, args: string[], verbose: boolean, timeoutMs: number): Proc {
-  // MINGA_PARENT_PID: the CLI stops by itself if this process dies without stopping it
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
-    cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MINGA_PARENT_PID: String(process.pid) }
-  })
-  live.add(child)
-  const stderr: string[] = []
-  createInterface({ input: child.stderr! }).on('line', line => {
-    stderr.push(line)
-    if (stderr.length > 40) stderr.shift()
-    if (verbose) log(`  [${name}] ${line}`)
-  })
-  const exited = new Promise<number | null>(resolve => {
-    child.on('exit', code => { live.delete(child); resolve(code) })
-  })
-  const ready = new Promise<any>((resolve, reject) => {
-    const timer = setTimeout(() => { reject(new Error(`${name} not ready within ${timeoutMs / 1000} s:\n${stderr.join('\n')}`)) }, timeoutMs)
-    createInterface({ input: child.stdout! }).on('line', line => {
-      try {
-        const value = JSON.parse(line)
-        clearTimeout(timer)
-        resolve(value)
-      } catch {
-        if (verbose) log(`  [${name}] stdout: ${line}`)
-      }
-    })
-    void exited.then(code => {
-      clearTimeout(timer)
-      reject(new Error(`${name} exited (code ${code}) before it was ready:\n${stderr.join('\n')}`))
-    })
-  })
-  ready.catch(() => {})
-  return { name, child, stderr, ready, exited }
-}
-
-/**
- * SIGTERM (a server then withdraws its span and drains), a second SIGTERM after `graceMs` (stop at
- * once), SIGKILL 5 s later. Returns which one ended it.
- */
-async function stopProc (proc: Proc, graceMs = 15_000): Promise<'exited' | 'second SIGTERM' | 'killed'> {
-  if (proc.child.exitCode !== null || proc.child.signalCode !== null) return 'exited'
-  const within = async (ms: number): Promise<boolean> => {
-    let timer: ReturnType<typeof setTimeout> | undefined
-    const done = await Promise.race([proc.exited.then(() => true), new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(false), ms) })])
-    clearTimeout(timer)
-    return done
-  }
-  proc.child.kill('SIGTERM')
-  if (await within(graceMs)) return 'exited'
-  proc.child.kill('SIGTERM')
-  if (await within(5000)) return 'second SIGTERM'
-  proc.child.kill('SIGKILL')
-  await proc.exited
-  return 'killed'
-}
-
-interface Swarm { bootstrap: string, procs: Proc[], startMs: number }
-
-async function startSwarm (spec: ModelSpec, threads: number, opts: Options): Promise<Swarm> {
-  const started = performance.now()
-  const boot = startProc('bootstrap', ['bootstrap', '--json'], opts.verbose, opts.readyTimeoutMs)
-  const procs = [boot]
-  try {
-    const bootAddr: string = (await boot.ready).addrs[0]
-    for (const [start, end] of spec.spans) {
-      procs.push(startProc(`serve ${start}:${end}`, [
-        'serve', '--model', spec.dir, '--blocks', `${start}:${end}`, '--bootstrap', bootAddr, '--json',
-        '--quant', spec.quant, '--threads', String(threads)
-      ], opts.verbose, opts.readyTimeoutMs))
-    }
-    await Promise.all(procs.map(async p => await p.ready))
-    return { bootstrap: bootAddr, procs, startMs: performance.now() - started }
-  } catch (err) {
-    await Promise.all(procs.map(async p => await stopProc(p, 2000)))
-    throw err
-  }
-}
-
-async function stopSwarm (swarm: Swarm): Promise<string[]> {
-  // One server at a time, the bootstrap node last: each withdraws its span through the DHT, which
-  // takes about a second while the other nodes are up (three stopped at once took over 10 s).
-  const results: string[] = []
-  for (const p of [...swarm.procs.slice(1), swarm.procs[0]]) results.push(`${p.name}: ${await stopProc(p)}`)
-  return results
 }
 
 // ---------------------------------------------------------------------------------------------

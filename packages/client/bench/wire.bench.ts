@@ -13,6 +13,7 @@ import { join } from 'node:path'
 import { argmax, createClientHead, createSpanExecutor, loadModelConfig, type ClientHead, type SpanExecutor } from '@minga/engine'
 import { DType, encodeTensor, tensorF32, type Frame } from '@minga/p2p'
 import { fileURLToPath } from 'node:url'
+import { klDivergence } from '../../engine/bench/bench-helpers.ts'
 
 const STORIES = join(fileURLToPath(new URL('.', import.meta.url)), '../../../../shared/models/stories260k')
 const PROMPT = [1, 403, 407, 261, 378] // "Once upon a time"
@@ -79,15 +80,6 @@ async function teacherForced (dtype: DType, ids: number[]): Promise<Float32Array
   }
 }
 
-function logSoftmax (row: Float32Array): Float64Array {
-  let max = -Infinity
-  for (const v of row) if (v > max) max = v
-  let sum = 0
-  for (const v of row) sum += Math.exp(v - max)
-  const logZ = max + Math.log(sum)
-  return Float64Array.from(row, v => v - logZ)
-}
-
 try {
   const reference = await greedy(DType.F32, POSITIONS)
   const sequence = [...PROMPT, ...reference]
@@ -103,9 +95,7 @@ try {
       const ref = refLogits.subarray(p * vocab, (p + 1) * vocab)
       const got = logits.subarray(p * vocab, (p + 1) * vocab)
       if (argmax(ref) === argmax(got)) agree++
-      const lp = logSoftmax(ref)
-      const lq = logSoftmax(got)
-      for (let v = 0; v < vocab; v++) kl += Math.exp(lp[v]) * (lp[v] - lq[v])
+      kl += klDivergence(ref, got)
     }
     const ids = await greedy(dtype, POSITIONS)
     let prefix = 0

@@ -6,7 +6,7 @@
 //
 // See README.md next to this file.
 import { spawn } from 'node:child_process'
-import { readFileSync, rmSync } from 'node:fs'
+import { rmSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { availableParallelism, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
@@ -15,6 +15,7 @@ import {
   argmax, createClientHead, createSpanExecutor, loadModelConfig, loadTokenizer, QUANTIZATIONS, seededRandom,
   type ClientHead, type Quantization, type SpanExecutor
 } from '../src/index.ts'
+import { klDivergence, procStatus, textTable as table } from './bench-helpers.ts'
 import { measureNodeStart, startServe, type NodeStartResult, type StartRun } from './node-start.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint, TINYLLAMA_SHAPE, type CheckpointInfo } from './random-checkpoint.ts'
 
@@ -59,11 +60,6 @@ interface AgreementResult {
 }
 
 interface ChildFailure { kind: 'error', message: string }
-
-function procStatus (field: 'VmHWM' | 'VmRSS'): number {
-  const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync('/proc/self/status', 'utf8'))
-  return match == null ? NaN : Number(match[1]) * 1024
-}
 
 function lastRow (hidden: Float32Array, tokens: number, size: number): Float32Array {
   return hidden.slice((tokens - 1) * size, tokens * size)
@@ -173,15 +169,6 @@ function rowArgmax (logits: Float32Array, vocab: number, row: number): number {
   return argmax(logits.subarray(row * vocab, (row + 1) * vocab))
 }
 
-function logSoftmax (row: Float32Array): Float64Array {
-  let max = -Infinity
-  for (const v of row) if (v > max) max = v
-  let sum = 0
-  for (const v of row) sum += Math.exp(v - max)
-  const logZ = max + Math.log(sum)
-  return Float64Array.from(row, v => v - logZ)
-}
-
 async function runAgreement (modelDir: string, quants: Quantization[], threads: number): Promise<AgreementResult> {
   const config = loadModelConfig(modelDir)
   const vocab = config.vocabSize
@@ -222,9 +209,7 @@ async function runAgreement (modelDir: string, quants: Quantization[], threads: 
         let kl = 0
         positions.forEach((p, i) => {
           if (rowArgmax(logits, vocab, p) === refTop[i]) agree++
-          const lp = logSoftmax(reference.subarray(p * vocab, (p + 1) * vocab))
-          const lq = logSoftmax(logits.subarray(p * vocab, (p + 1) * vocab))
-          for (let v = 0; v < vocab; v++) kl += Math.exp(lp[v]) * (lp[v] - lq[v])
+          kl += klDivergence(reference.subarray(p * vocab, (p + 1) * vocab), logits.subarray(p * vocab, (p + 1) * vocab))
         })
         results.push({ quant, agree, rate: agree / positions.length, meanKl: kl / positions.length })
       } finally {
@@ -517,12 +502,6 @@ function formatReport (options: Options, checkpoint: CheckpointInfo, perf: Array
     }
   }
   return lines.join('\n')
-}
-
-function table (header: string[], rows: string[][]): string[] {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
-  const line = (cells: string[]): string => '  ' + cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ')
-  return [line(header), '  ' + widths.map(w => '-'.repeat(w)).join('  '), ...rows.map(line)]
 }
 
 main().catch((err: unknown) => {

@@ -1,0 +1,45 @@
+// Small helpers shared by the benchmarks of every package (engine, client, `pnpm bench`).
+import { readFileSync } from 'node:fs'
+
+/** log softmax of one row of logits, in f64 so that KL divergences of close rows stay meaningful. */
+export function logSoftmax (row: Float32Array): Float64Array {
+  let max = -Infinity
+  for (const v of row) if (v > max) max = v
+  let sum = 0
+  for (const v of row) sum += Math.exp(v - max)
+  const logZ = max + Math.log(sum)
+  return Float64Array.from(row, v => v - logZ)
+}
+
+/** KL(p ‖ q) in nats between the distributions of two rows of logits. */
+export function klDivergence (referenceLogits: Float32Array, logits: Float32Array): number {
+  const lp = logSoftmax(referenceLogits)
+  const lq = logSoftmax(logits)
+  let kl = 0
+  for (let v = 0; v < lp.length; v++) kl += Math.exp(lp[v]) * (lp[v] - lq[v])
+  return kl
+}
+
+export function median (xs: number[]): number {
+  if (xs.length === 0) return NaN
+  const s = [...xs].sort((a, b) => a - b)
+  const m = s.length >> 1
+  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
+}
+
+/** A field of /proc/<pid>/status in bytes: VmHWM is the peak resident set (all threads), VmRSS the current one. */
+export function procStatus (field: 'VmHWM' | 'VmRSS', pid: number | 'self' = 'self'): number {
+  try {
+    const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return match == null ? NaN : Number(match[1]) * 1024
+  } catch {
+    return NaN // the process has exited
+  }
+}
+
+/** A plain-text table: the first column left-aligned, the others right-aligned. */
+export function textTable (header: string[], rows: string[][]): string[] {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
+  const line = (cells: string[]): string => '  ' + cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ')
+  return [line(header), '  ' + widths.map(w => '-'.repeat(w)).join('  '), ...rows.map(line)]
+}
