@@ -15,7 +15,7 @@
 // Weights are not in the graphs: a LayerWeights (prepared/layer-file.ts) names each initializer and
 // puts its bytes in the layer's weights file, which ORT reads itself as external data.
 import type { ModelConfig } from '../config.ts'
-import { QUANT_BLOCK_SIZE, quantizeBlockwise, type Quantization } from '../quantize.ts'
+import { QUANT_BLOCK_SIZE } from '../quantize.ts'
 import { GraphBuilder, MS_DOMAIN } from './onnx.ts'
 
 /** A linear layer's initializers: an f32 [k, n] matrix, or MatMulNBits' three tensors. */
@@ -150,31 +150,4 @@ export function linearNodes (g: GraphBuilder, name: string, input: string, weigh
       K: k, N: n, bits: weight.bits, block_size: QUANT_BLOCK_SIZE, accuracy_level: 4
     }, { name, domain: MS_DOMAIN })
   return bias == null ? out : g.node('Add', [out, bias])[0]
-}
-
-/** y = x Wᵀ + b for an in-memory weight stored as [n, k] rows (the client head). */
-export function linear (g: GraphBuilder, quant: Quantization, name: string, input: string, weight: Float32Array, bias: Float32Array | undefined, n: number, k: number): string {
-  let tensors: LinearTensors
-  if (quant === 'none') {
-    tensors = { bits: 0, weight: g.initializer(`${name}.weight`, 'float32', [k, n], transpose(weight, n, k)) }
-  } else {
-    const q = quantizeBlockwise(weight, n, k, quant === 'int4' ? 4 : 8)
-    const blob = (QUANT_BLOCK_SIZE * q.bits) / 8
-    tensors = {
-      bits: q.bits,
-      qweight: g.initializer(`${name}.qweight`, 'uint8', [n, q.blocksPerRow, blob], q.data),
-      scales: g.initializer(`${name}.scales`, 'float32', [n * q.blocksPerRow], q.scales),
-      zeroPoints: g.initializer(`${name}.zero_points`, 'uint8', [q.zeroPoints.length], q.zeroPoints)
-    }
-  }
-  const b = bias != null ? g.initializer(`${name}.bias`, 'float32', [n], bias) : undefined
-  return linearNodes(g, name, input, tensors, b, n, k)
-}
-
-function transpose (weight: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(weight.length)
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) out[c * rows + r] = weight[r * cols + c]
-  }
-  return out
 }
