@@ -1,6 +1,6 @@
-// Batching through a real server: three clients (each its own libp2p node) generate at once through
-// one server that holds all of stories260k; their steps share batches on the server, and each still
-// gets the reference greedy ids.
+// Batching through a real server: three clients (each its own libp2p node), then three sessions of one
+// client (sharing its one stream to the server), generate at once through one server that holds all of
+// stories260k; their steps share batches on the server, and each still gets the reference greedy ids.
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { createClient } from '@minga/client'
 import { untilDone } from '@minga/engine'
@@ -40,4 +40,17 @@ it('three concurrent clients through one server each get the reference ids, thei
   // 3 × 40 steps, waiting up to 2 ms for each other whenever the others are active: some share a batch
   expect(await gauge('minga_server_forward_largest_batch')).toBeGreaterThan(1)
   expect(await gauge('minga_server_forward_batches')).toBeLessThan(3 * STORIES_REFERENCE_IDS.length)
+}, 120_000)
+
+it('three concurrent sessions of one client, on one stream, get the reference ids, their steps batched', async () => {
+  const client = await createClient({ modelDir: STORIES, bootstrap: bootstrap.addrs() })
+  const batchesBefore = await gauge('minga_server_forward_batches')
+  try {
+    const results = await Promise.all([0, 1, 2].map(async () => await untilDone(client.generate(STORIES_PROMPT, { maxNewTokens: STORIES_REFERENCE_IDS.length }))))
+    for (const result of results) expect(result.ids).toEqual(STORIES_REFERENCE_IDS)
+  } finally {
+    await client.close()
+  }
+  // the server answers a stream's frames of different sessions at once, so they reach the same batches
+  expect(await gauge('minga_server_forward_batches') - batchesBefore).toBeLessThan(3 * STORIES_REFERENCE_IDS.length)
 }, 120_000)

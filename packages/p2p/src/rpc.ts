@@ -1,8 +1,9 @@
 // Request/response channel over one libp2p stream: the client pipelines frames tagged with request
-// ids and matches the replies; the server reads frames one at a time, calls a handler and writes each
-// reply before reading the next (so replies come back in request order, and a slow handler applies
-// backpressure to the client instead of buffering without bound). A decode session keeps one channel
-// open for its whole life; open one channel per session to run sessions in parallel.
+// ids and matches the replies. The server answers the frames of different sessions concurrently (so
+// one client's sessions sharing a stream reach the executor together and can run as one batch),
+// those of one session one after another, and writes the replies in request order. It stops reading
+// while too many frames or bytes are in hand, so a fast client meets backpressure instead of
+// unbounded buffering.
 
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
@@ -12,8 +13,9 @@ import {
 } from './errors.ts'
 import {
   DEFAULT_MAX_FRAME_BYTES, ErrorCode, FrameType, HEADER_BYTES, decodeFrame, encodeFrameParts, errorCodeName,
-  errorFrame, frameText, frameTypeName, peekRequestId, type Frame, type FrameInit
+  errorFrame, frameText, frameTypeName, peekRequestId, sessionIdToHex, type Frame, type FrameInit
 } from './frames.ts'
+import { AnswerQueue } from './answer-queue.ts'
 import type { MingaNode } from './node.ts'
 import { LpReader, isOversize, writeMessage } from './wire.ts'
 
@@ -27,6 +29,8 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 30 * 60 * 1000
 export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000
 /** How long a server waits for a frame to finish arriving once it has started: a slow link sends 64 MiB in it. */
 export const DEFAULT_MESSAGE_TIMEOUT_MS = 60_000
+/** Frames of one stream a server answers at once: room for every session of one client to batch. */
+export const DEFAULT_MAX_FRAMES_IN_FLIGHT = 64
 
 type AnyNode = MingaNode | Libp2p<ServiceMap>
 
@@ -284,6 +288,8 @@ export interface HandleChannelOptions {
   idleTimeoutMs?: number
   /** A frame must arrive whole within this long of its first byte, or its stream is aborted. Default 60 s. */
   messageTimeoutMs?: number
+  /** Frames of one stream being answered at once (each session's in order). Default 64. */
+  maxFramesInFlight?: number
   /** Called for errors a handler threw (after they were turned into ERROR frames) and for dead streams. */
   onError?: (err: unknown, peer: PeerId) => void
   /** Called once per frame answered, for metrics: bytes read and written, and the error code if it was refused. */
@@ -303,6 +309,7 @@ export async function handleChannel (node: AnyNode, protocol: string, onFrame: F
   const libp2p = libp2pOf(node)
   const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
   const idleTimeoutMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS
+  const maxFramesInFlight = opts.maxFramesInFlight ?? DEFAULT_MAX_FRAMES_IN_FLIGHT
   const open = new Set<Stream>()
 
   const reply = async (stream: Stream, init: FrameInit, bytesIn: number): Promise<void> => {
@@ -327,31 +334,34 @@ export async function handleChannel (node: AnyNode, protocol: string, onFrame: F
     tuneStream(stream, maxFrameBytes, idleTimeoutMs)
     open.add(stream)
     const reader = new LpReader(stream, { maxLength: maxFrameBytes, headBytes: HEADER_BYTES, messageTimeoutMs: opts.messageTimeoutMs ?? DEFAULT_MESSAGE_TIMEOUT_MS })
+    const answers = new AnswerQueue(stream, reply, maxFramesInFlight, maxFrameBytes)
+    const handle = async (frame: Frame): Promise<FrameInit> => {
+      try {
+        const out = await onFrame(frame, peer, { connection, stream })
+        return { ...out, requestId: frame.requestId, sessionId: out.sessionId ?? frame.sessionId }
+      } catch (err) {
+        opts.onError?.(err, peer)
+        return errorFrame(frame.requestId, errorCodeFor(err), messageOf(err), frame.sessionId)
+      }
+    }
     try {
       while (true) {
         const msg = await reader.read()
         if (msg === null) break
         if (isOversize(msg)) {
-          await reply(stream, errorFrame(peekRequestId(msg.head) ?? 0, ErrorCode.TOO_LARGE, `frame of ${msg.tooLarge} bytes exceeds the limit of ${maxFrameBytes}`), msg.tooLarge)
+          await answers.add(msg.tooLarge, undefined, () => errorFrame(peekRequestId(msg.head) ?? 0, ErrorCode.TOO_LARGE, `frame of ${msg.tooLarge} bytes exceeds the limit of ${maxFrameBytes}`))
           continue
         }
         let frame: Frame
         try {
           frame = decodeFrame(msg, { maxPayloadBytes: maxFrameBytes })
         } catch (err) {
-          await reply(stream, errorFrame(peekRequestId(msg) ?? 0, ErrorCode.BAD_FRAME, messageOf(err)), msg.length)
+          await answers.add(msg.length, undefined, () => errorFrame(peekRequestId(msg) ?? 0, ErrorCode.BAD_FRAME, messageOf(err)))
           continue
         }
-        let out: FrameInit
-        try {
-          out = await onFrame(frame, peer, { connection, stream })
-          out = { ...out, requestId: frame.requestId, sessionId: out.sessionId ?? frame.sessionId }
-        } catch (err) {
-          opts.onError?.(err, peer)
-          out = errorFrame(frame.requestId, errorCodeFor(err), messageOf(err), frame.sessionId)
-        }
-        await reply(stream, out, msg.length)
+        await answers.add(msg.length, sessionIdToHex(frame.sessionId), async () => await handle(frame))
       }
+      await answers.drained()
       await stream.close({ signal: AbortSignal.timeout(5000) })
     } catch (err) {
       // a dead or abusive stream: drop it, the node and other streams carry on

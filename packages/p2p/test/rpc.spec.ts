@@ -8,6 +8,7 @@ import {
 const ECHO = '/minga/test-echo/1.0.0'
 const SMALL = '/minga/test-small/1.0.0'
 const SMALL_LIMIT = 1024 * 1024
+const MEET = '/minga/test-meet/1.0.0'
 
 function forward (values: Float32Array, tokens: number, position = 0): FrameInit {
   return {
@@ -35,6 +36,21 @@ async function echo (frame: Frame): Promise<FrameInit> {
   return { type: FrameType.RESULT, dtype: DType.F32, tokens: frame.tokens, hiddenSize: frame.hiddenSize, position: frame.position, payload: bytesOf(y) }
 }
 
+// Meeting server: a FORWARD at position 0 waits for a step of another session to start, so two
+// sessions' frames on one stream only get answers if the server runs them at once. It records when
+// each session's steps start and end, to check that one session's steps never overlap.
+const started: Array<() => void> = []
+const events: string[] = []
+async function meet (frame: Frame): Promise<FrameInit> {
+  const id = Array.from(frame.sessionId.subarray(0, 2)).join('.')
+  events.push(`start ${id}:${frame.position}`)
+  for (const wake of started.splice(0)) wake()
+  if (frame.position === 0) await new Promise<void>(resolve => { started.push(resolve) })
+  await new Promise(resolve => setImmediate(resolve))
+  events.push(`end ${id}:${frame.position}`)
+  return { type: FrameType.ACK }
+}
+
 describe('rpc channel', () => {
   let server: MingaNode
   let client: MingaNode
@@ -47,7 +63,8 @@ describe('rpc channel', () => {
     client = await createMingaNode()
     servers = [
       await handleChannel(server, ECHO, echo, { onError: err => errors.push(err) }),
-      await handleChannel(server, SMALL, echo, { maxFrameBytes: SMALL_LIMIT })
+      await handleChannel(server, SMALL, echo, { maxFrameBytes: SMALL_LIMIT }),
+      await handleChannel(server, MEET, meet)
     ]
     channel = await openChannel(client, server.addrs()[0], ECHO)
   })
@@ -73,6 +90,27 @@ describe('rpc channel', () => {
     }
     expect(order).toEqual(Array.from({ length: n }, (_, i) => i))
     expect(channel.pending).toBe(0)
+  })
+
+  it('answers the frames of different sessions at once, and those of one session in order', async () => {
+    const c = await openChannel(client, server.libp2p.peerId, MEET, { timeoutMs: 60_000 })
+    try {
+      const a = forward(Float32Array.of(1), 1, 0)
+      const b = { ...forward(Float32Array.of(1), 1, 1), sessionId: newSessionId() }
+      const order: string[] = []
+      // a (position 0) waits for b to start: served one frame at a time, this would never end
+      const replies = [c.request(a).then(() => order.push('a')), c.request(b).then(() => order.push('b'))]
+      // three more steps of b's session, pipelined: they must not overlap
+      for (const position of [2, 3, 4]) replies.push(c.request({ ...b, position }).then(() => order.push(`b${position}`)))
+      await Promise.all(replies)
+      // replies come back in request order even though b's first step ended before a's
+      expect(order).toEqual(['a', 'b', 'b2', 'b3', 'b4'])
+      const id = Array.from(b.sessionId.subarray(0, 2)).join('.')
+      const own = events.filter(e => e.endsWith(`${id}:1`) || e.endsWith(`${id}:2`) || e.endsWith(`${id}:3`) || e.endsWith(`${id}:4`))
+      expect(own).toEqual([1, 2, 3, 4].flatMap(p => [`start ${id}:${p}`, `end ${id}:${p}`]))
+    } finally {
+      await c.close()
+    }
   })
 
   it('turns handler errors into ERROR frames and keeps the channel', async () => {
