@@ -4,7 +4,7 @@
 // warm: loading them), peak RSS and cgroup peak, OOM kills; and prefill/decode speed through the
 // four-node swarm, cold and warm.
 //
-//   pnpm bench:old-hardware [--limit-mb 1536] [--cache-mb 96] [--prompt-tokens 32] [--decode-tokens 16] [--json]
+//   pnpm bench:old-hardware [--limit-mb 1536] [--cache-mb 96] [--prompt-tokens 32] [--decode-tokens 16] [--threads N] [--json]
 //
 // Needs root (cgroups), ≈ 15 GB of disk for the checkpoint and ≈ 4.5 GB for the prepared spans.
 import '@minga/p2p/polyfill'
@@ -27,7 +27,8 @@ const { values } = parseArgs({
     'cache-mb': { type: 'string', default: '96' },
     'prompt-tokens': { type: 'string', default: '32' },
     'decode-tokens': { type: 'string', default: '16' },
-    threads: { type: 'string', default: '1' },
+    // every node may use all cores: a single stream runs one node at a time
+    threads: { type: 'string', default: String(availableParallelism()) },
     json: { type: 'boolean' }
   }
 })
