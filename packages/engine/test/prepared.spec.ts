@@ -1,7 +1,7 @@
 // Prepared spans: the first start converts and quantizes the layers into the cache folder, later
 // starts load them without touching the checkpoint's tensors; damaged entries are rebuilt, never
 // loaded. And KV caches that grow with their sessions instead of reserving the whole context.
-import { readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -86,6 +86,19 @@ describe('prepared spans', () => {
     expect(progress).toEqual([0, 1, 2, 3, 4])
     expect(other.bytes).toBeGreaterThan(preparedSpanBytes(loadModelConfig(STORIES), 'int4', 5))
     expect((await prepareSpan({ ...init, quant: 'int4' })).built).toEqual([])
+  })
+
+  it('preparing removes the model\'s folders of an older format, with a log line', async () => {
+    const models = join(cache.path, 'prepared', computeModelId(STORIES))
+    const older = join(models, `none-v${PREPARED_FORMAT - 1}`)
+    mkdirSync(older, { recursive: true })
+    writeFileSync(join(older, 'layer-0.weights'), new Uint8Array(1024))
+    const log: string[] = []
+    expect((await prepareSpan({ ...init, quant: 'none', start: 0, end: 1, log: m => log.push(m) })).built).toEqual([0])
+    expect(existsSync(older)).toBe(false)
+    expect(log.some(line => line.includes('older format') && line.includes(older))).toBe(true)
+    // other quantizations' folders are kept
+    expect(readdirSync(models).sort()).toEqual([`int4-v${PREPARED_FORMAT}`, `int8-v${PREPARED_FORMAT}`, `none-v${PREPARED_FORMAT}`])
   })
 })
 

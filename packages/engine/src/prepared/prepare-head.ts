@@ -43,6 +43,7 @@ export function prepareHead (init: PrepareHeadInit): PreparedHead {
   const state = store.check('head')
   if (state.state === 'ok') return { graph: store.headGraphPath(), bytes: state.bytes, weightBytes, bytesRead: 0, built: false }
   if (state.state === 'damaged') init.log?.(`prepared head in ${store.dir} is damaged (${state.reason}), rebuilding`)
+  store.removeOlderFormats(init.log)
   const checkpoint = new SafetensorsCheckpoint(init.modelDir)
   try {
     const tied = config.tieWordEmbeddings || !checkpoint.has('lm_head.weight')

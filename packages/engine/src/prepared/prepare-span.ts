@@ -75,6 +75,7 @@ export async function prepareSpan (init: PrepareSpanInit): Promise<PreparedSpan>
 
   let bytesRead = 0
   if (missing.length > 0) {
+    store.removeOlderFormats(init.log)
     const checkpoint = new SafetensorsCheckpoint(init.modelDir)
     const rotary = { ...rotaryTables(config, config.maxPositionEmbeddings), positions: config.maxPositionEmbeddings }
     try {

@@ -9,7 +9,7 @@
 // touched since it was checksummed, and is not read again: warm starts stay fast. Anything else
 // (rewritten, truncated, copied elsewhere) is checksummed in full.
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { crc32 } from 'node:zlib'
 import type { Quantization } from '../quantize.ts'
 import { isProcessAlive } from '../process-alive.ts'
@@ -114,6 +114,24 @@ export class PreparedStore {
       return Object.values(manifest.files).reduce((n, f) => n + f.bytes, 0)
     } finally {
       for (const path of [...Object.values(temp), manifestTemp]) rmSync(path, { force: true })
+    }
+  }
+
+  /**
+   * Removes this model's folders of the same quantization in older formats, saying so in `log`:
+   * they are never read again, and a new version of minga would otherwise leave gigabytes behind.
+   */
+  removeOlderFormats (log?: (message: string) => void): void {
+    const parent = dirname(this.dir)
+    if (!existsSync(parent)) return
+    const pattern = new RegExp(`^${this.quant}-v(\\d+)$`)
+    for (const name of readdirSync(parent)) {
+      const match = pattern.exec(name)
+      if (match == null || Number(match[1]) >= PREPARED_FORMAT) continue
+      const dir = join(parent, name)
+      const bytes = readdirSync(dir).reduce((n, file) => n + statSync(join(dir, file)).size, 0)
+      rmSync(dir, { recursive: true, force: true })
+      log?.(`removed ${(bytes / 2 ** 20).toFixed(0)} MB of prepared layers in an older format (${dir})`)
     }
   }
 
