@@ -1,22 +1,25 @@
 // Quantization formats: MatMulNBits block size and zero points (asymmetric) or none (symmetric),
 // per format: span-only prefill and decode speed of the TinyLlama-shaped [0, 22) and top-1 agreement
 // with f32 over 200 teacher-forced positions on stories260k (and, with --tinyllama-agreement, on the
-// random TinyLlama checkpoint over 200 random tokens). Formats run one after the other in this
-// process; each prepared span lives in a temporary cache folder, removed after it was measured.
+// random TinyLlama checkpoint over 200 random tokens). All formats are prepared first, then measured
+// round-robin (--rounds N, the median is reported), so a change in the machine's load hits every format
+// alike. The prepared spans live in a temporary cache folder, removed at the end, or in --cache-dir,
+// kept (~0.6 GB per int4 format, ~1.2 GB per int8 one), so that later runs only measure.
 //
-//   pnpm bench:quant [--formats int4:32:zp,int4:128:sym,…] [--skip-perf] [--skip-agreement] [--tinyllama-agreement]
+//   pnpm bench:quant [--formats int4:32:zp,int4:128:sym,…] [--rounds 3] [--cache-dir DIR]
+//                    [--skip-perf] [--skip-agreement] [--tinyllama-agreement]
 //
 // Run it under `flock /tmp/minga-bench.lock`. See README.md next to this file.
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
-  argmax, createClientHead, createSpanExecutor, formatLabel, loadModelConfig, seededRandom,
+  argmax, createClientHead, createSpanExecutor, formatLabel, loadModelConfig, prepareSpan, seededRandom,
   type ClientHead, type QuantFormat, type Quantization, type SpanExecutor
 } from '../src/index.ts'
-import { klDivergence, textTable } from './bench-helpers.ts'
+import { klDivergence, median, textTable } from './bench-helpers.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint, TINYLLAMA_SHAPE } from './random-checkpoint.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
@@ -147,6 +150,8 @@ async function main (): Promise<void> {
       formats: { type: 'string', default: ALL_FORMATS },
       'prompt-tokens': { type: 'string', default: '128' },
       'decode-tokens': { type: 'string', default: '32' },
+      rounds: { type: 'string', default: '1' },
+      'cache-dir': { type: 'string' },
       'skip-perf': { type: 'boolean' },
       'skip-agreement': { type: 'boolean' },
       'tinyllama-agreement': { type: 'boolean' },
@@ -157,7 +162,10 @@ async function main (): Promise<void> {
   const promptTokens = Number(values['prompt-tokens'])
   const decodeTokens = Number(values['decode-tokens'])
   const log = (m: string): void => { process.stderr.write(m + '\n') }
-  const cacheDir = mkdtempSync(join(tmpdir(), 'minga-quant-bench-'))
+  const rounds = Number(values.rounds)
+  const keep = values['cache-dir'] != null
+  const cacheDir = keep ? values['cache-dir'] as string : mkdtempSync(join(tmpdir(), 'minga-quant-bench-'))
+  mkdirSync(cacheDir, { recursive: true })
   const tinyllama = ensureRandomCheckpoint(defaultCheckpointDir(), REPO_ROOT, TINYLLAMA_SHAPE).dir
   const perf: Array<Perf | undefined> = []
   let stories: Agreement[] | undefined
@@ -172,27 +180,41 @@ async function main (): Promise<void> {
       const r = seededRandom(7)
       const ids = [1, ...Array.from({ length: POSITIONS }, () => 3 + Math.floor(r() * (TINYLLAMA_SHAPE.vocabSize - 3)))]
       random = await measureAgreement(tinyllama, async () => ids, variants, cacheDir, log)
-      rmSync(join(cacheDir, 'prepared'), { recursive: true, force: true })
     }
-    for (const v of values['skip-perf'] === true ? [] : variants) {
-      log(`${name(v)}: preparing and measuring [0, ${TINYLLAMA_SHAPE.numLayers}) of ${tinyllama}…`)
-      perf.push(await measurePerf(tinyllama, v, cacheDir, promptTokens, decodeTokens))
-      rmSync(join(cacheDir, 'prepared'), { recursive: true, force: true }) // one variant's 0.6–1.2 GB at a time
-      log(`  decode ${perf[perf.length - 1]?.decodeMsPerToken.toFixed(1)} ms/token`)
+    const measured = values['skip-perf'] === true ? [] : variants
+    for (const v of measured) {
+      log(`${name(v)}: preparing [0, ${TINYLLAMA_SHAPE.numLayers}) of ${tinyllama}…`)
+      await prepareSpan({ modelDir: tinyllama, start: 0, end: TINYLLAMA_SHAPE.numLayers, quant: v.quant, format: v.format, cacheDir })
+    }
+    const runs: Perf[][] = measured.map(() => [])
+    for (let round = 0; round < rounds; round++) {
+      for (const [i, v] of measured.entries()) {
+        runs[i].push(await measurePerf(tinyllama, v, cacheDir, promptTokens, decodeTokens))
+        log(`  round ${round + 1}, ${name(v)}: decode ${runs[i][round].decodeMsPerToken.toFixed(1)} ms/token, prefill ${runs[i][round].prefillTokPerS.toFixed(1)} tok/s`)
+      }
+    }
+    for (const r of runs) {
+      if (r.length === 0) continue // --rounds 0: only prepare
+      perf.push({
+        prefillTokPerS: median(r.map(x => x.prefillTokPerS)),
+        decodeTokPerS: median(r.map(x => x.decodeTokPerS)),
+        decodeMsPerToken: median(r.map(x => x.decodeMsPerToken)),
+        preparedBytes: r[0].preparedBytes
+      })
     }
   } finally {
-    rmSync(cacheDir, { recursive: true, force: true })
+    if (!keep) rmSync(cacheDir, { recursive: true, force: true })
   }
   const rows = variants.map((v, i) => ({ variant: name(v), ...perf[i], stories: stories?.[i], random: random?.[i] }))
   if (values.json === true) {
-    process.stdout.write(JSON.stringify({ promptTokens, decodeTokens, positions: POSITIONS, rows }) + '\n')
+    process.stdout.write(JSON.stringify({ promptTokens, decodeTokens, rounds, positions: POSITIONS, rows }) + '\n')
     return
   }
   const pct = (a?: Agreement): string => a == null ? '' : `${a.agree}/${POSITIONS} (${(100 * a.agree / POSITIONS).toFixed(1)}%)`
   process.stdout.write(textTable(
-    ['format', `prefill tok/s (${promptTokens})`, `decode tok/s (${decodeTokens})`, 'span ms/tok', 'prepared MiB', 'stories260k agree', 'KL', 'TinyLlama-random agree'],
+    ['format', `prefill tok/s (${promptTokens}, median of ${rounds})`, `decode tok/s (${decodeTokens})`, 'span ms/tok', 'prepared MiB', 'stories260k agree', 'KL', 'TinyLlama-random agree', 'KL'],
     rows.map(r => [r.variant, r.prefillTokPerS?.toFixed(1) ?? '', r.decodeTokPerS?.toFixed(2) ?? '', r.decodeMsPerToken?.toFixed(1) ?? '',
-      r.preparedBytes == null ? '' : (r.preparedBytes / 2 ** 20).toFixed(0), pct(r.stories), r.stories?.meanKl.toExponential(2) ?? '', pct(r.random)])
+      r.preparedBytes == null ? '' : (r.preparedBytes / 2 ** 20).toFixed(0), pct(r.stories), r.stories?.meanKl.toExponential(2) ?? '', pct(r.random), r.random?.meanKl.toExponential(2) ?? ''])
   ).join('\n') + '\n')
 }
 

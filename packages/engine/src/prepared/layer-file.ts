@@ -5,7 +5,7 @@
 import { closeSync, ftruncateSync, openSync, writeFileSync, writeSync } from 'node:fs'
 import { GraphBuilder, type DataType } from '../graph/onnx.ts'
 import type { LayerWeights, LinearTensors } from '../graph/span-graph.ts'
-import { quantizeBlockwise, quantizedLayout, type QuantFormat } from '../quantize.ts'
+import { fitFormat, quantizeBlockwise, quantizedLayout, type QuantFormat } from '../quantize.ts'
 import type { SafetensorsCheckpoint } from '../safetensors.ts'
 
 const ALIGN = 4096
@@ -50,12 +50,12 @@ export class LayerFile implements LayerWeights {
 
   linear (name: string, sources: Source[], k: number): LinearTensors {
     const n = sources.reduce((total, s) => total + s.rows, 0)
-    const format = this.format
-    if (format == null) {
+    if (this.format == null) {
       const weight = `${name}.weight`
       this.recipes.push({ kind: 'f32-linear', offset: this.place(weight, 'float32', [k, n], 4 * k * n), sources, n, k })
-      return { format, weight }
+      return { format: undefined, weight }
     }
+    const format = fitFormat(this.format, k)
     const { blocksPerRow, blobBytes, zeroPointBytesPerRow } = quantizedLayout(format, k)
     const names = { qweight: `${name}.qweight`, scales: `${name}.scales`, zeroPoints: format.zeroPoints ? `${name}.zero_points` : undefined }
     this.recipes.push({
