@@ -5,7 +5,7 @@ import { defaultCacheDir } from '../cache-dir.ts'
 import { loadModelConfig } from '../config.ts'
 import { buildHeadGraph } from '../graph/head-graph.ts'
 import { computeModelId } from '../manifest.ts'
-import { quantFormat, type QuantFormat, type Quantization } from '../quantize.ts'
+import { HEAD_QUANT_FORMATS, type QuantFormat, type Quantization } from '../quantize.ts'
 import { SafetensorsCheckpoint } from '../safetensors.ts'
 import { LayerFile } from './layer-file.ts'
 import { PreparedStore } from './store.ts'
@@ -15,7 +15,7 @@ export const EMBEDDINGS = 'model.embed_tokens.weight'
 export interface PrepareHeadInit {
   modelDir: string
   quant: Quantization
-  /** The LM head's block size and zero points (default QUANT_FORMATS[quant]). */
+  /** The LM head's block size and zero points (default HEAD_QUANT_FORMATS[quant]). */
   format?: QuantFormat
   /** The cache folder (default: defaultCacheDir()). */
   cacheDir?: string
@@ -38,7 +38,8 @@ export interface PreparedHead {
 
 export function prepareHead (init: PrepareHeadInit): PreparedHead {
   const config = loadModelConfig(init.modelDir)
-  const store = new PreparedStore(init.cacheDir ?? defaultCacheDir(), init.modelId ?? computeModelId(init.modelDir), init.quant, init.format)
+  const store = new PreparedStore(init.cacheDir ?? defaultCacheDir(), init.modelId ?? computeModelId(init.modelDir), init.quant,
+    init.format ?? (init.quant === 'none' ? undefined : HEAD_QUANT_FORMATS[init.quant]))
   const sizing = new LayerFile(store.format, 'sizing')
   buildHeadGraph(config, sizing, EMBEDDINGS)
   const weightBytes = sizing.tensorBytes
