@@ -1,6 +1,6 @@
 // Where prepared layers live and how an entry is known to be whole. One folder per model id,
-// quantization and format version; per layer its two graphs (layer-N.pre.onnx: norm, QKV and rotary;
-// layer-N.post.onnx: output projection and MLP; attention runs between them, per session), their
+// quantization with its block format (preparedDirName) and format version; per layer its two graphs
+// (layer-N.pre.onnx: norm, QKV and rotary; layer-N.post.onnx: output projection and MLP; attention runs between them, per session), their
 // weights (layer-N.weights) and a manifest (layer-N.json) with the files' sizes and CRC-32s; the
 // client's head (final norm and LM head) is the entry `head` (head.onnx, head.weights, head.json)
 // beside them. Files are written under
