@@ -1,7 +1,7 @@
 // The client's part of the model: token ids → embeddings, and last hidden states → logits.
 import type { ModelConfig } from './config.ts'
 import { InvalidArgumentError } from './errors.ts'
-import { QUANTIZATIONS, type Quantization } from './quantize.ts'
+import { QUANTIZATIONS, type QuantFormat, type Quantization } from './quantize.ts'
 import type { HeadLoadArgs, HeadLoadEvent, HeadLoadResult } from './worker/head-worker.ts'
 import { ownBuffer, WorkerClient } from './worker/rpc.ts'
 
@@ -15,6 +15,8 @@ export interface ClientHeadInit {
   modelDir: string
   /** Quantization of the LM head (default int8; `none` is f32). */
   headQuant?: Quantization
+  /** The LM head's block size and zero points (default HEAD_QUANT_FORMATS[headQuant]; for measuring other formats). */
+  headFormat?: QuantFormat
   threads?: number
   /** Where the prepared head is kept (default: defaultCacheDir()), beside the span's layers. */
   cacheDir?: string
@@ -41,7 +43,7 @@ export async function createClientHead (init: ClientHeadInit): Promise<ClientHea
   if (!QUANTIZATIONS.includes(headQuant)) throw new InvalidArgumentError(`head quantization ${JSON.stringify(headQuant)} is not one of ${QUANTIZATIONS.join(', ')}`)
   const worker = new WorkerClient(new URL('./worker/head-worker.ts', import.meta.url), 'client head', (event: HeadLoadEvent) => { init.log?.(event.message) })
   try {
-    const args: HeadLoadArgs = { modelDir: init.modelDir, headQuant, threads: init.threads, cacheDir: init.cacheDir, modelId: init.modelId }
+    const args: HeadLoadArgs = { modelDir: init.modelDir, headQuant, headFormat: init.headFormat, threads: init.threads, cacheDir: init.cacheDir, modelId: init.modelId }
     const { config, preparedBytes } = await worker.call<HeadLoadResult>('load', args)
     return {
       config,

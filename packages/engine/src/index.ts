@@ -8,7 +8,7 @@ export {
   createSpanExecutor, DEFAULT_BATCH_WAIT_MS, DEFAULT_CACHE_BYTES, KV_BLOCK_TOKENS, MAX_BATCH_WAIT_MS, kvBytesPerToken, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type OpenSessionOptions, type SpanStats
 } from './span-executor.ts'
 export { prepareSpan, preparedSpanBytes, type PrepareSpanInit, type PrepareProgress, type PreparedSpan } from './prepared/prepare-span.ts'
-export { PREPARED_FORMAT } from './prepared/store.ts'
+export { PREPARED_FORMAT, preparedDirName } from './prepared/store.ts'
 export { defaultCacheDir } from './cache-dir.ts'
 export { isProcessAlive } from './process-alive.ts'
 export { createClientHead, DEFAULT_HEAD_QUANT, type ClientHead, type ClientHeadInit } from './client-head.ts'
@@ -17,7 +17,7 @@ export { generateTokens, planGeneration, untilDone, type GenerateOptions, type G
 export { createSampler, validateSampling, argmax, seededRandom, type Sampler, type SamplingOptions } from './sampler.ts'
 export { loadChatTemplate, parseChatTemplate, type ChatMessage, type ChatRenderOptions, type ChatTemplate } from './chat-template.ts'
 export { loadTokenizer, type TextTokenizer, type TextStream } from './tokenizer.ts'
-export { DEFAULT_QUANT, QUANTIZATIONS, type Quantization } from './quantize.ts'
+export { DEFAULT_QUANT, HEAD_QUANT_FORMATS, QUANT_FORMATS, QUANTIZATIONS, formatLabel, type QuantFormat, type Quantization } from './quantize.ts'
 export {
   ModelLoadError, UnsupportedModelError, InvalidArgumentError, ContextLengthError, UnknownSessionError,
   SessionLimitError, ShapeError, PositionError, WorkerError, NoChatTemplateError

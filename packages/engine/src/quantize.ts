@@ -1,14 +1,71 @@
-// Block-wise asymmetric quantization of a linear layer's weight into ORT's MatMulNBits layout.
-// Weight rows are output features ([N, K], the Hugging Face layout), which is what MatMulNBits expects.
+// Block-wise quantization of a linear layer's weight into ORT's MatMulNBits layout, asymmetric (a
+// zero point per block) or symmetric (none stored: MatMulNBits then takes 2^(bits-1) as every block's
+// zero point). Weight rows are output features ([N, K], the Hugging Face layout), which is what
+// MatMulNBits expects.
 
 export type Quantization = 'none' | 'int8' | 'int4'
 export const QUANTIZATIONS: Quantization[] = ['none', 'int8', 'int4']
-/** The quantization of spans unless told otherwise: a quarter of f32's memory for a 0.5 % top-1 difference. */
+/** The quantization of spans unless told otherwise: a quarter of f32's memory for a 1 % top-1 difference (198/200 on stories260k). */
 export const DEFAULT_QUANT: Quantization = 'int8'
-export const QUANT_BLOCK_SIZE = 32
+
+/** How a quantized weight is stored: MatMulNBits' `bits` and `block_size`, and whether zero points are. */
+export interface QuantFormat {
+  bits: 4 | 8
+  /** Values per block sharing one scale (MatMulNBits: a power of two, at least 16). */
+  blockSize: 16 | 32 | 64 | 128 | 256
+  /** Asymmetric (min/max range, a zero point per block) or symmetric (scale = max|w| / (2^(bits-1) - 1)). */
+  zeroPoints: boolean
+}
+
+/**
+ * The format of each quantization of the layers, chosen by `pnpm bench:quant`
+ * (README): block 128 runs the TinyLlama-shaped span 1.2× faster per token than block 32 and the
+ * int8 head's matmul 2× faster. Zero points stay: without them int4's top-1 agreement with f32 drops
+ * more (173 vs 180 of 200 on stories260k) for no clear gain in speed.
+ */
+export const QUANT_FORMATS: Record<Exclude<Quantization, 'none'>, QuantFormat> = {
+  int8: { bits: 8, blockSize: 128, zeroPoints: true },
+  int4: { bits: 4, blockSize: 128, zeroPoints: true }
+}
+
+/**
+ * The client head's: int8 as the layers (the 32000 × 2048 LM head's matmul 2× faster, 199/200 top-1
+ * on stories260k); int4 keeps block 32, at which it picks f32's top-1 at 190/200 positions against
+ * 179/200 at block 64/128 (the head's top-1 is what the user sees).
+ */
+export const HEAD_QUANT_FORMATS: Record<Exclude<Quantization, 'none'>, QuantFormat> = {
+  int8: QUANT_FORMATS.int8,
+  int4: { bits: 4, blockSize: 32, zeroPoints: true }
+}
+
+/** `format` if given (it must have the quantization's bits), else the quantization's own; undefined for f32. */
+export function quantFormat (quant: Quantization, format?: QuantFormat): QuantFormat | undefined {
+  if (quant === 'none') return undefined
+  const own = QUANT_FORMATS[quant]
+  if (format == null) return own
+  if (format.bits !== own.bits) throw new RangeError(`a ${format.bits}-bit format cannot store ${quant}`)
+  if (!(Number.isInteger(Math.log2(format.blockSize)) && format.blockSize >= 16)) throw new RangeError(`block size ${format.blockSize} is not a power of two ≥ 16`)
+  return format
+}
+
+/** A short name of a format, e.g. `b128-sym`: part of the prepared folder's name, so formats never mix. */
+export function formatLabel (format: QuantFormat | undefined): string {
+  return format == null ? 'f32' : `b${format.blockSize}${format.zeroPoints ? '' : '-sym'}`
+}
+
+/**
+ * The format a [n, k] weight is stored in: blocks shrink (halving, down to 16) while padding k to a
+ * whole number of them would add more than k / 8 zeros, so small widths (stories260k's 64 and 172)
+ * are not stored twice over. Real models' widths are multiples of 128 and keep the format's block.
+ */
+export function fitFormat (format: QuantFormat, k: number): QuantFormat {
+  let blockSize = format.blockSize
+  while (blockSize > 16 && Math.ceil(k / blockSize) * blockSize - k > k / 8) blockSize /= 2
+  return blockSize === format.blockSize ? format : { ...format, blockSize: blockSize as QuantFormat['blockSize'] }
+}
 
 export interface QuantizedWeight {
-  bits: 4 | 8
+  format: QuantFormat
   n: number
   k: number
   blocksPerRow: number
@@ -16,19 +73,29 @@ export interface QuantizedWeight {
   data: Uint8Array
   /** [N * blocksPerRow] */
   scales: Float32Array
-  /** [N * ceil(blocksPerRow * bits / 8)], 4-bit values packed two per byte, low nibble first */
-  zeroPoints: Uint8Array
+  /** [N * ceil(blocksPerRow * bits / 8)], 4-bit values packed two per byte, low nibble first; none when symmetric */
+  zeroPoints?: Uint8Array
 }
 
-export function quantizeBlockwise (weight: Float32Array, n: number, k: number, bits: 4 | 8): QuantizedWeight {
-  const blockSize = QUANT_BLOCK_SIZE
-  const blocksPerRow = Math.ceil(k / blockSize)
+/** Sizes of a quantized [n, k] weight's three tensors in `format`. */
+export function quantizedLayout (format: QuantFormat, k: number): { blocksPerRow: number, blobBytes: number, zeroPointBytesPerRow: number } {
+  const blocksPerRow = Math.ceil(k / format.blockSize)
+  return {
+    blocksPerRow,
+    blobBytes: (format.blockSize * format.bits) / 8,
+    zeroPointBytesPerRow: format.zeroPoints ? Math.ceil((blocksPerRow * format.bits) / 8) : 0
+  }
+}
+
+export function quantizeBlockwise (weight: Float32Array, n: number, k: number, format: QuantFormat): QuantizedWeight {
+  const { bits, blockSize } = format
+  const { blocksPerRow, blobBytes, zeroPointBytesPerRow } = quantizedLayout(format, k)
   const levels = (1 << bits) - 1
-  const blobSize = (blockSize * bits) / 8
-  const zpPerRow = Math.ceil((blocksPerRow * bits) / 8)
-  const data = new Uint8Array(n * blocksPerRow * blobSize)
+  // Symmetric: q = round(w / scale) + 2^(bits-1) within ±(2^(bits-1) - 1), so the range is symmetric and 0 exact.
+  const half = 1 << (bits - 1)
+  const data = new Uint8Array(n * blocksPerRow * blobBytes)
   const scales = new Float32Array(n * blocksPerRow)
-  const zeroPoints = new Uint8Array(n * zpPerRow)
+  const zeroPoints = format.zeroPoints ? new Uint8Array(n * zeroPointBytesPerRow) : undefined
 
   for (let row = 0; row < n; row++) {
     for (let block = 0; block < blocksPerRow; block++) {
@@ -42,15 +109,20 @@ export function quantizeBlockwise (weight: Float32Array, n: number, k: number, b
         if (w < min) min = w
         if (w > max) max = w
       }
-      const scale = max > min ? (max - min) / levels : 1
-      const zeroPoint = Math.min(levels, Math.max(0, Math.round(-min / scale)))
-      scales[row * blocksPerRow + block] = scale
-      if (bits === 8) {
-        zeroPoints[row * zpPerRow + block] = zeroPoint
+      let scale: number
+      let zeroPoint: number
+      if (zeroPoints != null) {
+        scale = max > min ? (max - min) / levels : 1
+        zeroPoint = Math.min(levels, Math.max(0, Math.round(-min / scale)))
+        if (bits === 8) zeroPoints[row * zeroPointBytesPerRow + block] = zeroPoint
+        else zeroPoints[row * zeroPointBytesPerRow + (block >> 1)] |= zeroPoint << ((block & 1) * 4)
       } else {
-        zeroPoints[row * zpPerRow + (block >> 1)] |= zeroPoint << ((block & 1) * 4)
+        const absMax = Math.max(max, -min)
+        scale = absMax > 0 ? absMax / (half - 1) : 1
+        zeroPoint = half
       }
-      const blob = (row * blocksPerRow + block) * blobSize
+      scales[row * blocksPerRow + block] = scale
+      const blob = (row * blocksPerRow + block) * blobBytes
       for (let i = 0; i < blockSize; i++) {
         const w = from + i < to ? weight[from + i] : 0
         const q = Math.min(levels, Math.max(0, Math.round(w / scale) + zeroPoint))
@@ -59,34 +131,33 @@ export function quantizeBlockwise (weight: Float32Array, n: number, k: number, b
       }
     }
   }
-  return { bits, n, k, blocksPerRow, data, scales, zeroPoints }
+  return { format, n, k, blocksPerRow, data, scales, zeroPoints }
 }
 
 /**
  * quantizeBlockwise over a weight read `chunkRows` rows at a time, so that the weight's f32 form
- * never exists whole (the client head quantizes a vocab × hidden matrix this way).
+ * never exists whole.
  */
-export function quantizeByRows (n: number, k: number, bits: 4 | 8, readRows: (from: number, to: number) => Float32Array, chunkRows = 512): QuantizedWeight {
-  const blocksPerRow = Math.ceil(k / QUANT_BLOCK_SIZE)
-  const dataPerRow = blocksPerRow * QUANT_BLOCK_SIZE * bits / 8
-  const zpPerRow = Math.ceil((blocksPerRow * bits) / 8)
+export function quantizeByRows (n: number, k: number, format: QuantFormat, readRows: (from: number, to: number) => Float32Array, chunkRows = 512): QuantizedWeight {
+  const { blocksPerRow, blobBytes, zeroPointBytesPerRow } = quantizedLayout(format, k)
+  const dataPerRow = blocksPerRow * blobBytes
   const out: QuantizedWeight = {
-    bits, n, k, blocksPerRow,
+    format, n, k, blocksPerRow,
     data: new Uint8Array(n * dataPerRow),
     scales: new Float32Array(n * blocksPerRow),
-    zeroPoints: new Uint8Array(n * zpPerRow)
+    zeroPoints: format.zeroPoints ? new Uint8Array(n * zeroPointBytesPerRow) : undefined
   }
   for (let first = 0; first < n; first += chunkRows) {
     const count = Math.min(chunkRows, n - first)
-    const part = quantizeBlockwise(readRows(first, first + count), count, k, bits)
+    const part = quantizeBlockwise(readRows(first, first + count), count, k, format)
     out.data.set(part.data, first * dataPerRow)
     out.scales.set(part.scales, first * blocksPerRow)
-    out.zeroPoints.set(part.zeroPoints, first * zpPerRow)
+    if (part.zeroPoints != null) out.zeroPoints?.set(part.zeroPoints, first * zeroPointBytesPerRow)
   }
   return out
 }
 
 /** Bytes of a quantized weight as the graph stores it. */
 export function quantizedBytes (q: QuantizedWeight): number {
-  return q.data.byteLength + q.scales.byteLength + q.zeroPoints.byteLength
+  return q.data.byteLength + q.scales.byteLength + (q.zeroPoints?.byteLength ?? 0)
 }

@@ -97,6 +97,7 @@ export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanE
       start: init.start,
       end: init.end,
       quant,
+      format: init.format,
       threads: init.threads,
       maxSessions: init.maxSessions ?? 16,
       cacheBytes: init.cacheBytes ?? DEFAULT_CACHE_BYTES,

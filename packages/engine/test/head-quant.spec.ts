@@ -100,13 +100,18 @@ describe('quantized client head on stories260k', () => {
 })
 
 describe('quantizeByRows', () => {
-  it.each([4, 8] as const)('equals quantizing the whole matrix at once (%i bits, ragged last block and chunk)', (bits) => {
+  it.each([
+    { bits: 4, blockSize: 32, zeroPoints: true },
+    { bits: 8, blockSize: 32, zeroPoints: true },
+    { bits: 4, blockSize: 128, zeroPoints: false },
+    { bits: 8, blockSize: 64, zeroPoints: false }
+  ] as const)('equals quantizing the whole matrix at once ($bits bits, block $blockSize, zero points $zeroPoints; ragged last block and chunk)', (format) => {
     const n = 37
     const k = 70
-    const random = seededRandom(bits)
+    const random = seededRandom(format.bits)
     const weight = Float32Array.from({ length: n * k }, () => random() * 2 - 1)
-    const whole = quantizeBlockwise(weight, n, k, bits)
-    const chunked = quantizeByRows(n, k, bits, (from, to) => weight.slice(from * k, to * k), 8)
+    const whole = quantizeBlockwise(weight, n, k, format)
+    const chunked = quantizeByRows(n, k, format, (from, to) => weight.slice(from * k, to * k), 8)
     expect(chunked).toEqual(whole)
   })
 })

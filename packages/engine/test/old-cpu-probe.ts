@@ -16,7 +16,7 @@ import * as ort from 'onnxruntime-node'
 import { argmax, createLocalModel, seededRandom, untilDone, type Quantization } from '../src/index.ts'
 import { matMulNBits } from '../src/graph/matmul-nbits.ts'
 import { GraphBuilder } from '../src/graph/onnx.ts'
-import { QUANT_BLOCK_SIZE, quantizeBlockwise, type QuantizedWeight } from '../src/quantize.ts'
+import { QUANT_FORMATS, quantizeBlockwise, quantizedLayout, type QuantFormat, type QuantizedWeight } from '../src/quantize.ts'
 import { sessionOptions } from '../src/worker/ort-options.ts'
 import { STORIES, STORIES_PROMPT_IDS } from './helpers.ts'
 
@@ -26,17 +26,17 @@ export interface ProbeResult {
   matmul?: { k: number, n: number, bits: number, y: number[], relativeError: number }
 }
 
-interface MatmulMeta { k: number, n: number, bits: 4 | 8, blocksPerRow: number }
+interface MatmulMeta { k: number, n: number, format: QuantFormat, blocksPerRow: number }
 
-/** A TinyLlama-width projection (hidden 2048 → FFN 5632), int4 with zero points, one token. */
-export function writeMatmulCase (dir: string, k = 2048, n = 5632, bits: 4 | 8 = 4): void {
+/** A TinyLlama-width projection (hidden 2048 → FFN 5632), int4 in its format (with zero points: issue #29853), one token. */
+export function writeMatmulCase (dir: string, k = 2048, n = 5632, format: QuantFormat = QUANT_FORMATS.int4): void {
   const random = seededRandom(7)
   const weight = Float32Array.from({ length: n * k }, () => (random() * 2 - 1) * 0.05 + 0.01)
   const x = Float32Array.from({ length: k }, () => random() * 2 - 1 + 0.2)
-  const q = quantizeBlockwise(weight, n, k, bits)
+  const q = quantizeBlockwise(weight, n, k, format)
   mkdirSync(dir, { recursive: true })
-  writeFileSync(join(dir, 'meta.json'), JSON.stringify({ k, n, bits, blocksPerRow: q.blocksPerRow } satisfies MatmulMeta))
-  for (const [name, array] of Object.entries({ data: q.data, scales: q.scales, zeroPoints: q.zeroPoints, x, reference: dequantizedMatmul(q, x) })) {
+  writeFileSync(join(dir, 'meta.json'), JSON.stringify({ k, n, format, blocksPerRow: q.blocksPerRow } satisfies MatmulMeta))
+  for (const [name, array] of Object.entries({ data: q.data, scales: q.scales, zeroPoints: q.zeroPoints ?? new Uint8Array(0), x, reference: dequantizedMatmul(q, x) })) {
     writeFileSync(join(dir, name), new Uint8Array(array.buffer, array.byteOffset, array.byteLength))
   }
 }
@@ -45,7 +45,7 @@ async function runMatmulCase (dir: string): Promise<NonNullable<ProbeResult['mat
   const meta = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as MatmulMeta
   const bytes = (name: string): Uint8Array => new Uint8Array(readFileSync(join(dir, name)))
   const floats = (name: string): Float32Array => { const b = bytes(name); return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4) }
-  const q: QuantizedWeight = { ...meta, data: bytes('data'), scales: floats('scales'), zeroPoints: bytes('zeroPoints') }
+  const q: QuantizedWeight = { ...meta, data: bytes('data'), scales: floats('scales'), zeroPoints: meta.format.zeroPoints ? bytes('zeroPoints') : undefined }
   const reference = floats('reference')
   const g = new GraphBuilder()
   g.input('x', 'float32', [1, meta.k])
@@ -60,24 +60,24 @@ async function runMatmulCase (dir: string): Promise<NonNullable<ProbeResult['mat
     worst = Math.max(worst, Math.abs(y[i] - reference[i]))
     scale = Math.max(scale, Math.abs(reference[i]))
   }
-  return { k: meta.k, n: meta.n, bits: meta.bits, y: Array.from(y), relativeError: worst / scale }
+  return { k: meta.k, n: meta.n, bits: meta.format.bits, y: Array.from(y), relativeError: worst / scale }
 }
 
 /** x · dequantized(W)ᵀ, accumulated in f64: what MatMulNBits approximates. */
 function dequantizedMatmul (q: QuantizedWeight, x: Float32Array): Float32Array {
   const out = new Float32Array(q.n)
-  const blob = (QUANT_BLOCK_SIZE * q.bits) / 8
-  const zpPerRow = Math.ceil((q.blocksPerRow * q.bits) / 8)
+  const { bits, blockSize } = q.format
+  const { blobBytes: blob, zeroPointBytesPerRow: zpPerRow } = quantizedLayout(q.format, q.k)
   for (let row = 0; row < q.n; row++) {
     let sum = 0
     for (let block = 0; block < q.blocksPerRow; block++) {
       const scale = q.scales[row * q.blocksPerRow + block]
-      const zpByte = q.zeroPoints[row * zpPerRow + (q.bits === 8 ? block : block >> 1)]
-      const zero = q.bits === 8 ? zpByte : (zpByte >> ((block & 1) * 4)) & 15
+      const zpByte = q.zeroPoints?.[row * zpPerRow + (bits === 8 ? block : block >> 1)]
+      const zero = zpByte == null ? 1 << (bits - 1) : bits === 8 ? zpByte : (zpByte >> ((block & 1) * 4)) & 15
       const base = (row * q.blocksPerRow + block) * blob
-      for (let i = 0; i < QUANT_BLOCK_SIZE && block * QUANT_BLOCK_SIZE + i < q.k; i++) {
-        const v = q.bits === 8 ? q.data[base + i] : (q.data[base + (i >> 1)] >> ((i & 1) * 4)) & 15
-        sum += (v - zero) * scale * x[block * QUANT_BLOCK_SIZE + i]
+      for (let i = 0; i < blockSize && block * blockSize + i < q.k; i++) {
+        const v = bits === 8 ? q.data[base + i] : (q.data[base + (i >> 1)] >> ((i & 1) * 4)) & 15
+        sum += (v - zero) * scale * x[block * blockSize + i]
       }
     }
     out[row] = sum

@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, tru
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
-  argmax, computeModelId, createClientHead, createSpanExecutor, KV_BLOCK_TOKENS, PREPARED_FORMAT, prepareSpan, preparedSpanBytes, loadModelConfig,
+  argmax, computeModelId, createClientHead, createSpanExecutor, KV_BLOCK_TOKENS, PREPARED_FORMAT, preparedDirName, prepareSpan, preparedSpanBytes, loadModelConfig,
   type ClientHead, type SpanExecutor, type SpanExecutorInit
 } from '../src/index.ts'
 import { STORIES, STORIES_PROMPT_IDS, tempDir } from './helpers.ts'
@@ -31,7 +31,7 @@ describe('prepared spans', () => {
   const cache = tempDir('prepared')
   afterAll(() => { cache.remove() })
   const init = { modelDir: STORIES, start: 0, end: 5, quant: 'int8' as const, cacheDir: cache.path }
-  const dir = join(cache.path, 'prepared', computeModelId(STORIES), `int8-v${PREPARED_FORMAT}`)
+  const dir = join(cache.path, 'prepared', computeModelId(STORIES), preparedDirName('int8'))
   let first: Awaited<ReturnType<typeof startAndRun>>
 
   it('the first start prepares every layer; a second start reads no checkpoint tensor and gives identical output', async () => {

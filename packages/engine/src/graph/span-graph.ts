@@ -15,11 +15,11 @@
 // Weights are not in the graphs: a LayerWeights (prepared/layer-file.ts) names each initializer and
 // puts its bytes in the layer's weights file, which ORT reads itself as external data.
 import type { ModelConfig } from '../config.ts'
-import { QUANT_BLOCK_SIZE } from '../quantize.ts'
+import { matMulNBitsNode, type NBitsTensors } from './matmul-nbits.ts'
 import { GraphBuilder, MS_DOMAIN } from './onnx.ts'
 
 /** A linear layer's initializers: an f32 [k, n] matrix, or MatMulNBits' three tensors. */
-export type LinearTensors = { bits: 0, weight: string } | { bits: 4 | 8, qweight: string, scales: string, zeroPoints: string }
+export type LinearTensors = { format: undefined, weight: string } | NBitsTensors
 
 /** The initializers of one layer, declared by its graphs as they are built. */
 export interface LayerWeights {
@@ -144,10 +144,8 @@ function makeMlp (g: GraphBuilder, w: LayerWeights, config: ModelConfig, l: stri
 
 /** The nodes of y = x Wᵀ + b: MatMul over an f32 [k, n] weight, or MatMulNBits. */
 export function linearNodes (g: GraphBuilder, name: string, input: string, weight: LinearTensors, bias: string | undefined, n: number, k: number): string {
-  const [out] = weight.bits === 0
-    ? g.node('MatMul', [input, weight.weight], {}, { name })
-    : g.node('MatMulNBits', [input, weight.qweight, weight.scales, weight.zeroPoints], {
-      K: k, N: n, bits: weight.bits, block_size: QUANT_BLOCK_SIZE, accuracy_level: 4
-    }, { name, domain: MS_DOMAIN })
+  const out = weight.format == null
+    ? g.node('MatMul', [input, weight.weight], {}, { name })[0]
+    : matMulNBitsNode(g, name, input, weight, n, k)
   return bias == null ? out : g.node('Add', [out, bias])[0]
 }

@@ -5,7 +5,7 @@
 import { closeSync, ftruncateSync, openSync, writeFileSync, writeSync } from 'node:fs'
 import { GraphBuilder, type DataType } from '../graph/onnx.ts'
 import type { LayerWeights, LinearTensors } from '../graph/span-graph.ts'
-import { QUANT_BLOCK_SIZE, quantizeBlockwise, type Quantization } from '../quantize.ts'
+import { fitFormat, quantizeBlockwise, quantizedLayout, type QuantFormat } from '../quantize.ts'
 import type { SafetensorsCheckpoint } from '../safetensors.ts'
 
 const ALIGN = 4096
@@ -18,7 +18,7 @@ type Recipe =
   | { kind: 'vector', offset: number, sources: Source[] }
   | { kind: 'values', offset: number, data: Float32Array }
   | { kind: 'f32-linear', offset: number, sources: Source[], n: number, k: number }
-  | { kind: 'quantized-linear', bits: 4 | 8, qweight: number, scales: number, zeroPoints: number, sources: Source[], k: number }
+  | { kind: 'quantized-linear', format: QuantFormat, qweight: number, scales: number, zeroPoints?: number, sources: Source[], k: number }
 
 export class LayerFile implements LayerWeights {
   /** The graph being built (a layer has two: see startGraph). */
@@ -29,8 +29,8 @@ export class LayerFile implements LayerWeights {
   tensorBytes = 0
   private readonly recipes: Recipe[] = []
 
-  /** `location`: the weights file's name, relative to the graph file. */
-  constructor (private readonly quant: Quantization, private readonly location: string) {}
+  /** `format`: of the linear weights (undefined: f32); `location`: the weights file's name, relative to the graph file. */
+  constructor (private readonly format: QuantFormat | undefined, private readonly location: string) {}
 
   startGraph (): GraphBuilder {
     this.graph = new GraphBuilder()
@@ -50,26 +50,24 @@ export class LayerFile implements LayerWeights {
 
   linear (name: string, sources: Source[], k: number): LinearTensors {
     const n = sources.reduce((total, s) => total + s.rows, 0)
-    if (this.quant === 'none') {
+    if (this.format == null) {
       const weight = `${name}.weight`
       this.recipes.push({ kind: 'f32-linear', offset: this.place(weight, 'float32', [k, n], 4 * k * n), sources, n, k })
-      return { bits: 0, weight }
+      return { format: undefined, weight }
     }
-    const bits = this.quant === 'int4' ? 4 : 8
-    const blocksPerRow = Math.ceil(k / QUANT_BLOCK_SIZE)
-    const blob = (QUANT_BLOCK_SIZE * bits) / 8
-    const zeroPointsPerRow = Math.ceil((blocksPerRow * bits) / 8)
-    const names = { qweight: `${name}.qweight`, scales: `${name}.scales`, zeroPoints: `${name}.zero_points` }
+    const format = fitFormat(this.format, k)
+    const { blocksPerRow, blobBytes, zeroPointBytesPerRow } = quantizedLayout(format, k)
+    const names = { qweight: `${name}.qweight`, scales: `${name}.scales`, zeroPoints: format.zeroPoints ? `${name}.zero_points` : undefined }
     this.recipes.push({
       kind: 'quantized-linear',
-      bits,
-      qweight: this.place(names.qweight, 'uint8', [n, blocksPerRow, blob], n * blocksPerRow * blob),
+      format,
+      qweight: this.place(names.qweight, 'uint8', [n, blocksPerRow, blobBytes], n * blocksPerRow * blobBytes),
       scales: this.place(names.scales, 'float32', [n * blocksPerRow], 4 * n * blocksPerRow),
-      zeroPoints: this.place(names.zeroPoints, 'uint8', [n * zeroPointsPerRow], n * zeroPointsPerRow),
+      zeroPoints: names.zeroPoints == null ? undefined : this.place(names.zeroPoints, 'uint8', [n * zeroPointBytesPerRow], n * zeroPointBytesPerRow),
       sources,
       k
     })
-    return { bits, ...names }
+    return { format, ...names }
   }
 
   /** Writes the weights file (filled from the checkpoint) and the graphs built over it, each at `paths[its name]`. */
@@ -147,10 +145,10 @@ function writeF32Linear (checkpoint: SafetensorsCheckpoint, fd: number, { offset
 /** MatMulNBits' tensors are row-major in n, so each slice of rows quantizes and lands on its own. */
 function writeQuantizedLinear (checkpoint: SafetensorsCheckpoint, fd: number, recipe: Extract<Recipe, { kind: 'quantized-linear' }>): void {
   for (const { row, count, values } of slices(checkpoint, recipe.sources, recipe.k)) {
-    const q = quantizeBlockwise(values, count, recipe.k, recipe.bits)
+    const q = quantizeBlockwise(values, count, recipe.k, recipe.format)
     writeAt(fd, q.data, recipe.qweight + row * (q.data.length / count))
     writeAt(fd, q.scales, recipe.scales + row * (q.scales.byteLength / count))
-    writeAt(fd, q.zeroPoints, recipe.zeroPoints + row * (q.zeroPoints.length / count))
+    if (q.zeroPoints != null && recipe.zeroPoints != null) writeAt(fd, q.zeroPoints, recipe.zeroPoints + row * (q.zeroPoints.length / count))
   }
 }
 

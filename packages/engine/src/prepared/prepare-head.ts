@@ -5,7 +5,7 @@ import { defaultCacheDir } from '../cache-dir.ts'
 import { loadModelConfig } from '../config.ts'
 import { buildHeadGraph } from '../graph/head-graph.ts'
 import { computeModelId } from '../manifest.ts'
-import type { Quantization } from '../quantize.ts'
+import { HEAD_QUANT_FORMATS, type QuantFormat, type Quantization } from '../quantize.ts'
 import { SafetensorsCheckpoint } from '../safetensors.ts'
 import { LayerFile } from './layer-file.ts'
 import { PreparedStore } from './store.ts'
@@ -15,6 +15,8 @@ export const EMBEDDINGS = 'model.embed_tokens.weight'
 export interface PrepareHeadInit {
   modelDir: string
   quant: Quantization
+  /** The LM head's block size and zero points (default HEAD_QUANT_FORMATS[quant]). */
+  format?: QuantFormat
   /** The cache folder (default: defaultCacheDir()). */
   cacheDir?: string
   /** The checkpoint's model id, if the caller already has it. */
@@ -36,8 +38,9 @@ export interface PreparedHead {
 
 export function prepareHead (init: PrepareHeadInit): PreparedHead {
   const config = loadModelConfig(init.modelDir)
-  const store = new PreparedStore(init.cacheDir ?? defaultCacheDir(), init.modelId ?? computeModelId(init.modelDir), init.quant)
-  const sizing = new LayerFile(init.quant, 'sizing')
+  const store = new PreparedStore(init.cacheDir ?? defaultCacheDir(), init.modelId ?? computeModelId(init.modelDir), init.quant,
+    init.format ?? (init.quant === 'none' ? undefined : HEAD_QUANT_FORMATS[init.quant]))
+  const sizing = new LayerFile(store.format, 'sizing')
   buildHeadGraph(config, sizing, EMBEDDINGS)
   const weightBytes = sizing.tensorBytes
   const state = store.check('head')
@@ -48,7 +51,7 @@ export function prepareHead (init: PrepareHeadInit): PreparedHead {
   try {
     const tied = config.tieWordEmbeddings || !checkpoint.has('lm_head.weight')
     const bytes = store.commit('head', paths => {
-      const file = new LayerFile(init.quant, store.weightsName('head'))
+      const file = new LayerFile(store.format, store.weightsName('head'))
       file.save(checkpoint, { graph: buildHeadGraph(config, file, tied ? EMBEDDINGS : 'lm_head.weight') }, paths)
     })
     return { graph: store.headGraphPath(), bytes, weightBytes, bytesRead: checkpoint.bytesRead, built: true }

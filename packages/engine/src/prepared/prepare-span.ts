@@ -5,7 +5,7 @@ import { loadModelConfig, type ModelConfig } from '../config.ts'
 import { InvalidArgumentError } from '../errors.ts'
 import { buildLayerGraphs } from '../graph/span-graph.ts'
 import { computeModelId } from '../manifest.ts'
-import { DEFAULT_QUANT, type Quantization } from '../quantize.ts'
+import { DEFAULT_QUANT, quantFormat, type QuantFormat, type Quantization } from '../quantize.ts'
 import { rotaryTables } from '../rope.ts'
 import { SafetensorsCheckpoint } from '../safetensors.ts'
 import { LayerFile } from './layer-file.ts'
@@ -19,6 +19,8 @@ export interface PrepareSpanInit {
   end: number
   /** Default DEFAULT_QUANT (int8); 'none' keeps f32. */
   quant?: Quantization
+  /** The quantized weights' block size and zero points (default QUANT_FORMATS[quant]; for measuring other formats). */
+  format?: QuantFormat
   /** The cache folder; layers go under its prepared/. Default: defaultCacheDir() ($MINGA_CACHE, $XDG_CACHE_HOME/minga or ~/.cache/minga). */
   cacheDir?: string
   /** The checkpoint's model id, if the caller already has it. */
@@ -56,7 +58,7 @@ export async function prepareSpan (init: PrepareSpanInit): Promise<PreparedSpan>
     throw new InvalidArgumentError(`span [${start}, ${end}) is not within the model's ${config.numLayers} layers`)
   }
   const quant = init.quant ?? DEFAULT_QUANT
-  const store = new PreparedStore(init.cacheDir ?? defaultCacheDir(), init.modelId ?? computeModelId(init.modelDir), quant)
+  const store = new PreparedStore(init.cacheDir ?? defaultCacheDir(), init.modelId ?? computeModelId(init.modelDir), quant, init.format)
   const layers = Array.from({ length: end - start }, (_, i) => start + i)
   let bytes = 0
   const missing: number[] = []
@@ -80,7 +82,7 @@ export async function prepareSpan (init: PrepareSpanInit): Promise<PreparedSpan>
     const rotary = { ...rotaryTables(config, config.maxPositionEmbeddings), positions: config.maxPositionEmbeddings }
     try {
       for (const [i, layer] of missing.entries()) {
-        bytes += store.commit(layer, paths => { writeLayer(checkpoint, config, quant, layer, rotary, paths, store.weightsName(layer)) })
+        bytes += store.commit(layer, paths => { writeLayer(checkpoint, config, store.format, layer, rotary, paths, store.weightsName(layer)) })
         init.onProgress?.({ layer, done: i + 1, total: missing.length })
         // let the event loop breathe between layers (progress bars, signals)
         await new Promise(resolve => setImmediate(resolve))
@@ -94,16 +96,16 @@ export async function prepareSpan (init: PrepareSpanInit): Promise<PreparedSpan>
 }
 
 /** Bytes a prepared span of `layers` layers takes (weights files; the graphs add a few KB each). */
-export function preparedSpanBytes (config: ModelConfig, quant: Quantization, layers: number): number {
-  const file = new LayerFile(quant, 'sizing')
+export function preparedSpanBytes (config: ModelConfig, quant: Quantization, layers: number, format?: QuantFormat): number {
+  const file = new LayerFile(quantFormat(quant, format), 'sizing')
   // (a LayerFile sizes tensors by their dims, so empty rotary tables will do)
   buildLayerGraphs(config, 0, file, { cos: new Float32Array(0), sin: new Float32Array(0), positions: config.maxPositionEmbeddings })
   return file.bytes * layers
 }
 
-function writeLayer (checkpoint: SafetensorsCheckpoint, config: ModelConfig, quant: Quantization, layer: number,
+function writeLayer (checkpoint: SafetensorsCheckpoint, config: ModelConfig, format: QuantFormat | undefined, layer: number,
   rotary: { cos: Float32Array, sin: Float32Array, positions: number }, paths: { pre: string, post: string, weights: string }, weightsName: string): void {
-  const file = new LayerFile(quant, weightsName)
+  const file = new LayerFile(format, weightsName)
   const { pre, post } = buildLayerGraphs(config, layer, file, rotary)
   file.save(checkpoint, { pre, post }, paths)
 }

@@ -1,6 +1,6 @@
 // Where prepared layers live and how an entry is known to be whole. One folder per model id,
-// quantization and format version; per layer its two graphs (layer-N.pre.onnx: norm, QKV and rotary;
-// layer-N.post.onnx: output projection and MLP; attention runs between them, per session), their
+// quantization with its block format (preparedDirName) and format version; per layer its two graphs
+// (layer-N.pre.onnx: norm, QKV and rotary; layer-N.post.onnx: output projection and MLP; attention runs between them, per session), their
 // weights (layer-N.weights) and a manifest (layer-N.json) with the files' sizes and CRC-32s; the
 // client's head (final norm and LM head) is the entry `head` (head.onnx, head.weights, head.json)
 // beside them. Files are written under
@@ -11,11 +11,20 @@
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { crc32 } from 'node:zlib'
-import type { Quantization } from '../quantize.ts'
+import { formatLabel, quantFormat, type QuantFormat, type Quantization } from '../quantize.ts'
 import { isProcessAlive } from '../process-alive.ts'
 
 /** Bump when the prepared layout or graph changes: older entries are then never looked at. */
-export const PREPARED_FORMAT = 2
+export const PREPARED_FORMAT = 3
+
+/**
+ * The folder of a quantization in its format, e.g. `int4-b32-v3` (`none-v3` for f32): entries of
+ * another block size or zero-point choice live elsewhere, so changing a default never misreads them.
+ */
+export function preparedDirName (quant: Quantization, format?: QuantFormat): string {
+  const resolved = quantFormat(quant, format)
+  return resolved == null ? `${quant}-v${PREPARED_FORMAT}` : `${quant}-${formatLabel(resolved)}-v${PREPARED_FORMAT}`
+}
 
 /** A decoder layer, or the client's head. */
 export type PreparedEntry = number | 'head'
@@ -25,6 +34,8 @@ interface Manifest {
   modelId: string
   layer: PreparedEntry
   quant: Quantization
+  /** formatLabel of the quantization's format. */
+  quantFormat: string
   files: Record<string, { bytes: number, crc32: number, stamp: string }>
 }
 
@@ -35,9 +46,13 @@ export type LayerState = { state: 'ok', bytes: number } | { state: 'missing' } |
 
 export class PreparedStore {
   readonly dir: string
+  /** The linear weights' format (undefined: f32). */
+  readonly format: QuantFormat | undefined
 
-  constructor (cacheDir: string, readonly modelId: string, readonly quant: Quantization) {
-    this.dir = join(resolve(cacheDir), 'prepared', modelId, `${quant}-v${PREPARED_FORMAT}`)
+  /** `format`: the quantization's own (QUANT_FORMATS) unless given. */
+  constructor (cacheDir: string, readonly modelId: string, readonly quant: Quantization, format?: QuantFormat) {
+    this.format = quantFormat(quant, format)
+    this.dir = join(resolve(cacheDir), 'prepared', modelId, preparedDirName(quant, this.format))
   }
 
   /** The graphs of layer `layer` (before and after attention). */
@@ -71,8 +86,8 @@ export class PreparedStore {
       return { state: 'damaged', reason: `unreadable manifest: ${err.message}` }
     }
     if (manifest?.format !== PREPARED_FORMAT) return { state: 'damaged', reason: `format ${JSON.stringify(manifest?.format)}, expected ${PREPARED_FORMAT}` }
-    if (manifest.modelId !== this.modelId || manifest.layer !== layer || manifest.quant !== this.quant) {
-      return { state: 'damaged', reason: `the manifest describes layer ${manifest.layer} of ${manifest.modelId} ${manifest.quant}` }
+    if (manifest.modelId !== this.modelId || manifest.layer !== layer || manifest.quant !== this.quant || manifest.quantFormat !== formatLabel(this.format)) {
+      return { state: 'damaged', reason: `the manifest describes layer ${manifest.layer} of ${manifest.modelId} ${manifest.quant} ${manifest.quantFormat}` }
     }
     let bytes = 0
     for (const file of files) {
@@ -104,7 +119,7 @@ export class PreparedStore {
     const manifestTemp = this.manifestPath(layer) + suffix
     try {
       writeFiles(temp)
-      const manifest: Manifest = { format: PREPARED_FORMAT, modelId: this.modelId, layer, quant: this.quant, files: {} }
+      const manifest: Manifest = { format: PREPARED_FORMAT, modelId: this.modelId, layer, quant: this.quant, quantFormat: formatLabel(this.format), files: {} }
       for (const kind of kinds) {
         manifest.files[names[kind]] = { bytes: statSync(temp[kind]).size, crc32: fileCrc32(temp[kind]), stamp: stamp(temp[kind]) }
       }

@@ -9,12 +9,12 @@ import { loadModelConfig, type ModelConfig } from '../config.ts'
 import { InvalidArgumentError, ShapeError } from '../errors.ts'
 import { HEAD_IO } from '../graph/head-graph.ts'
 import { EMBEDDINGS, prepareHead } from '../prepared/prepare-head.ts'
-import type { Quantization } from '../quantize.ts'
+import type { QuantFormat, Quantization } from '../quantize.ts'
 import { SafetensorsCheckpoint } from '../safetensors.ts'
 import { sessionOptions } from './ort-options.ts'
 import { emitEvent, serveRequests, Transfer } from './rpc.ts'
 
-export interface HeadLoadArgs { modelDir: string, headQuant: Quantization, threads?: number, cacheDir?: string, modelId?: string }
+export interface HeadLoadArgs { modelDir: string, headQuant: Quantization, headFormat?: QuantFormat, threads?: number, cacheDir?: string, modelId?: string }
 
 export interface HeadLoadResult {
   config: ModelConfig
@@ -31,12 +31,12 @@ let config: ModelConfig
 let checkpoint: SafetensorsCheckpoint
 let head: ort.InferenceSession
 
-async function load ({ modelDir, headQuant, threads, cacheDir, modelId }: HeadLoadArgs): Promise<HeadLoadResult> {
+async function load ({ modelDir, headQuant, headFormat, threads, cacheDir, modelId }: HeadLoadArgs): Promise<HeadLoadResult> {
   config = loadModelConfig(modelDir)
   checkpoint = new SafetensorsCheckpoint(modelDir) // stays open: embeddings are read per token
   try {
     checkpoint.checkShape(EMBEDDINGS, [config.vocabSize, config.hiddenSize])
-    const prepared = prepareHead({ modelDir, quant: headQuant, cacheDir, modelId, log: message => { emitEvent({ type: 'log', message } satisfies HeadLoadEvent) } })
+    const prepared = prepareHead({ modelDir, quant: headQuant, format: headFormat, cacheDir, modelId, log: message => { emitEvent({ type: 'log', message } satisfies HeadLoadEvent) } })
     head = await ort.InferenceSession.create(prepared.graph, sessionOptions(threads))
     return { config, bytesRead: prepared.bytesRead, preparedBytes: prepared.weightBytes }
   } catch (err) {

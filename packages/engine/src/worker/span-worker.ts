@@ -8,7 +8,7 @@ import { loadModelConfig, type ModelConfig } from '../config.ts'
 import { ContextLengthError, InvalidArgumentError, PositionError, SessionLimitError, ShapeError, UnknownSessionError } from '../errors.ts'
 import { buildAttentionGraph, SPAN_IO } from '../graph/span-graph.ts'
 import { prepareSpan } from '../prepared/prepare-span.ts'
-import type { Quantization } from '../quantize.ts'
+import type { QuantFormat, Quantization } from '../quantize.ts'
 import { KV_BLOCK_TOKENS, kvBytesPerToken } from '../span-executor.ts'
 import { sessionOptions } from './ort-options.ts'
 import { emitEvent, serveRequests, Transfer, type BatchedMethod } from './rpc.ts'
@@ -20,6 +20,7 @@ export interface SpanLoadArgs {
   start: number
   end: number
   quant: Quantization
+  format?: QuantFormat
   threads?: number
   maxSessions: number
   /** KV cache budget, all sessions together. */
@@ -99,6 +100,7 @@ async function load (args: SpanLoadArgs): Promise<SpanLoadResult> {
     start: args.start,
     end: args.end,
     quant: args.quant,
+    format: args.format,
     onProgress: progress => { emitEvent({ type: 'progress', ...progress } satisfies SpanLoadEvent) },
     log: message => { emitEvent({ type: 'log', message } satisfies SpanLoadEvent) }
   })
