@@ -90,15 +90,20 @@ describe('prepared spans', () => {
 
   it('preparing removes the model\'s folders of an older format, with a log line', async () => {
     const models = join(cache.path, 'prepared', computeModelId(STORIES))
-    const older = join(models, `none-v${PREPARED_FORMAT - 1}`)
-    mkdirSync(older, { recursive: true })
-    writeFileSync(join(older, 'layer-0.weights'), new Uint8Array(1024))
+    const kept = readdirSync(models).sort()
+    const older = [join(models, `none-v${PREPARED_FORMAT - 1}`), join(models, `none-b32-v${PREPARED_FORMAT - 1}`)]
+    for (const dir of older) {
+      mkdirSync(dir, { recursive: true })
+      writeFileSync(join(dir, 'layer-0.weights'), new Uint8Array(1024))
+    }
     const log: string[] = []
     expect((await prepareSpan({ ...init, quant: 'none', start: 0, end: 1, log: m => log.push(m) })).built).toEqual([0])
-    expect(existsSync(older)).toBe(false)
-    expect(log.some(line => line.includes('older format') && line.includes(older))).toBe(true)
-    // other quantizations' folders are kept
-    expect(readdirSync(models).sort()).toEqual([`int4-v${PREPARED_FORMAT}`, `int8-v${PREPARED_FORMAT}`, `none-v${PREPARED_FORMAT}`])
+    for (const dir of older) {
+      expect(existsSync(dir)).toBe(false)
+      expect(log.some(line => line.includes('older format') && line.includes(dir))).toBe(true)
+    }
+    // the other quantizations' folders are kept
+    expect(readdirSync(models).sort()).toEqual([...kept, preparedDirName('none')].sort())
   })
 })
 

@@ -139,7 +139,8 @@ export class PreparedStore {
   removeOlderFormats (log?: (message: string) => void): void {
     const parent = dirname(this.dir)
     if (!existsSync(parent)) return
-    const pattern = new RegExp(`^${this.quant}-v(\\d+)$`)
+    // (int4-v2 named no block format yet; int4-b128-v3 and later do)
+    const pattern = new RegExp(`^${this.quant}(?:-b\\d+(?:-sym)?)?-v(\\d+)$`)
     for (const name of readdirSync(parent)) {
       const match = pattern.exec(name)
       if (match == null || Number(match[1]) >= PREPARED_FORMAT) continue
