@@ -135,19 +135,27 @@ export class PreparedStore {
   /**
    * Removes this model's folders of the same quantization in older formats, saying so in `log`:
    * they are never read again, and a new version of minga would otherwise leave gigabytes behind.
+   * Nodes starting together may all try: the one whose rename succeeds removes the folder.
    */
   removeOlderFormats (log?: (message: string) => void): void {
     const parent = dirname(this.dir)
     if (!existsSync(parent)) return
-    // (int4-v2 named no block format yet; int4-b128-v3 and later do)
-    const pattern = new RegExp(`^${this.quant}(?:-b\\d+(?:-sym)?)?-v(\\d+)$`)
+    // (int4-v2 named no block format yet; int4-b128-v3 and later do; .removing-PID: one being removed)
+    const pattern = new RegExp(`^${this.quant}(?:-b\\d+(?:-sym)?)?-v(\\d+)(?:\\.removing-(\\d+))?$`)
     for (const name of readdirSync(parent)) {
       const match = pattern.exec(name)
       if (match == null || Number(match[1]) >= PREPARED_FORMAT) continue
-      const dir = join(parent, name)
-      const bytes = readdirSync(dir).reduce((n, file) => n + statSync(join(dir, file)).size, 0)
-      rmSync(dir, { recursive: true, force: true })
-      log?.(`removed ${(bytes / 2 ** 20).toFixed(0)} MB of prepared layers in an older format (${dir})`)
+      if (match[2] != null && isProcessAlive(Number(match[2]))) continue
+      const claimed = join(parent, `${name.replace(/\.removing-\d+$/, '')}.removing-${process.pid}`)
+      try {
+        renameSync(join(parent, name), claimed)
+      } catch {
+        continue // another node got there first
+      }
+      let bytes = 0
+      for (const file of readdirSync(claimed)) bytes += statSync(join(claimed, file)).size
+      rmSync(claimed, { recursive: true, force: true })
+      log?.(`removed ${(bytes / 2 ** 20).toFixed(0)} MB of prepared layers in an older format (${join(parent, name)})`)
     }
   }
 
