@@ -10,11 +10,11 @@ export { generateSwarmKey, loadSwarmKey, parseSwarmKey, writeSwarmKey } from './
 
 export {
   DEFAULT_BOOTSTRAP_TIMEOUT_MS, DEFAULT_LISTEN, DHT_PROTOCOL, createMingaNode, loadOrCreateIdentity,
-  parsePeerId,
   type MingaLibp2p, type MingaNode, type MingaNodeInit, type MingaServices
 } from './node.ts'
 
 export { DEFAULT_RELAY_LIMITS, type RelayLimits } from './relay-limits.ts'
+export { parsePeerId } from './peer-id.ts'
 
 export { DIALBACK_PROTOCOL, type Reachability } from './reachability.ts'
 

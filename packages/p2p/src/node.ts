@@ -17,7 +17,6 @@ import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@
 import { identify, type Identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
 import { ping, type Ping } from '@libp2p/ping'
-import { peerIdFromString } from '@libp2p/peer-id'
 import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
@@ -321,15 +320,6 @@ function shareableAddrs (addrs: string[]): string[] {
   const direct = addrs.filter(a => !a.includes('/p2p-circuit'))
   const localOnly = direct.every(isLoopback)
   return [...direct, ...addrs.filter(a => a.includes('/p2p-circuit') && (localOnly || !isLoopback(a)))]
-}
-
-/** A peer id from its string form (12D3Koo…, Qm…); InvalidArgumentError naming the value if it is not one. */
-export function parsePeerId (value: string): PeerId {
-  try {
-    return peerIdFromString(value)
-  } catch (err) {
-    throw new InvalidArgumentError(`"${value}" is not a peer id (${(err as Error).message})`)
-  }
 }
 
 /**

@@ -2,8 +2,8 @@
 // imports it only after its span's worker has started, so importing libp2p (the longest part of a
 // process's start) overlaps the span's load instead of coming before it.
 export {
-  createMingaNode, DEFAULT_MAX_FRAME_BYTES, ErrorCode, findSpans, handleChannel, INFERENCE_PROTOCOL, loadOrCreateIdentity, loadSwarmKey,
-  MAX_PAYLOAD_BYTES, parsePeerId, ProtocolError, serveInfo, startAnnouncer
+  createMingaNode, ErrorCode, findSpans, handleChannel, INFERENCE_PROTOCOL, loadOrCreateIdentity, loadSwarmKey, ProtocolError, serveInfo,
+  startAnnouncer
 } from '@minga/p2p'
 export { resolveModel, serveWeights } from '@minga/weights'
 export { ChainForwarder } from './forwarding.ts'

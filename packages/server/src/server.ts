@@ -5,6 +5,7 @@ import {
   createSpanExecutor, DEFAULT_CACHE_BYTES, DEFAULT_QUANT, kvBytesPerToken, loadManifest, loadModelConfig, parseModelConfig,
   type ModelConfig, type PrepareProgress, type Quantization, type SpanExecutor
 } from '@minga/engine'
+import { DEFAULT_MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES } from '@minga/p2p/frames'
 // Only types from here on at the top: libp2p and what uses it are imported inside createServer,
 // after the span's worker has started (see there).
 import type { Announcer, ChannelServer, MingaNode, RelayLimits, SpanInfo, SpanMove } from '@minga/p2p'
@@ -15,8 +16,6 @@ import type { SessionHandler } from './handler.ts'
 import type { ServerMetrics } from './metrics.ts'
 import { availableMemory, checkSpanFits, describe } from './memory.ts'
 import type { MovePlan, Rebalancer } from './rebalance.ts'
-
-type Networked = typeof import('./networked.ts')
 
 export const MINGA_VERSION = '0.1.0'
 export const DEFAULT_MAX_SESSIONS_PER_PEER = 8
@@ -176,7 +175,7 @@ async function within (ms: number, interrupt: Promise<void>, what?: Promise<unkn
 
 export async function createServer (init: ServerInit): Promise<MingaServer> {
   const log = init.log ?? (() => {})
-  const budgetBytes = checkCacheBudget(init)
+  const limits = await checkLimits(init)
   if ((init.modelDir == null) === (init.modelId == null)) throw new ServerConfigError('give either a model directory (--model) or a model id (--model-id)')
   if (init.rebalanceIntervalMs != null && !(init.rebalanceIntervalMs >= 100)) throw new ServerConfigError(`--rebalance-interval must be ≥ 0.1 s, got ${init.rebalanceIntervalMs / 1000} s`)
   // a directory is checked (and its manifest built) before any network work
@@ -185,7 +184,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
   const openExecutor = async (model: { dir: string, modelId: string, config: ModelConfig }, blocks: { start: number, end: number }): Promise<SpanExecutor> => {
     log(`model ${model.modelId}: hosting blocks [${blocks.start}, ${blocks.end}) of ${model.config.numLayers}`)
     const quant = init.quant ?? DEFAULT_QUANT
-    const cacheBytes = init.cacheTokens != null ? init.cacheTokens * kvBytesPerToken(model.config, blocks.end - blocks.start) : budgetBytes
+    const cacheBytes = init.cacheTokens != null ? init.cacheTokens * kvBytesPerToken(model.config, blocks.end - blocks.start) : limits.cacheBytes
     const available = init.availableMemory != null ? { bytes: init.availableMemory, source: 'as configured' } : availableMemory()
     const need = checkSpanFits(model.config, quant, blocks, cacheBytes, available)
     log(`blocks [${blocks.start}, ${blocks.end}) at ${quant} take ≈ ${describe(need)}`)
@@ -226,12 +225,10 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
     ChainForwarder, createMingaNode, createServerMetrics, ErrorCode, findSpans, handleChannel, INFERENCE_PROTOCOL, measureThroughput,
     ProtocolError, resolveModel, serveInfo, serveMetrics, serveWeights, SessionHandler, startAnnouncer, startRebalancer
   } = networked
-  let limits: ReturnType<typeof checkLimits>
   let local: ResolvedModel | undefined
   let privateKey = init.privateKey
   let swarmKey = init.swarmKey
   try {
-    limits = checkLimits(init, budgetBytes, networked)
     local = init.modelDir != null ? await resolveModel({ modelDir: init.modelDir, chunkBytes: init.chunkBytes, cacheDir: init.cacheDir }) : undefined
     if (privateKey == null && init.identityFile != null) privateKey = await networked.loadOrCreateIdentity(init.identityFile)
     if (swarmKey == null && init.swarmKeyFile != null) swarmKey = await networked.loadSwarmKey(init.swarmKeyFile)
@@ -506,17 +503,13 @@ function checkBlocks (blocks: { start: number, end: number }, config: ModelConfi
   }
 }
 
-/** The KV cache budget (--cache-mb or --cache-tokens), checked before anything starts; a bad value is a ServerConfigError naming it. */
-function checkCacheBudget (init: ServerInit): number {
-  if (init.cacheMb != null && init.cacheTokens != null) throw new ServerConfigError('give the KV cache budget as --cache-mb or as --cache-tokens, not both')
-  if (init.cacheMb != null && !(init.cacheMb > 0)) throw new ServerConfigError(`--cache-mb must be > 0, got ${init.cacheMb}`)
-  if (init.cacheTokens != null && !(Number.isInteger(init.cacheTokens) && init.cacheTokens >= 1)) throw new ServerConfigError(`--cache-tokens must be an integer ≥ 1, got ${init.cacheTokens}`)
-  return init.cacheMb != null ? Math.round(init.cacheMb * 2 ** 20) : DEFAULT_CACHE_BYTES
-}
-
-/** Checks the other limits (those that need libp2p's helpers); each bad value is a ServerConfigError naming it. */
-function checkLimits (init: ServerInit, cacheBytes: number, { parsePeerId, DEFAULT_MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES }: Networked): { allow?: Set<string>, maxSessionsPerPeer: number, maxFrameBytes: number, drainTimeoutMs: number, cacheBytes: number } {
-  const allow = init.allow != null
+/**
+ * Checks the limits before anything starts; each bad value is a ServerConfigError naming it.
+ * (Peer ids are parsed by the light `@minga/p2p/peer-id`, imported only when there are some.)
+ */
+async function checkLimits (init: ServerInit): Promise<{ allow?: Set<string>, maxSessionsPerPeer: number, maxFrameBytes: number, drainTimeoutMs: number, cacheBytes: number }> {
+  const parsePeerId = init.allow != null ? (await import('@minga/p2p/peer-id')).parsePeerId : undefined
+  const allow = init.allow != null && parsePeerId != null
     ? new Set(init.allow.map(id => {
       try {
         return parsePeerId(id).toString()
@@ -533,5 +526,9 @@ function checkLimits (init: ServerInit, cacheBytes: number, { parsePeerId, DEFAU
   }
   const drainTimeoutMs = init.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS
   if (!(drainTimeoutMs >= 0)) throw new ServerConfigError(`--drain-timeout must be ≥ 0, got ${drainTimeoutMs / 1000} s`)
+  if (init.cacheMb != null && init.cacheTokens != null) throw new ServerConfigError('give the KV cache budget as --cache-mb or as --cache-tokens, not both')
+  if (init.cacheMb != null && !(init.cacheMb > 0)) throw new ServerConfigError(`--cache-mb must be > 0, got ${init.cacheMb}`)
+  if (init.cacheTokens != null && !(Number.isInteger(init.cacheTokens) && init.cacheTokens >= 1)) throw new ServerConfigError(`--cache-tokens must be an integer ≥ 1, got ${init.cacheTokens}`)
+  const cacheBytes = init.cacheMb != null ? Math.round(init.cacheMb * 2 ** 20) : DEFAULT_CACHE_BYTES
   return { allow, maxSessionsPerPeer, maxFrameBytes, drainTimeoutMs, cacheBytes }
 }
