@@ -1,9 +1,8 @@
 // The model a command generates with: on this machine, or through a swarm with --bootstrap. Shared
 // by `generate` and `chat`, with the flags that choose it.
 import { InvalidArgumentError, type Command } from 'commander'
-import { createClient, type MingaClient } from '@minga/client'
+import type { MingaClient } from '@minga/client'
 import { createLocalModel, DEFAULT_HEAD_QUANT, DEFAULT_QUANT, loadChatTemplate, type ChatMessage, type Quantization, type GenerateOptions, type LocalModel } from '@minga/engine'
-import { loadOrCreateIdentity } from '@minga/p2p'
 import { addSamplingOptions, existingModelDir, integer, modelChoice, number, quantization, swarmKeyOption, userPath } from './options.ts'
 
 export interface ModelFlags {
@@ -61,8 +60,10 @@ export function generateOptions (flags: ModelFlags): GenerateOptions {
 
 /** The model the flags choose; `log` gets the progress of fetching it (with --model-id). */
 export async function openModel (flags: ModelFlags, log: (message: string) => void): Promise<LocalModel | MingaClient> {
-  const choice = modelChoice(flags)
+  const choice = await modelChoice(flags)
   if (flags.bootstrap != null && flags.bootstrap.length > 0) {
+    // the swarm client (libp2p) is loaded only for a swarm run, not for a local one
+    const [{ createClient }, { loadOrCreateIdentity }] = await Promise.all([import('@minga/client'), import('@minga/p2p')])
     return await createClient({
       ...choice,
       fetch: { log },

@@ -3,8 +3,9 @@ import { existsSync, statSync } from 'node:fs'
 import { isAbsolute, resolve } from 'node:path'
 import { InvalidArgumentError, type Command } from 'commander'
 import { isProcessAlive, QUANTIZATIONS, type Quantization } from '@minga/engine'
-import { DEFAULT_RELAY_LIMITS, loadSwarmKey, type RelayLimits } from '@minga/p2p'
-import { modelCid } from '@minga/weights'
+// (libp2p and what is built on it are imported where a command needs them, not here: a command's
+// start, `minga serve`'s above all, should not wait for modules it does not use yet)
+import { DEFAULT_RELAY_LIMITS, type RelayLimits } from '@minga/p2p/relay-limits'
 
 export function integer (min: number, max = Number.MAX_SAFE_INTEGER) {
   return (value: string): number => {
@@ -62,9 +63,10 @@ export function existingModelDir (path: string): string {
  * The model named by `--model DIR` or `--model-id ID` (exactly one): what createServer and
  * createClient take. An id is fetched from the swarm, so it needs `--bootstrap`.
  */
-export function modelChoice (flags: { model?: string, modelId?: string, bootstrap?: string[] }): { modelDir?: string, modelId?: string } {
+export async function modelChoice (flags: { model?: string, modelId?: string, bootstrap?: string[] }): Promise<{ modelDir?: string, modelId?: string }> {
   if ((flags.model == null) === (flags.modelId == null)) throw new Error('give either --model DIR or --model-id ID (see `minga manifest`)')
   if (flags.model != null) return { modelDir: existingModelDir(flags.model) }
+  const { modelCid } = await import('@minga/weights')
   modelCid(flags.modelId!)
   if ((flags.bootstrap ?? []).length === 0) throw new Error('--model-id needs --bootstrap: the model is fetched from the swarm')
   return { modelId: flags.modelId }
@@ -72,7 +74,9 @@ export function modelChoice (flags: { model?: string, modelId?: string, bootstra
 
 /** The swarm key named by --swarm-key (checked: a missing or malformed file is a one-line error). */
 export async function swarmKeyOption (path: string | undefined): Promise<Uint8Array | undefined> {
-  return path != null ? await loadSwarmKey(userPath(path)) : undefined
+  if (path == null) return undefined
+  const { loadSwarmKey } = await import('@minga/p2p')
+  return await loadSwarmKey(userPath(path))
 }
 
 /**

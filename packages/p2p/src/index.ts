@@ -9,10 +9,12 @@ export {
 export { generateSwarmKey, loadSwarmKey, parseSwarmKey, writeSwarmKey } from './swarm-key.ts'
 
 export {
-  DEFAULT_BOOTSTRAP_TIMEOUT_MS, DEFAULT_LISTEN, DEFAULT_RELAY_LIMITS, DHT_PROTOCOL, createMingaNode, loadOrCreateIdentity,
-  parsePeerId,
-  type MingaLibp2p, type MingaNode, type MingaNodeInit, type MingaServices, type RelayLimits
+  DEFAULT_BOOTSTRAP_TIMEOUT_MS, DEFAULT_LISTEN, DHT_PROTOCOL, createMingaNode, loadOrCreateIdentity,
+  type MingaLibp2p, type MingaNode, type MingaNodeInit, type MingaServices
 } from './node.ts'
+
+export { DEFAULT_RELAY_LIMITS, type RelayLimits } from './relay-limits.ts'
+export { parsePeerId } from './peer-id.ts'
 
 export { DIALBACK_PROTOCOL, type Reachability } from './reachability.ts'
 

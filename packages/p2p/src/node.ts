@@ -17,7 +17,6 @@ import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@
 import { identify, type Identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
 import { ping, type Ping } from '@libp2p/ping'
-import { peerIdFromString } from '@libp2p/peer-id'
 import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
@@ -29,6 +28,7 @@ import { recordSelectors, recordValidators } from './records.ts'
 import { MergingRecordStore } from './record-store.ts'
 import { mingaReachability, type Reachability, type ReachabilityService } from './reachability.ts'
 import { parseSwarmKey } from './swarm-key.ts'
+import { DEFAULT_RELAY_LIMITS, type RelayLimits } from './relay-limits.ts'
 
 /** Protocol id of minga's DHT: a private DHT, never mixed with the IPFS one. */
 export const DHT_PROTOCOL = '/minga/kad/1.0.0'
@@ -36,8 +36,6 @@ export const DHT_PROTOCOL = '/minga/kad/1.0.0'
 const LOOPBACK = ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1']
 export const DEFAULT_LISTEN = ['/ip4/127.0.0.1/tcp/0']
 export const DEFAULT_BOOTSTRAP_TIMEOUT_MS = 15_000
-/** Relay limits per relayed connection (a volunteer's relay should not carry whole swarms). */
-export const DEFAULT_RELAY_LIMITS = { maxBytes: 64 * 2 ** 20, maxDurationMs: 10 * 60_000, maxReservations: 32 }
 const RELAY_RESERVATION_TIMEOUT_MS = 15_000
 
 // a type alias (not an interface) so it satisfies libp2p's ServiceMap index signature
@@ -50,15 +48,6 @@ export type MingaServices = {
   reachability: ReachabilityService
   /** Only on nodes made with `relay`. */
   relay?: CircuitRelayService
-}
-
-export interface RelayLimits {
-  /** Bytes one relayed connection may carry (both directions) before the relay resets it. Default 64 MiB. */
-  maxBytes?: number
-  /** How long one relayed connection may last. Default 10 min. */
-  maxDurationMs?: number
-  /** Nodes that may hold a slot at once. Default 32. */
-  maxReservations?: number
 }
 
 export type MingaLibp2p = Libp2p<MingaServices>
@@ -331,15 +320,6 @@ function shareableAddrs (addrs: string[]): string[] {
   const direct = addrs.filter(a => !a.includes('/p2p-circuit'))
   const localOnly = direct.every(isLoopback)
   return [...direct, ...addrs.filter(a => a.includes('/p2p-circuit') && (localOnly || !isLoopback(a)))]
-}
-
-/** A peer id from its string form (12D3Koo…, Qm…); InvalidArgumentError naming the value if it is not one. */
-export function parsePeerId (value: string): PeerId {
-  try {
-    return peerIdFromString(value)
-  } catch (err) {
-    throw new InvalidArgumentError(`"${value}" is not a peer id (${(err as Error).message})`)
-  }
 }
 
 /**

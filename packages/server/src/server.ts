@@ -2,23 +2,20 @@
 // keeps its announcement fresh until it stops.
 import type { PrivateKey } from '@libp2p/interface'
 import {
-  createSpanExecutor, DEFAULT_CACHE_BYTES, DEFAULT_QUANT, kvBytesPerToken, loadModelConfig, parseModelConfig,
+  createSpanExecutor, DEFAULT_CACHE_BYTES, DEFAULT_QUANT, kvBytesPerToken, loadManifest, loadModelConfig, parseModelConfig,
   type ModelConfig, type PrepareProgress, type Quantization, type SpanExecutor
 } from '@minga/engine'
-import {
-  createMingaNode, DEFAULT_MAX_FRAME_BYTES, ErrorCode, findSpans, handleChannel, INFERENCE_PROTOCOL, MAX_PAYLOAD_BYTES,
-  parsePeerId, ProtocolError, serveInfo, startAnnouncer, type Announcer, type ChannelServer, type MingaNode, type RelayLimits,
-  type SpanInfo, type SpanMove
-} from '@minga/p2p'
-import { resolveModel, serveWeights, type FetchModelInit, type FetchResult, type ResolvedModel, type WeightsProvider } from '@minga/weights'
+import { DEFAULT_MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES } from '@minga/p2p/frames'
+// Only types from here on at the top: libp2p and what uses it are imported inside createServer,
+// after the span's worker has started (see there).
+import type { Announcer, ChannelServer, MingaNode, RelayLimits, SpanInfo, SpanMove } from '@minga/p2p'
+import type { FetchModelInit, FetchResult, ResolvedModel, WeightsProvider } from '@minga/weights'
 import { chooseBlocks } from './block-selection.ts'
 import { ServerConfigError } from './errors.ts'
-import { ChainForwarder } from './forwarding.ts'
-import { SessionHandler } from './handler.ts'
-import { createServerMetrics, serveMetrics, type ServerMetrics } from './metrics.ts'
+import type { SessionHandler } from './handler.ts'
+import type { ServerMetrics } from './metrics.ts'
 import { availableMemory, checkSpanFits, describe } from './memory.ts'
-import { startRebalancer, type MovePlan, type Rebalancer } from './rebalance.ts'
-import { measureThroughput } from './throughput.ts'
+import type { MovePlan, Rebalancer } from './rebalance.ts'
 
 export const MINGA_VERSION = '0.1.0'
 export const DEFAULT_MAX_SESSIONS_PER_PEER = 8
@@ -71,6 +68,8 @@ export interface ServerInit {
    */
   availableMemory?: number
   privateKey?: PrivateKey
+  /** Or the key file to keep the identity in (created if missing; read once libp2p is loaded, see loadOrCreateIdentity). */
+  identityFile?: string
   /** Announce this many tokens/s instead of measuring. */
   throughput?: number
   /** Lifetime of the DHT announcement; it is renewed every third of it. Default 60 s. */
@@ -85,6 +84,8 @@ export interface ServerInit {
   batchWaitMs?: number
   /** The swarm's pre-shared key (a key file's bytes, see loadSwarmKey): only peers with it can connect. */
   swarmKey?: Uint8Array
+  /** Or the swarm key file (minga keygen) to read it from. */
+  swarmKeyFile?: string
   /** Also relay for nodes behind NAT (`--relay`), within these limits. */
   relay?: boolean | RelayLimits
   /** 'auto' (default): take a relay slot if peers cannot dial this node back. See MingaNodeInit. */
@@ -174,7 +175,7 @@ async function within (ms: number, interrupt: Promise<void>, what?: Promise<unkn
 
 export async function createServer (init: ServerInit): Promise<MingaServer> {
   const log = init.log ?? (() => {})
-  const limits = checkLimits(init)
+  const limits = await checkLimits(init)
   if ((init.modelDir == null) === (init.modelId == null)) throw new ServerConfigError('give either a model directory (--model) or a model id (--model-id)')
   if (init.rebalanceIntervalMs != null && !(init.rebalanceIntervalMs >= 100)) throw new ServerConfigError(`--rebalance-interval must be ≥ 0.1 s, got ${init.rebalanceIntervalMs / 1000} s`)
   // a directory is checked (and its manifest built) before any network work
@@ -206,27 +207,45 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       : `loaded the prepared span from ${executor.prepared.dir}`)
     return executor
   }
-  const local = init.modelDir != null ? await resolveModel({ modelDir: init.modelDir, chunkBytes: init.chunkBytes, cacheDir: init.cacheDir }) : undefined
-  // A local model with fixed blocks starts loading them (in the span's worker thread) while the node
-  // starts: a warm start then takes the longer of the two, not their sum.
+  // A local model with fixed blocks starts loading them (in the span's worker thread) first, and
+  // libp2p and everything built on it are imported and started meanwhile (on the other core): a warm
+  // start then takes the longer of the two, not their sum.
   let early: Promise<SpanExecutor> | undefined
-  if (local != null && init.blocks !== 'auto' && init.executor == null) {
-    const localConfig = loadModelConfig(local.dir)
+  if (init.modelDir != null && init.blocks !== 'auto' && init.executor == null) {
+    const localConfig = loadModelConfig(init.modelDir)
     checkBlocks(init.blocks, localConfig)
-    early = openExecutor({ dir: local.dir, modelId: local.modelId, config: localConfig }, init.blocks)
+    const { id } = loadManifest(init.modelDir, { chunkBytes: init.chunkBytes, cacheDir: init.cacheDir })
+    early = openExecutor({ dir: init.modelDir, modelId: id, config: localConfig }, init.blocks)
     // (a failure is seen where the span is awaited below, not as an unhandled rejection meanwhile)
     early.catch(() => {})
+  }
+  const closeEarly = async (): Promise<void> => { await early?.then(async executor => { await executor.close() }, () => {}) }
+  const networked = await import('./networked.ts').catch(async (err: unknown) => { await closeEarly(); throw err })
+  const {
+    ChainForwarder, createMingaNode, createServerMetrics, ErrorCode, findSpans, handleChannel, INFERENCE_PROTOCOL, measureThroughput,
+    ProtocolError, resolveModel, serveInfo, serveMetrics, serveWeights, SessionHandler, startAnnouncer, startRebalancer
+  } = networked
+  let local: ResolvedModel | undefined
+  let privateKey = init.privateKey
+  let swarmKey = init.swarmKey
+  try {
+    local = init.modelDir != null ? await resolveModel({ modelDir: init.modelDir, chunkBytes: init.chunkBytes, cacheDir: init.cacheDir }) : undefined
+    if (privateKey == null && init.identityFile != null) privateKey = await networked.loadOrCreateIdentity(init.identityFile)
+    if (swarmKey == null && init.swarmKeyFile != null) swarmKey = await networked.loadSwarmKey(init.swarmKeyFile)
+  } catch (err) {
+    await closeEarly()
+    throw err
   }
   const node = await createMingaNode({
     listen: init.listen,
     bootstrap: init.bootstrap,
-    privateKey: init.privateKey,
-    swarmKey: init.swarmKey,
+    privateKey,
+    swarmKey,
     maxFrameBytes: limits.maxFrameBytes,
     relay: init.relay,
     reachability: init.reachability
   }).catch(async (err: unknown) => {
-    await early?.then(async executor => { await executor.close() }, () => {})
+    await closeEarly()
     throw err
   })
   const reach = node.reachability()
@@ -484,9 +503,13 @@ function checkBlocks (blocks: { start: number, end: number }, config: ModelConfi
   }
 }
 
-/** Checks the limits before anything starts; each bad value is a ServerConfigError naming it. */
-function checkLimits (init: ServerInit): { allow?: Set<string>, maxSessionsPerPeer: number, maxFrameBytes: number, drainTimeoutMs: number, cacheBytes: number } {
-  const allow = init.allow != null
+/**
+ * Checks the limits before anything starts; each bad value is a ServerConfigError naming it.
+ * (Peer ids are parsed by the light `@minga/p2p/peer-id`, imported only when there are some.)
+ */
+async function checkLimits (init: ServerInit): Promise<{ allow?: Set<string>, maxSessionsPerPeer: number, maxFrameBytes: number, drainTimeoutMs: number, cacheBytes: number }> {
+  const parsePeerId = init.allow != null ? (await import('@minga/p2p/peer-id')).parsePeerId : undefined
+  const allow = init.allow != null && parsePeerId != null
     ? new Set(init.allow.map(id => {
       try {
         return parsePeerId(id).toString()

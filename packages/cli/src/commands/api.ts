@@ -41,7 +41,7 @@ async function api (flags: ApiFlags, io: CliIo): Promise<void> {
   // Loaded here, so the other commands do not pay for the gateway's modules.
   const { createGateway } = await import('@minga/gateway')
   const gateway = await createGateway({
-    ...modelChoice(flags),
+    ...(await modelChoice(flags)),
     modelName: flags.modelName,
     bootstrap: flags.bootstrap,
     host: flags.host,

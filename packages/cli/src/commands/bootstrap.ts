@@ -1,6 +1,5 @@
 // `minga bootstrap`: a swarm node that hosts no layers, only the DHT: an address others can join through.
 import type { Command } from 'commander'
-import { createMingaNode, loadOrCreateIdentity } from '@minga/p2p'
 import type { CliIo } from '../index.ts'
 import { addRelayOptions, relayLimits, swarmKeyOption, untilSignal, userPath, type RelayFlags } from '../options.ts'
 
@@ -13,6 +12,7 @@ export function registerBootstrap (program: Command, io: CliIo): void {
     .option('--swarm-key <file>', 'a private swarm: only nodes with this key (minga keygen) can connect')
     .option('--json', 'print one JSON line when listening')
     .action(async (flags: { listen: string[], bootstrap?: string[], identity?: string, swarmKey?: string, json?: boolean } & RelayFlags) => {
+      const { createMingaNode, loadOrCreateIdentity } = await import('@minga/p2p')
       const swarmKey = await swarmKeyOption(flags.swarmKey)
       const node = await createMingaNode({
         listen: flags.listen,

@@ -1,7 +1,6 @@
 // `minga manifest`: a model directory's manifest (files and tensors, chunked, a SHA-256 per chunk)
 // and its model id, the hash of the manifest, which is all a peer needs to fetch it verified.
 import type { Command } from 'commander'
-import { buildManifest } from '@minga/weights'
 import type { CliIo } from '../index.ts'
 import { existingModelDir } from '../options.ts'
 
@@ -10,7 +9,8 @@ export function registerManifest (program: Command, io: CliIo): void {
     .description('print a model directory\'s manifest and model id')
     .requiredOption('--model <dir>', 'Hugging Face model directory')
     .option('--json', 'print {"modelId", "manifest"} as one JSON object')
-    .action((flags: { model: string, json?: boolean }) => {
+    .action(async (flags: { model: string, json?: boolean }) => {
+      const { buildManifest } = await import('@minga/weights')
       const { id, manifest } = buildManifest(existingModelDir(flags.model))
       if (flags.json === true) {
         io.stdout.write(JSON.stringify({ modelId: id, manifest }) + '\n')

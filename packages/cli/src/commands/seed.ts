@@ -1,8 +1,6 @@
 // `minga seed`: share a model directory with the swarm without serving any layers: announce it as
 // provided in the DHT and send its manifest and chunks to whoever fetches it.
 import type { Command } from 'commander'
-import { createMingaNode, loadOrCreateIdentity } from '@minga/p2p'
-import { resolveModel, serveWeights } from '@minga/weights'
 import type { CliIo } from '../index.ts'
 import { existingModelDir, integer, number, swarmKeyOption, untilSignal, userPath } from '../options.ts'
 
@@ -29,6 +27,7 @@ export function registerSeed (program: Command, io: CliIo): void {
     .option('--swarm-key <file>', 'a private swarm: only nodes with this key (minga keygen) can connect')
     .option('--json', 'print one JSON line {"peerId", "addrs", "modelId"} when sharing; logs go to stderr')
     .action(async (flags: SeedFlags) => {
+      const [{ createMingaNode, loadOrCreateIdentity }, { resolveModel, serveWeights }] = await Promise.all([import('@minga/p2p'), import('@minga/weights')])
       const log = (message: string): void => { io.stderr.write(`minga seed: ${message}\n`) }
       log('reading the manifest (the first time, this hashes every byte of the model; then it is cached)')
       const model = await resolveModel({ modelDir: existingModelDir(flags.model) })

@@ -2,10 +2,10 @@
 // drains: withdraw, refuse new sessions, let open ones finish; a second one stops at once).
 import { InvalidArgumentError, type Command } from 'commander'
 import { DEFAULT_QUANT } from '@minga/engine'
-import { loadOrCreateIdentity } from '@minga/p2p'
+// (@minga/server loads libp2p itself once the span's worker is started: see createServer)
 import { createServer } from '@minga/server'
 import type { CliIo } from '../index.ts'
-import { addRelayOptions, integer, modelChoice, number, parseBlocks, quantization, relayLimits, swarmKeyOption, userPath, untilSignal, type RelayFlags } from '../options.ts'
+import { addRelayOptions, integer, modelChoice, number, parseBlocks, quantization, relayLimits, userPath, untilSignal, type RelayFlags } from '../options.ts'
 import { prepareProgressView } from '../progress.ts'
 
 interface ServeFlags extends RelayFlags {
@@ -81,10 +81,9 @@ export function registerServe (program: Command, io: CliIo): void {
 
 async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
   const log = (message: string): void => { io.stderr.write(`minga serve: ${message}\n`) }
-  const swarmKey = await swarmKeyOption(flags.swarmKey)
   const progress = prepareProgressView(io, 'minga serve: preparing')
   const server = await createServer({
-    ...modelChoice(flags),
+    ...(await modelChoice(flags)),
     share: flags.share,
     shareMbps: flags.shareMbps,
     maxTransfers: flags.maxTransfers,
@@ -99,13 +98,13 @@ async function serve (flags: ServeFlags, io: CliIo): Promise<void> {
     cacheDir: flags.cacheDir != null ? userPath(flags.cacheDir) : undefined,
     onPrepareProgress: progress.update,
     quant: flags.quant,
-    privateKey: flags.identity != null ? await loadOrCreateIdentity(userPath(flags.identity)) : undefined,
+    identityFile: flags.identity != null ? userPath(flags.identity) : undefined,
     throughput: flags.throughput,
     announceTtlMs: flags.announceTtl * 1000,
     sessionIdleMs: flags.sessionIdle * 1000,
     threads: flags.threads,
     batchWaitMs: flags.batchWait,
-    swarmKey,
+    swarmKeyFile: flags.swarmKey != null ? userPath(flags.swarmKey) : undefined,
     allow: flags.allow,
     maxSessionsPerPeer: flags.maxSessionsPerPeer,
     maxFrameBytes: flags.maxFrameMb != null ? Math.round(flags.maxFrameMb * 2 ** 20) : undefined,

@@ -1,7 +1,7 @@
 // `minga status`: the swarm's nodes, their spans, speed and free capacity, and per-block coverage.
 import type { Command } from 'commander'
 import { computeModelId, loadModelConfig } from '@minga/engine'
-import { getSwarmStatus, type SwarmStatus } from '@minga/client'
+import type { SwarmStatus } from '@minga/client'
 import type { CliIo } from '../index.ts'
 import { existingModelDir, swarmKeyOption } from '../options.ts'
 
@@ -13,6 +13,7 @@ export function registerStatus (program: Command, io: CliIo): void {
     .option('--swarm-key <file>', 'the swarm\'s key, if it is private')
     .option('--json', 'print one JSON object')
     .action(async (flags: { bootstrap: string[], model?: string, swarmKey?: string, json?: boolean }) => {
+      const { getSwarmStatus } = await import('@minga/client')
       const swarmKey = await swarmKeyOption(flags.swarmKey)
       let model: { modelId: string, numBlocks: number } | undefined
       if (flags.model != null) {
