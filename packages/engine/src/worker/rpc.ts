@@ -24,6 +24,8 @@ export function ownBuffer (array: Float32Array): Float32Array<ArrayBuffer> {
 export class WorkerClient {
   /** The worker, once its code is built. */
   private readonly started: Promise<Worker>
+  /** The same worker once started: steps then reach it without awaiting `started` each time. */
+  private worker?: Worker
   private readonly pending = new Map<number, { resolve: (value: any) => void, reject: (err: Error) => void }>()
   private nextId = 1
   private failure?: Error
@@ -44,6 +46,7 @@ export class WorkerClient {
       })
       worker.on('error', err => this.fail(new WorkerError(`${label} worker failed: ${err.message}`)))
       worker.on('exit', code => this.fail(new WorkerError(`${label} worker exited (code ${code})`)))
+      this.worker = worker
       return worker
     }, (err: any) => {
       throw new WorkerError(`${label} worker could not be built from ${fileURLToPath(entry)}: ${err?.message ?? err}`)
@@ -52,8 +55,7 @@ export class WorkerClient {
   }
 
   async call<T> (method: string, args: unknown, transfer: ArrayBuffer[] = []): Promise<T> {
-    if (this.failure != null) throw this.failure
-    const worker = await this.started
+    const worker = this.worker ?? await this.started
     if (this.failure != null) throw this.failure
     const id = this.nextId++
     return await new Promise<T>((resolve, reject) => {
