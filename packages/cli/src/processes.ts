@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url'
 
 /** The checkout this CLI runs from. */
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '../../..')
+/** The `minga` command's entry (it runs the CLI's cached bundle). */
+export const MINGA_BIN = join(REPO_ROOT, 'packages/cli/bin/minga.mjs')
 
 export interface NodeProcess {
   readonly label: string
@@ -31,7 +33,7 @@ export interface StartOptions {
 
 /** The command line that runs the CLI: [program, ...args], behind `prefix` if given. */
 function mingaCommand (args: string[], prefix: string[] = []): [string, string[]] {
-  const command = [...prefix, process.execPath, '--import', 'tsx', join(REPO_ROOT, 'packages/cli/src/bin.ts'), ...args]
+  const command = [...prefix, process.execPath, MINGA_BIN, ...args]
   return [command[0], command.slice(1)]
 }
 

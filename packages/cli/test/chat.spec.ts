@@ -1,14 +1,13 @@
 // `minga chat`, `generate --chat` and `minga api`: in this process through runCli where only the
 // command's logic is tested, as real processes where a terminal or a ready line is.
 import { spawn, spawnSync } from 'node:child_process'
-import { join } from 'node:path'
 import { PassThrough, Readable } from 'node:stream'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createLocalModel, createSpanExecutor, loadChatTemplate, untilDone, type ChatMessage } from '@minga/engine'
 import { createMingaNode } from '@minga/p2p'
 import { createServer } from '@minga/server'
 import { STORIES, storiesWithChatTemplate, waitFor } from '../../engine/test/helpers.ts'
-import { REPO_ROOT, startNode } from '../src/processes.ts'
+import { MINGA_BIN, REPO_ROOT, startNode } from '../src/processes.ts'
 import { runCli } from '../src/index.ts'
 
 const MAX_TOKENS = 10
@@ -74,7 +73,7 @@ describe('minga chat', () => {
         }
       }
     })
-    const command = [process.execPath, '--import', 'tsx', join(REPO_ROOT, 'packages/cli/src/bin.ts'), 'chat', '--model', model.path, '--bootstrap', bootstrap.addrs()[0], '--max-new-tokens', '20']
+    const command = [process.execPath, MINGA_BIN, 'chat', '--model', model.path, '--bootstrap', bootstrap.addrs()[0], '--max-new-tokens', '20']
     // script(1) runs the command on a pseudo-terminal and relays our pipe to it.
     const child = spawn('script', ['-qfec', command.map(a => `'${a}'`).join(' '), '/dev/null'], { cwd: REPO_ROOT, stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, TERM: 'dumb' } })
     let screen = ''

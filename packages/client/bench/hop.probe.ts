@@ -30,7 +30,7 @@ import {
 
 const SELF = fileURLToPath(import.meta.url)
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
-const CLI = fileURLToPath(new URL('../../cli/src/bin.ts', import.meta.url))
+const CLI = fileURLToPath(new URL('../../cli/bin/minga.mjs', import.meta.url))
 const STORIES = fileURLToPath(new URL('../../../../shared/models/stories260k', import.meta.url))
 
 const log = (msg: string): void => { process.stderr.write(`${msg}\n`) }

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url'
 import type { Quantization } from '@minga/engine'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
-const CLI = fileURLToPath(new URL('../../cli/src/bin.ts', import.meta.url))
+const CLI = fileURLToPath(new URL('../../cli/bin/minga.mjs', import.meta.url))
 const log = (msg: string): void => { process.stderr.write(`${msg}\n`) }
 
 /** What a swarm serves: a model directory at a quantization, split into spans. */
@@ -30,7 +30,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 
 export function startProc (name: string, args: string[], verbose: boolean, timeoutMs: number): Proc {
   // MINGA_PARENT_PID: the CLI stops by itself if this process dies without stopping it
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
+  const child = spawn(process.execPath, [CLI, ...args], {
     cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MINGA_PARENT_PID: String(process.pid) }
   })
   live.add(child)

@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Quantization } from '../src/index.ts'
 
-const CLI = fileURLToPath(new URL('../../cli/src/bin.ts', import.meta.url))
+const CLI = fileURLToPath(new URL('../../cli/bin/minga.mjs', import.meta.url))
 
 export interface StartRun {
   /** Spawn to the `--json` ready line (announced and serving). */
@@ -34,7 +34,7 @@ export interface StartOptions { threads: number, cacheMb: number, timeoutMs: num
 
 /** Starts `minga serve` on `modelDir` [start, end) and stops it once ready. */
 export async function startServe (modelDir: string, blocks: [number, number], quant: Quantization, cacheDir: string, options: StartOptions): Promise<StartRun> {
-  const argv = [process.execPath, '--import', 'tsx', CLI, 'serve', '--model', modelDir, '--blocks', `${blocks[0]}:${blocks[1]}`, '--quant', quant,
+  const argv = [process.execPath, CLI, 'serve', '--model', modelDir, '--blocks', `${blocks[0]}:${blocks[1]}`, '--quant', quant,
     '--cache-dir', cacheDir, '--cache-mb', String(options.cacheMb), '--throughput', '1', '--threads', String(options.threads), '--json', ...(options.extraArgs ?? [])]
   const [command, ...args] = options.wrap?.(argv) ?? argv
   const started = performance.now()
