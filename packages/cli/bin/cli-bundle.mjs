@@ -1,73 +1,31 @@
 // The command's code as one ES module, built by esbuild from the TypeScript sources and kept in
-// node_modules/.cache/minga/ until one of the files it was built from changes. Node then loads one
-// file (~50 ms) instead of resolving and transforming some thousand modules through tsx (~1 s of
-// every start, on the same cores as the node's own loading work).
-import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { dirname, join, resolve } from 'node:path'
+// node_modules/.cache/minga/ until one of the files it was built from changes
+// (@minga/engine/cached-bundle). Node then loads one file (~50 ms) instead of resolving and
+// transforming some thousand modules through tsx (~1 s of every start, on the same cores as the
+// node's own loading work).
+import { readFileSync } from 'node:fs'
+import { dirname, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
+import { cachedBundle } from '@minga/engine/cached-bundle'
 
 const SOURCE = fileURLToPath(new URL('../src/bin.ts', import.meta.url))
-const CACHE = fileURLToPath(new URL('../node_modules/.cache/minga/', import.meta.url))
-const BUNDLE = join(CACHE, 'cli.mjs')
-/** The files the bundle was built from, with their sizes and modification times. */
-const INPUTS = join(CACHE, 'cli.inputs.json')
+const BUNDLE = fileURLToPath(new URL('../node_modules/.cache/minga/cli.mjs', import.meta.url))
 /** Packages with native code stay imports, of the files they resolve to from their importer. */
 const NATIVE_PACKAGES = /^(onnxruntime-node|esbuild)$/
 
 /** The bundle's path, built first if it is missing or older than one of its sources. */
 export async function cliBundle () {
-  if (isFresh()) return BUNDLE
-  const { build } = await import('esbuild')
-  const root = resolve(dirname(SOURCE), '../../..')
-  const result = await build({
+  return await cachedBundle(BUNDLE, {
     entryPoints: [SOURCE],
-    absWorkingDir: root,
+    absWorkingDir: resolve(dirname(SOURCE), '../../..'),
     bundle: true,
     platform: 'node',
     format: 'esm',
     target: 'node20',
-    write: false,
-    metafile: true,
-    logLevel: 'silent',
     // bundled CommonJS packages still call require (node built-ins, optional modules)
     banner: { js: 'import { createRequire as __mingaCreateRequire } from \'node:module\'; const require = __mingaCreateRequire(import.meta.url);' },
     plugins: [nativePackagesByFile, sourceUrls]
   })
-  const inputs = Object.keys(result.metafile.inputs).filter(path => !path.includes(':')).map(path => join(root, path))
-  mkdirSync(CACHE, { recursive: true })
-  const suffix = `.${process.pid}.tmp`
-  try {
-    writeFileSync(BUNDLE + suffix, result.outputFiles[0].contents)
-    writeFileSync(INPUTS + suffix, JSON.stringify(Object.fromEntries(inputs.map(path => [path, signature(path)]))))
-    // the inputs list goes last: a bundle is only trusted beside the list it was built from
-    renameSync(BUNDLE + suffix, BUNDLE)
-    renameSync(INPUTS + suffix, INPUTS)
-  } finally {
-    rmSync(BUNDLE + suffix, { force: true })
-    rmSync(INPUTS + suffix, { force: true })
-  }
-  return BUNDLE
-}
-
-function isFresh () {
-  let inputs
-  try {
-    inputs = JSON.parse(readFileSync(INPUTS, 'utf8'))
-    statSync(BUNDLE)
-  } catch {
-    return false
-  }
-  for (const [path, expected] of Object.entries(inputs)) {
-    let actual
-    try { actual = signature(path) } catch { return false }
-    if (actual !== expected) return false
-  }
-  return true
-}
-
-function signature (path) {
-  const { size, mtimeMs } = statSync(path)
-  return `${size}:${mtimeMs}`
 }
 
 /** onnxruntime-node and esbuild are imported by absolute file URL: the bundle's folder has no node_modules of theirs. */
