@@ -19,6 +19,13 @@ export interface RouteServer {
  */
 export const RELAYED_HOP_EXTRA_MS = 20
 
+/**
+ * What every hop costs besides its round trip and its layers (framing, the server's worker round
+ * trip). It also keeps a route from splitting one server's layers into several hops when round
+ * trips measure 0 ms on loopback: the costs would then tie, and floating-point rounding decide.
+ */
+export const HOP_OVERHEAD_MS = 0.5
+
 export interface RouteHop {
   peerId: string
   start: number
@@ -28,7 +35,7 @@ export interface RouteHop {
 /** Estimated milliseconds per decode step for using `blocks` layers of `server`, one round trip included. */
 export function hopCostMs (server: RouteServer, blocks: number, rttMs: number): number {
   const msPerBlock = 1000 / (Math.max(server.throughput, 1e-6) * (server.end - server.start))
-  return rttMs + blocks * msPerBlock + (server.relayed === true ? RELAYED_HOP_EXTRA_MS : 0)
+  return rttMs + HOP_OVERHEAD_MS + blocks * msPerBlock + (server.relayed === true ? RELAYED_HOP_EXTRA_MS : 0)
 }
 
 /** The cheapest route through every layer of the model. */

@@ -42,6 +42,16 @@ describe('planRoute', () => {
     expect(planRoute(5, split, rtt({ whole: 20, x: 20, y: 20 }))).toEqual([{ peerId: 'whole', start: 0, end: 5 }])
   })
 
+  it('keeps one server\'s layers in one hop when its round trip measures 0 ms (loopback)', () => {
+    const servers: RouteServer[] = [
+      { peerId: 'holder', start: 0, end: 2, throughput: 100 },
+      { peerId: 'fetcher', start: 2, end: 5, throughput: 100 }
+    ]
+    expect(planRoute(5, servers, rtt({ holder: 3, fetcher: 0 }))).toEqual([
+      { peerId: 'holder', start: 0, end: 2 }, { peerId: 'fetcher', start: 2, end: 5 }
+    ])
+  })
+
   it('names the blocks nobody holds', () => {
     const servers: RouteServer[] = [{ peerId: 'a', start: 0, end: 2, throughput: 100 }, { peerId: 'b', start: 4, end: 5, throughput: 100 }]
     expect(() => planRoute(6, servers, rtt({}))).toThrow('no server holds blocks 2–3, 5 of 6')
