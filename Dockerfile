@@ -14,8 +14,6 @@ COPY --chown=node:node . .
 # install exactly the lockfile).
 ENV CI=1
 RUN npm run setup
-# The CLI's bundle is built once here, not at the first start of every container.
-RUN node packages/cli/bin/minga.mjs --help > /dev/null
 
 ENTRYPOINT ["node", "packages/cli/bin/minga.mjs"]
 CMD ["--help"]
