@@ -12,7 +12,7 @@ import { availableParallelism, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
-  argmax, createClientHead, createSpanExecutor, loadModelConfig, loadTokenizer, QUANTIZATIONS, seededRandom,
+  argmax, createClientHead, createSpanExecutor, defaultSpanWorkers, loadModelConfig, loadTokenizer, QUANTIZATIONS, seededRandom,
   type ClientHead, type Quantization, type SpanExecutor
 } from '../src/index.ts'
 import { klDivergence, procStatus, textTable as table } from './bench-helpers.ts'
@@ -414,25 +414,36 @@ async function main (): Promise<void> {
   process.exitCode = failed ? 1 : 0
 }
 
-interface StartReport { baseline?: StartRun, runs: NodeStartResult[], error?: string }
+interface StartReport {
+  /** A stories260k node per worker count the spans use: Node + libp2p + onnxruntime in that many span workers. */
+  baselines: Record<number, StartRun>
+  runs: Array<NodeStartResult & { workers: number }>
+  error?: string
+}
 
 /**
- * `minga serve --blocks 0:22` cold and warm per quantization, plus the baseline: a node serving
- * stories260k (f32, a few hundred KB of weights), i.e. Node + libp2p + onnxruntime.
+ * `minga serve --blocks 0:22` cold and warm per quantization, in the span workers it takes by
+ * default, plus the baseline of each worker count: a node serving stories260k (f32, a few hundred KB
+ * of weights) in as many workers.
  */
 async function measureStarts (options: Options, checkpoint: CheckpointInfo, note: (msg: string) => void): Promise<StartReport | undefined> {
   if (options.startQuants.length === 0) return undefined
   const cacheDir = join(dirname(checkpoint.dir), 'prepared-start')
   const startOptions = { threads: options.threads, cacheMb: 64, timeoutMs: options.timeoutS * 1000 }
-  const report: StartReport = { runs: [] }
+  const report: StartReport = { baselines: {}, runs: [] }
+  const config = loadModelConfig(checkpoint.dir)
   try {
-    note('node start: baseline (stories260k, f32)…')
     rmSync(cacheDir, { recursive: true, force: true })
-    await startServe(STORIES, [0, 5], 'none', cacheDir, startOptions) // prepares it
-    report.baseline = await startServe(STORIES, [0, 5], 'none', cacheDir, startOptions)
     for (const quant of options.startQuants) {
-      note(`node start: [0, ${TINYLLAMA_SHAPE.numLayers}) at ${quant}, cold then warm…`)
-      report.runs.push(await measureNodeStart(checkpoint.dir, [0, TINYLLAMA_SHAPE.numLayers], quant, cacheDir, startOptions))
+      const workers = defaultSpanWorkers(config, quant, TINYLLAMA_SHAPE.numLayers)
+      const withWorkers = { ...startOptions, extraArgs: ['--workers', String(workers)] }
+      if (report.baselines[workers] == null) {
+        note(`node start: baseline (stories260k, f32, ${workers} span worker${workers === 1 ? '' : 's'})…`)
+        await startServe(STORIES, [0, 5], 'none', cacheDir, withWorkers) // prepares it
+        report.baselines[workers] = await startServe(STORIES, [0, 5], 'none', cacheDir, withWorkers)
+      }
+      note(`node start: [0, ${TINYLLAMA_SHAPE.numLayers}) at ${quant} in ${workers} span worker${workers === 1 ? '' : 's'}, cold then warm…`)
+      report.runs.push({ ...await measureNodeStart(checkpoint.dir, [0, TINYLLAMA_SHAPE.numLayers], quant, cacheDir, withWorkers), workers })
     }
   } catch (err: any) {
     report.error = err?.message ?? String(err)
@@ -444,16 +455,20 @@ async function measureStarts (options: Options, checkpoint: CheckpointInfo, note
 
 function formatStart (start: StartReport): string {
   const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(0)} MiB`
-  const base = start.baseline
-  const baseRss = base?.peakRssBytes ?? NaN
-  const lines = [`node start: minga serve --blocks 0:${TINYLLAMA_SHAPE.numLayers} --cache-mb 64 --throughput 1, spawn → ready line; peak RSS = VmHWM at ready, anon / file = RssAnon / RssFile at ready`,
-    `  baseline (Node + libp2p + onnxruntime: a node serving stories260k f32): peak RSS ${mib(baseRss)} (anon ${mib(base?.rssAnonBytes ?? NaN)}, file ${mib(base?.rssFileBytes ?? NaN)}), ready in ${((base?.readyMs ?? NaN) / 1000).toFixed(1)} s`,
-    '  warm − baseline s: what the span itself adds to a warm start (the rest is Node, tsx, module loading and libp2p)']
-  lines.push(...table(['quant', 'prepared', 'cold s', 'warm s', 'warm − baseline s', 'peak RSS cold', 'peak RSS warm', 'anon / file warm', '(warm − baseline) / prepared', 'anon ratio'], start.runs.map(r => [
-    r.quant, mib(r.preparedBytes), (r.cold.readyMs / 1000).toFixed(1), (r.warm.readyMs / 1000).toFixed(1), ((r.warm.readyMs - (base?.readyMs ?? NaN)) / 1000).toFixed(1),
-    mib(r.cold.peakRssBytes), mib(r.warm.peakRssBytes), `${mib(r.warm.rssAnonBytes)} / ${mib(r.warm.rssFileBytes)}`,
-    ((r.warm.peakRssBytes - baseRss) / r.preparedBytes).toFixed(3), ((r.warm.rssAnonBytes - (base?.rssAnonBytes ?? NaN)) / r.preparedBytes).toFixed(3)
-  ])))
+  const lines = [`node start: minga serve --blocks 0:${TINYLLAMA_SHAPE.numLayers} --cache-mb 64 --throughput 1 --workers W (the default here), spawn → ready line; peak RSS = VmHWM at ready, anon / file = RssAnon / RssFile at ready`]
+  for (const [workers, base] of Object.entries(start.baselines)) {
+    lines.push(`  baseline, ${workers} span worker${workers === '1' ? '' : 's'} (Node + libp2p + onnxruntime: a node serving stories260k f32): peak RSS ${mib(base.peakRssBytes)} (anon ${mib(base.rssAnonBytes)}, file ${mib(base.rssFileBytes)}), ready in ${(base.readyMs / 1000).toFixed(1)} s`)
+  }
+  lines.push('  warm − baseline s: what the span itself adds to a warm start (the rest is Node, module loading and libp2p)')
+  lines.push(...table(['quant', 'W', 'prepared', 'cold s', 'warm s', 'warm − baseline s', 'peak RSS cold', 'peak RSS warm', 'anon / file warm', '(warm − baseline) / prepared', '(cold − baseline) / prepared', 'anon ratio'], start.runs.map(r => {
+    const base = start.baselines[r.workers]
+    return [
+      r.quant, String(r.workers), mib(r.preparedBytes), (r.cold.readyMs / 1000).toFixed(1), (r.warm.readyMs / 1000).toFixed(1), ((r.warm.readyMs - base.readyMs) / 1000).toFixed(1),
+      mib(r.cold.peakRssBytes), mib(r.warm.peakRssBytes), `${mib(r.warm.rssAnonBytes)} / ${mib(r.warm.rssFileBytes)}`,
+      ((r.warm.peakRssBytes - base.peakRssBytes) / r.preparedBytes).toFixed(3), ((r.cold.peakRssBytes - base.peakRssBytes) / r.preparedBytes).toFixed(3),
+      ((r.warm.rssAnonBytes - base.rssAnonBytes) / r.preparedBytes).toFixed(3)
+    ]
+  })))
   if (start.error != null) lines.push(`  FAILED: ${start.error}`)
   return lines.join('\n')
 }

@@ -5,7 +5,7 @@ export {
 } from './manifest.ts'
 export { loadModelConfig, parseModelConfig, type ModelConfig, type ModelType, type RopeScaling } from './config.ts'
 export {
-  createSpanExecutor, DEFAULT_BATCH_WAIT_MS, DEFAULT_CACHE_BYTES, KV_BLOCK_TOKENS, MAX_BATCH_WAIT_MS, kvBytesPerToken, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type OpenSessionOptions, type SpanStats
+  createSpanExecutor, defaultSpanWorkers, DEFAULT_BATCH_WAIT_MS, DEFAULT_CACHE_BYTES, KV_BLOCK_TOKENS, LAYERS_BYTES_PER_WORKER, MAX_BATCH_WAIT_MS, MAX_SPAN_WORKERS, kvBytesPerToken, type SpanExecutor, type SpanExecutorInit, type ForwardOptions, type OpenSessionOptions, type SpanStats
 } from './span-executor.ts'
 export { prepareSpan, preparedSpanBytes, type PrepareSpanInit, type PrepareProgress, type PreparedSpan } from './prepared/prepare-span.ts'
 export { PREPARED_FORMAT, preparedDirName } from './prepared/store.ts'

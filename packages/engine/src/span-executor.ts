@@ -1,10 +1,14 @@
-// The async face of a span worker: open a session, push hidden states through its layers, close it.
-import type { ModelConfig } from './config.ts'
-import { InvalidArgumentError } from './errors.ts'
-import { DEFAULT_QUANT, type Quantization } from './quantize.ts'
+// The async face of a span's workers: open a session, push hidden states through its layers, close
+// it. A large span is split into consecutive parts, one worker each, so that their layers' sessions
+// are created at once on several cores (creating a session prepacks its weights on one thread); a
+// step then goes through the parts in order.
+import { availableParallelism } from 'node:os'
+import { loadModelConfig, type ModelConfig } from './config.ts'
+import { InvalidArgumentError, UnknownSessionError } from './errors.ts'
+import { DEFAULT_QUANT, type QuantFormat, type Quantization } from './quantize.ts'
 import { ownBuffer, WorkerClient } from './worker/rpc.ts'
-import type { SpanLoadArgs, SpanLoadEvent, SpanLoadResult, SpanStats } from './worker/span-worker.ts'
-import type { PrepareProgress, PrepareSpanInit } from './prepared/prepare-span.ts'
+import type { SpanLoadArgs, SpanLoadEvent, SpanLoadResult, SpanPrepareArgs, SpanPrepareResult, SpanStats } from './worker/span-worker.ts'
+import { preparedSpanBytes, type PrepareProgress, type PrepareSpanInit } from './prepared/prepare-span.ts'
 
 export type { SpanStats }
 
@@ -38,7 +42,17 @@ export interface SpanExecutorInit extends Omit<PrepareSpanInit, 'onProgress'> {
   batchWaitMs?: number
   /** Each layer prepared on this load (the first load of a span prepares it). */
   onPrepareProgress?: (progress: PrepareProgress) => void
+  /**
+   * Workers the span is split into (consecutive layers each). Default: one per core, at most
+   * MAX_SPAN_WORKERS, one per LAYERS_BYTES_PER_WORKER of prepared weights (so a small span keeps one).
+   */
+  workers?: number
 }
+
+/** The most workers a span is split into by default. */
+export const MAX_SPAN_WORKERS = 4
+/** A worker of its own for every this many bytes of prepared weights, by default. */
+export const LAYERS_BYTES_PER_WORKER = 128 * 2 ** 20
 
 export interface ForwardOptions {
   /** Number of new tokens in `hidden` ([tokens, hiddenSize]). */
@@ -83,47 +97,131 @@ export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanE
   if (!(Number.isFinite(batchWaitMs) && batchWaitMs >= 0 && batchWaitMs <= MAX_BATCH_WAIT_MS)) {
     throw new InvalidArgumentError(`batchWaitMs ${batchWaitMs} must be between 0 and ${MAX_BATCH_WAIT_MS} ms`)
   }
+  if (init.workers != null && !(Number.isInteger(init.workers) && init.workers >= 1)) throw new InvalidArgumentError(`workers ${init.workers} must be a whole number ≥ 1`)
   const onEvent = (event: SpanLoadEvent): void => {
     if (event.type === 'progress') init.onPrepareProgress?.(event)
     else init.log?.(event.message)
   }
-  const worker = new WorkerClient(new URL('./worker/span-worker.ts', import.meta.url), `span [${init.start}, ${init.end})`, onEvent)
   const quant = init.quant ?? DEFAULT_QUANT
+  const whole: SpanPrepareArgs = { modelDir: init.modelDir, modelId: init.modelId, cacheDir: init.cacheDir, start: init.start, end: init.end, quant, format: init.format }
+  const parts = splitSpan(init.start, init.end, init.workers ?? defaultWorkers(init, quant))
+  const workers = parts.map(part => new WorkerClient(new URL('./worker/span-worker.ts', import.meta.url), `span [${part.start}, ${part.end})`, onEvent))
+  const totalCacheBytes = init.cacheBytes ?? DEFAULT_CACHE_BYTES
   try {
-    const args: SpanLoadArgs = {
-      modelDir: init.modelDir,
-      modelId: init.modelId,
-      cacheDir: init.cacheDir,
-      start: init.start,
-      end: init.end,
-      quant,
-      format: init.format,
+    // Several workers: the first prepares the whole span (a layer in memory at a time), then all
+    // create their sessions at once (each finds its layers prepared).
+    const prepared = workers.length > 1 ? await workers[0].call<SpanPrepareResult>('prepare', whole) : undefined
+    const loads = await Promise.all(workers.map(async (worker, i) => await worker.call<SpanLoadResult>('load', {
+      ...whole,
+      ...parts[i],
       threads: init.threads,
       maxSessions: init.maxSessions ?? 16,
-      cacheBytes: init.cacheBytes ?? DEFAULT_CACHE_BYTES,
+      // (each part's share of the budget follows its layers: a session grows in every part at once)
+      cacheBytes: Math.floor(totalCacheBytes * (parts[i].end - parts[i].start) / (init.end - init.start)),
       batchWaitMs
+    } satisfies SpanLoadArgs)))
+    const { config, maxPositions } = loads[0]
+    /** The parts each open session runs through, in order. */
+    const sessions = new Map<string, number[]>()
+    const stats = async (): Promise<SpanStats> => mergeStats(await Promise.all(workers.map(async worker => await worker.call<SpanStats>('stats', {}))), sessions.size, kvBytesPerToken(config, init.end - init.start))
+    const closeSession = async (sessionId: string): Promise<SpanStats> => {
+      const through = sessions.get(sessionId) ?? []
+      sessions.delete(sessionId)
+      await Promise.all(through.map(async i => await workers[i].call('close', { sessionId })))
+      return await stats()
     }
-    const loaded = await worker.call<SpanLoadResult>('load', args)
     return {
-      config: loaded.config,
+      config,
       start: init.start,
       end: init.end,
       quant,
-      bytesRead: loaded.bytesRead,
-      preparedBytes: loaded.preparedBytes,
-      prepared: { dir: loaded.preparedDir, built: loaded.built },
-      maxPositions: loaded.maxPositions,
-      openSession: async (sessionId, maxLength, options = {}) => await worker.call('open', { sessionId, maxLength, ...options }),
-      forward: async (sessionId, hidden, { tokens, position }) => {
-        const own = ownBuffer(hidden)
-        return await worker.call('forward', { sessionId, hidden: own, tokens, position }, [own.buffer])
+      bytesRead: prepared?.bytesRead ?? loads[0].bytesRead,
+      preparedBytes: loads.reduce((n, load) => n + load.preparedBytes, 0),
+      prepared: { dir: loads[0].preparedDir, built: prepared?.built ?? loads[0].built },
+      maxPositions,
+      openSession: async (sessionId, maxLength, { start = init.start, end = init.end } = {}) => {
+        if (sessions.has(sessionId)) throw new InvalidArgumentError(`session ${sessionId} is already open`)
+        if (!(Number.isInteger(start) && Number.isInteger(end) && init.start <= start && start < end && end <= init.end)) {
+          throw new InvalidArgumentError(`layers [${start}, ${end}) are not within this span [${init.start}, ${init.end})`)
+        }
+        const through = parts.flatMap((part, i) => part.start < end && start < part.end ? [i] : [])
+        const opened: number[] = []
+        try {
+          for (const i of through) {
+            await workers[i].call('open', { sessionId, maxLength, start: Math.max(start, parts[i].start), end: Math.min(end, parts[i].end) })
+            opened.push(i)
+          }
+        } catch (err) {
+          await Promise.all(opened.map(async i => await workers[i].call('close', { sessionId })))
+          throw err
+        }
+        sessions.set(sessionId, through)
+        return await stats()
       },
-      closeSession: async (sessionId) => await worker.call('close', { sessionId }),
-      stats: async () => await worker.call('stats', {}),
-      close: async () => { await worker.terminate() }
+      forward: async (sessionId, hidden, { tokens, position }) => {
+        const through = sessions.get(sessionId)
+        if (through == null) throw new UnknownSessionError(`unknown session ${sessionId}`)
+        let states = ownBuffer(hidden)
+        for (const [n, i] of through.entries()) {
+          try {
+            states = await workers[i].call<Float32Array<ArrayBuffer>>('forward', { sessionId, hidden: states, tokens, position }, [states.buffer])
+          } catch (err) {
+            // The parts before this one hold the step's keys and values, this one does not: the
+            // session can no longer go on, and is closed in every part.
+            if (n > 0) await closeSession(sessionId).catch(() => {})
+            throw err
+          }
+        }
+        return states
+      },
+      closeSession,
+      stats,
+      close: async () => { await Promise.all(workers.map(async worker => { await worker.terminate() })) }
     }
   } catch (err) {
-    await worker.terminate()
+    await Promise.all(workers.map(async worker => { await worker.terminate() }))
     throw err
+  }
+}
+
+/**
+ * How many workers a span of `layers` layers loads in by default: one per core, per
+ * LAYERS_BYTES_PER_WORKER of prepared weights and per layer, at most MAX_SPAN_WORKERS.
+ */
+export function defaultSpanWorkers (config: ModelConfig, quant: Quantization, layers: number, format?: QuantFormat): number {
+  const bytes = preparedSpanBytes(config, quant, layers, format)
+  return Math.max(1, Math.min(availableParallelism(), MAX_SPAN_WORKERS, layers, Math.floor(bytes / LAYERS_BYTES_PER_WORKER)))
+}
+
+function defaultWorkers (init: SpanExecutorInit, quant: Quantization): number {
+  try {
+    return defaultSpanWorkers(loadModelConfig(init.modelDir), quant, init.end - init.start, init.format)
+  } catch {
+    return 1 // (the worker's load reports what is wrong with the model)
+  }
+}
+
+/** [start, end) in `count` consecutive parts whose sizes differ by at most one layer. */
+function splitSpan (start: number, end: number, count: number): Array<{ start: number, end: number }> {
+  const layers = end - start
+  const n = Math.max(1, Math.min(count, layers))
+  return Array.from({ length: n }, (_, i) => ({ start: start + Math.floor(i * layers / n), end: start + Math.floor((i + 1) * layers / n) }))
+}
+
+/** The span's stats from its parts': a session needs room in every part it runs through. */
+function mergeStats (parts: SpanStats[], sessions: number, spanTokenBytes: number): SpanStats {
+  if (parts.length === 1) return parts[0]
+  const cacheBytes = parts.reduce((n, p) => n + p.cacheBytes, 0)
+  return {
+    sessions,
+    cacheTokens: Math.ceil(cacheBytes / spanTokenBytes),
+    freeSessions: Math.min(...parts.map(p => p.freeSessions)),
+    freeCacheTokens: Math.min(...parts.map(p => p.freeCacheTokens)),
+    cacheBytes,
+    freeCacheBytes: parts.reduce((n, p) => n + p.freeCacheBytes, 0),
+    // (a step runs in every part: counted once, as the first part saw it)
+    steps: parts[0].steps,
+    batches: parts[0].batches,
+    largestBatch: parts[0].largestBatch
   }
 }

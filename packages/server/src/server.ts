@@ -77,6 +77,8 @@ export interface ServerInit {
   /** Sessions idle this long are closed. Default 5 min. */
   sessionIdleMs?: number
   threads?: number
+  /** Worker threads the span is split into (default: the engine's defaultSpanWorkers). */
+  workers?: number
   /**
    * How long a step may wait for other active sessions' steps to run through the span with it as
    * one batch, in ms (0 to 2; default the engine's DEFAULT_BATCH_WAIT_MS).
@@ -196,6 +198,7 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
       end: blocks.end,
       quant,
       threads: init.threads,
+      workers: init.workers,
       maxSessions: init.maxSessions,
       cacheBytes,
       batchWaitMs: init.batchWaitMs,

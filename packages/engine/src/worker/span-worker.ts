@@ -7,13 +7,14 @@ import * as ort from 'onnxruntime-node'
 import { loadModelConfig, type ModelConfig } from '../config.ts'
 import { ContextLengthError, InvalidArgumentError, PositionError, SessionLimitError, ShapeError, UnknownSessionError } from '../errors.ts'
 import { buildAttentionGraph, SPAN_IO } from '../graph/span-graph.ts'
-import { prepareSpan } from '../prepared/prepare-span.ts'
+import { prepareSpan, type PreparedSpan } from '../prepared/prepare-span.ts'
 import type { QuantFormat, Quantization } from '../quantize.ts'
 import { KV_BLOCK_TOKENS, kvBytesPerToken } from '../span-executor.ts'
 import { sessionOptions } from './ort-options.ts'
 import { emitEvent, serveRequests, Transfer, type BatchedMethod } from './rpc.ts'
 
-export interface SpanLoadArgs {
+/** Which layers, of which checkpoint, in which quantization. */
+export interface SpanPrepareArgs {
   modelDir: string
   modelId?: string
   cacheDir?: string
@@ -21,6 +22,11 @@ export interface SpanLoadArgs {
   end: number
   quant: Quantization
   format?: QuantFormat
+}
+
+export interface SpanPrepareResult { bytesRead: number, preparedBytes: number, preparedDir: string, built: number[] }
+
+export interface SpanLoadArgs extends SpanPrepareArgs {
   threads?: number
   maxSessions: number
   /** KV cache budget, all sessions together. */
@@ -29,7 +35,7 @@ export interface SpanLoadArgs {
   batchWaitMs: number
 }
 
-export interface SpanLoadResult { config: ModelConfig, bytesRead: number, maxPositions: number, preparedBytes: number, preparedDir: string, built: number[] }
+export interface SpanLoadResult extends SpanPrepareResult { config: ModelConfig, maxPositions: number }
 
 /** Events the worker sends while it loads. */
 export type SpanLoadEvent = { type: 'progress', layer: number, done: number, total: number } | { type: 'log', message: string }
@@ -86,14 +92,9 @@ const sessions = new Map<string, Session>()
 /** Reused between batches: the rows of all sessions' attention outputs, fed to `post`. */
 let attendedRows = new Float32Array(0)
 
-async function load (args: SpanLoadArgs): Promise<SpanLoadResult> {
-  config = loadModelConfig(args.modelDir)
-  const maxPositions = config.maxPositionEmbeddings
-  span = { start: args.start, end: args.end }
-  limits = { maxSessions: args.maxSessions, cacheBytes: args.cacheBytes, maxPositions }
-  batchWaitMs = args.batchWaitMs
-  tokenLayerBytes = kvBytesPerToken(config, 1)
-  const prepared = await prepareSpan({
+/** Prepares the layers [args.start, args.end) that are not prepared yet, with progress events. */
+async function prepareLayers (args: SpanPrepareArgs): Promise<PreparedSpan> {
+  return await prepareSpan({
     modelDir: args.modelDir,
     modelId: args.modelId,
     cacheDir: args.cacheDir,
@@ -104,6 +105,22 @@ async function load (args: SpanLoadArgs): Promise<SpanLoadResult> {
     onProgress: progress => { emitEvent({ type: 'progress', ...progress } satisfies SpanLoadEvent) },
     log: message => { emitEvent({ type: 'log', message } satisfies SpanLoadEvent) }
   })
+}
+
+/** Only prepares: a span loaded by several workers is prepared by one first, a layer at a time. */
+async function prepare (args: SpanPrepareArgs): Promise<SpanPrepareResult> {
+  const prepared = await prepareLayers(args)
+  return { bytesRead: prepared.bytesRead, preparedBytes: prepared.bytes, preparedDir: prepared.dir, built: prepared.built }
+}
+
+async function load (args: SpanLoadArgs): Promise<SpanLoadResult> {
+  config = loadModelConfig(args.modelDir)
+  const maxPositions = config.maxPositionEmbeddings
+  span = { start: args.start, end: args.end }
+  limits = { maxSessions: args.maxSessions, cacheBytes: args.cacheBytes, maxPositions }
+  batchWaitMs = args.batchWaitMs
+  tokenLayerBytes = kvBytesPerToken(config, 1)
+  const prepared = await prepareLayers(args)
   // ORT reads each layer's graph and its external weights from the files itself.
   // No arena and no memory patterns: the caches are ours, and per-session arenas would each keep
   // their peak activations; prepacking stays on (MatMulNBits is far slower without it).
@@ -344,4 +361,4 @@ const forward: BatchedMethod<ForwardArgs> = {
   complete: batchComplete
 }
 
-serveRequests({ load, open, close, stats }, { forward })
+serveRequests({ prepare, load, open, close, stats }, { forward })
