@@ -8,7 +8,7 @@ import { InvalidArgumentError, UnknownSessionError } from './errors.ts'
 import { DEFAULT_QUANT, type QuantFormat, type Quantization } from './quantize.ts'
 import { ownBuffer, WorkerClient } from './worker/rpc.ts'
 import type { SpanLoadArgs, SpanLoadEvent, SpanLoadResult, SpanPrepareArgs, SpanPrepareResult, SpanStats } from './worker/span-worker.ts'
-import { preparedSpanBytes, type PrepareProgress, type PrepareSpanInit } from './prepared/prepare-span.ts'
+import { isSpanPrepared, preparedSpanBytes, type PrepareProgress, type PrepareSpanInit } from './prepared/prepare-span.ts'
 
 export type { SpanStats }
 
@@ -105,12 +105,13 @@ export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanE
   const quant = init.quant ?? DEFAULT_QUANT
   const whole: SpanPrepareArgs = { modelDir: init.modelDir, modelId: init.modelId, cacheDir: init.cacheDir, start: init.start, end: init.end, quant, format: init.format }
   const parts = splitSpan(init.start, init.end, init.workers ?? defaultWorkers(init, quant))
-  const workers = parts.map(part => new WorkerClient(new URL('./worker/span-worker.ts', import.meta.url), `span [${part.start}, ${part.end})`, onEvent))
+  // Layers still to prepare are prepared first, in a worker of their own (a layer in memory at a
+  // time), which ends before the span's workers load: preparing leaves ~100 MB of quantization
+  // buffers in its worker's heap, and a finished worker gives them all back.
+  const prepared = isSpanPrepared(whole) ? undefined : await prepareInWorker(whole, onEvent)
+  const workers = parts.map(part => new WorkerClient(SPAN_WORKER, `span [${part.start}, ${part.end})`, onEvent))
   const totalCacheBytes = init.cacheBytes ?? DEFAULT_CACHE_BYTES
   try {
-    // Several workers: the first prepares the whole span (a layer in memory at a time), then all
-    // create their sessions at once (each finds its layers prepared).
-    const prepared = workers.length > 1 ? await workers[0].call<SpanPrepareResult>('prepare', whole) : undefined
     const loads = await Promise.all(workers.map(async (worker, i) => await worker.call<SpanLoadResult>('load', {
       ...whole,
       ...parts[i],
@@ -181,6 +182,17 @@ export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanE
   } catch (err) {
     await Promise.all(workers.map(async worker => { await worker.terminate() }))
     throw err
+  }
+}
+
+const SPAN_WORKER = new URL('./worker/span-worker.ts', import.meta.url)
+
+async function prepareInWorker (span: SpanPrepareArgs, onEvent: (event: SpanLoadEvent) => void): Promise<SpanPrepareResult> {
+  const preparer = new WorkerClient(SPAN_WORKER, `preparing span [${span.start}, ${span.end})`, onEvent)
+  try {
+    return await preparer.call<SpanPrepareResult>('prepare', span)
+  } finally {
+    await preparer.terminate()
   }
 }
 

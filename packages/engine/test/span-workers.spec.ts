@@ -1,5 +1,5 @@
 // A span split into several workers (consecutive layers each, sessions created at once on several
-// cores): the first worker prepares the whole span, a step goes through the parts in order, and
+// cores): a worker of its own prepares the whole span first, a step goes through the parts in order, and
 // every output, batch and error is what one worker gives.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { argmax, createClientHead, createSpanExecutor, InvalidArgumentError, UnknownSessionError, type ClientHead, type SpanExecutor } from '../src/index.ts'
@@ -28,7 +28,7 @@ describe('a span in several workers', () => {
   const progress: number[] = []
   beforeAll(async () => {
     head = await createClientHead({ modelDir: STORIES, headQuant: 'none' })
-    // parts [0, 2) and [2, 5); the empty cache folder makes the first worker prepare all five layers
+    // parts [0, 2) and [2, 5); the empty cache folder makes it prepare all five layers first
     split = await createSpanExecutor({ modelDir: STORIES, cacheDir: cache.path, start: 0, end: 5, quant: 'none', workers: 2, onPrepareProgress: p => { progress.push(p.layer) } })
   })
   afterAll(async () => {
@@ -36,7 +36,7 @@ describe('a span in several workers', () => {
     cache.remove()
   })
 
-  it('prepares the whole span once, in the first worker, then loads it prepared', async () => {
+  it('prepares the whole span once, then loads it prepared', async () => {
     expect(progress).toEqual([0, 1, 2, 3, 4])
     expect(split.prepared.built).toEqual([0, 1, 2, 3, 4])
     const again = await createSpanExecutor({ modelDir: STORIES, cacheDir: cache.path, start: 0, end: 5, quant: 'none', workers: 3 })

@@ -51,15 +51,25 @@ export interface PreparedSpan {
   bytesRead: number
 }
 
-export async function prepareSpan (init: PrepareSpanInit): Promise<PreparedSpan> {
+/** The store of `init`'s span and its layers, once the span is checked against the model. */
+function spanStore (init: PrepareSpanInit): { config: ModelConfig, store: PreparedStore, layers: number[] } {
   const config = loadModelConfig(init.modelDir)
   const { start, end } = init
   if (!(Number.isInteger(start) && Number.isInteger(end) && start >= 0 && start < end && end <= config.numLayers)) {
     throw new InvalidArgumentError(`span [${start}, ${end}) is not within the model's ${config.numLayers} layers`)
   }
-  const quant = init.quant ?? DEFAULT_QUANT
-  const store = new PreparedStore(init.cacheDir ?? defaultCacheDir(), init.modelId ?? computeModelId(init.modelDir), quant, init.format)
-  const layers = Array.from({ length: end - start }, (_, i) => start + i)
+  const store = new PreparedStore(init.cacheDir ?? defaultCacheDir(), init.modelId ?? computeModelId(init.modelDir), init.quant ?? DEFAULT_QUANT, init.format)
+  return { config, store, layers: Array.from({ length: end - start }, (_, i) => start + i) }
+}
+
+/** Whether every layer of the span is prepared and whole (nothing is read but the manifests and file stamps). */
+export function isSpanPrepared (init: PrepareSpanInit): boolean {
+  const { store, layers } = spanStore(init)
+  return layers.every(layer => store.check(layer).state === 'ok')
+}
+
+export async function prepareSpan (init: PrepareSpanInit): Promise<PreparedSpan> {
+  const { config, store, layers } = spanStore(init)
   let bytes = 0
   const missing: number[] = []
   for (const layer of layers) {
