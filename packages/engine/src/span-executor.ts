@@ -51,8 +51,13 @@ export interface SpanExecutorInit extends Omit<PrepareSpanInit, 'onProgress'> {
 
 /** The most workers a span is split into by default. */
 export const MAX_SPAN_WORKERS = 4
-/** A worker of its own for every this many bytes of prepared weights, by default. */
-export const LAYERS_BYTES_PER_WORKER = 128 * 2 ** 20
+/**
+ * A worker of its own for every this many bytes of prepared weights, by default. Each more part
+ * costs a step 1–4 ms on this project's 2-core VM (int4 [0, 22) of the TinyLlama shape: 52–54 ms a
+ * token in one worker, 54–56 in two), and gains at the start what creating a GiB of sessions
+ * takes on one core (~2 s): worth it from about there.
+ */
+export const LAYERS_BYTES_PER_WORKER = 2 ** 30
 
 export interface ForwardOptions {
   /** Number of new tokens in `hidden` ([tokens, hiddenSize]). */
