@@ -107,7 +107,7 @@ async function prepareLayers (args: SpanPrepareArgs): Promise<PreparedSpan> {
   })
 }
 
-/** Only prepares: a span loaded by several workers is prepared by one first, a layer at a time. */
+/** Only prepares, in a worker that then ends: what preparing leaves in its heap goes with it (see createSpanExecutor). */
 async function prepare (args: SpanPrepareArgs): Promise<SpanPrepareResult> {
   const prepared = await prepareLayers(args)
   return { bytesRead: prepared.bytesRead, preparedBytes: prepared.bytes, preparedDir: prepared.dir, built: prepared.built }
