@@ -8,7 +8,7 @@
 //
 // Needs root (cgroups), ≈ 15 GB of disk for the checkpoint and ≈ 4.5 GB for the prepared spans.
 import '@minga/p2p/polyfill'
-import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs'
 import { availableParallelism, loadavg } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -136,6 +136,7 @@ async function main (): Promise<void> {
   const report: Record<string, unknown> = { startedAt: new Date().toISOString(), cores: availableParallelism(), limitBytes, loadAverageAtStart: loadavg() }
   try {
     note('cold: four nodes prepare their 8 layers (int4) and start…')
+    rmSync(cacheDir, { recursive: true, force: true }) // (a run before left its prepared layers: cold starts from none)
     report.cold = await phase('cold', modelDir, cacheDir, bootstrap.ready.addrs[0])
     note('warm: the same four nodes start from their prepared layers…')
     report.warm = await phase('warm', modelDir, cacheDir, bootstrap.ready.addrs[0])
