@@ -4,6 +4,7 @@
 // step then goes through the parts in order.
 import { availableParallelism } from 'node:os'
 import { loadModelConfig, type ModelConfig } from './config.ts'
+import { computeModelId } from './manifest.ts'
 import { InvalidArgumentError, UnknownSessionError } from './errors.ts'
 import { DEFAULT_QUANT, type QuantFormat, type Quantization } from './quantize.ts'
 import { ownBuffer, WorkerClient } from './worker/rpc.ts'
@@ -108,7 +109,9 @@ export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanE
     else init.log?.(event.message)
   }
   const quant = init.quant ?? DEFAULT_QUANT
-  const whole: SpanPrepareArgs = { modelDir: init.modelDir, modelId: init.modelId, cacheDir: init.cacheDir, start: init.start, end: init.end, quant, format: init.format }
+  // (the id is computed once here, not again in every worker)
+  const modelId = init.modelId ?? computeModelId(init.modelDir)
+  const whole: SpanPrepareArgs = { modelDir: init.modelDir, modelId, cacheDir: init.cacheDir, start: init.start, end: init.end, quant, format: init.format }
   const parts = splitSpan(init.start, init.end, init.workers ?? defaultWorkers(init, quant))
   // Layers still to prepare are prepared first, in a worker of their own (a layer in memory at a
   // time), which ends before the span's workers load: preparing leaves ~100 MB of quantization
