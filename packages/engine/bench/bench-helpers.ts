@@ -1,5 +1,6 @@
 // Small helpers shared by the benchmarks of every package (engine, client, `pnpm bench`).
 import { readFileSync } from 'node:fs'
+import { argmax } from '../src/sampler.ts'
 
 /** log softmax of one row of logits, in f64 so that KL divergences of close rows stay meaningful. */
 export function logSoftmax (row: Float32Array): Float64Array {
@@ -18,6 +19,21 @@ export function klDivergence (referenceLogits: Float32Array, logits: Float32Arra
   let kl = 0
   for (let v = 0; v < lp.length; v++) kl += Math.exp(lp[v]) * (lp[v] - lq[v])
   return kl
+}
+
+/**
+ * How `logits` compare with `reference` (both [rows, vocab]) at `positions`: in how many the top-1
+ * is the same, and the mean KL(reference ‖ logits).
+ */
+export function agreementWith (reference: Float32Array, logits: Float32Array, vocab: number, positions: number[]): { agree: number, meanKl: number } {
+  const row = (values: Float32Array, p: number): Float32Array => values.subarray(p * vocab, (p + 1) * vocab)
+  let agree = 0
+  let kl = 0
+  for (const p of positions) {
+    if (argmax(row(logits, p)) === argmax(row(reference, p))) agree++
+    kl += klDivergence(row(reference, p), row(logits, p))
+  }
+  return { agree, meanKl: kl / positions.length }
 }
 
 export function median (xs: number[]): number {

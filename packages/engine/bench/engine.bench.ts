@@ -15,7 +15,7 @@ import {
   argmax, createClientHead, createSpanExecutor, defaultSpanWorkers, loadModelConfig, loadTokenizer, QUANTIZATIONS, seededRandom,
   type ClientHead, type Quantization, type SpanExecutor
 } from '../src/index.ts'
-import { klDivergence, procStatus, textTable as table } from './bench-helpers.ts'
+import { agreementWith, procStatus, textTable as table } from './bench-helpers.ts'
 import { measureNodeStart, startServe, type NodeStartResult, type StartRun } from './node-start.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint, TINYLLAMA_SHAPE, type CheckpointInfo } from './random-checkpoint.ts'
 
@@ -197,21 +197,14 @@ async function runAgreement (modelDir: string, quants: Quantization[], threads: 
 
     // Positions prompt-1 … end-2 each predict the next token of the sequence: 200 of them.
     const positions = Array.from({ length: AGREEMENT_POSITIONS }, (_, i) => STORIES_PROMPT.length - 1 + i)
-    const refTop = positions.map(p => rowArgmax(reference, vocab, p))
-    const f32SelfAgreement = positions.filter((p, i) => refTop[i] === sequence[p + 1]).length
+    const f32SelfAgreement = positions.filter(p => rowArgmax(reference, vocab, p) === sequence[p + 1]).length
 
     const results: AgreementResult['quants'] = []
     for (const quant of quants) {
       const span = await open(quant)
       try {
-        const logits = await teacherForced(span, head, sequence)
-        let agree = 0
-        let kl = 0
-        positions.forEach((p, i) => {
-          if (rowArgmax(logits, vocab, p) === refTop[i]) agree++
-          kl += klDivergence(reference.subarray(p * vocab, (p + 1) * vocab), logits.subarray(p * vocab, (p + 1) * vocab))
-        })
-        results.push({ quant, agree, rate: agree / positions.length, meanKl: kl / positions.length })
+        const { agree, meanKl } = agreementWith(reference, await teacherForced(span, head, sequence), vocab, positions)
+        results.push({ quant, agree, rate: agree / positions.length, meanKl })
       } finally {
         await span.close()
       }

@@ -19,7 +19,7 @@ import {
   argmax, createClientHead, createSpanExecutor, formatLabel, loadModelConfig, prepareSpan, seededRandom,
   type ClientHead, type QuantFormat, type Quantization, type SpanExecutor
 } from '../src/index.ts'
-import { klDivergence, median, textTable } from './bench-helpers.ts'
+import { agreementWith, median, textTable } from './bench-helpers.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint, TINYLLAMA_SHAPE } from './random-checkpoint.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
@@ -103,19 +103,12 @@ async function measureAgreement (modelDir: string, sequence: (span: SpanExecutor
     }
     // The last POSITIONS positions each predict the next token.
     const positions = Array.from({ length: POSITIONS }, (_, i) => ids.length - 1 - POSITIONS + i)
-    const top = (logits: Float32Array, p: number): number => argmax(logits.subarray(p * vocab, (p + 1) * vocab))
     const results: Agreement[] = []
     for (const v of variants) {
       const span = await open(v)
       try {
-        const logits = await teacherForced(span, head, ids)
-        let agree = 0
-        let kl = 0
-        for (const p of positions) {
-          if (top(logits, p) === top(reference, p)) agree++
-          kl += klDivergence(reference.subarray(p * vocab, (p + 1) * vocab), logits.subarray(p * vocab, (p + 1) * vocab))
-        }
-        results.push({ agree, meanKl: kl / POSITIONS })
+        const { agree, meanKl } = agreementWith(reference, await teacherForced(span, head, ids), vocab, positions)
+        results.push({ agree, meanKl })
         log(`  ${name(v)}: ${agree}/${POSITIONS} agree with f32`)
       } finally {
         await span.close()
