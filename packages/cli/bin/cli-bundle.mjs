@@ -6,11 +6,11 @@
 import { readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { cachedBundle } from '@minga/engine/cached-bundle'
+import { cachedBundle, packagesByFileUrl } from '@minga/engine/cached-bundle'
 
 const SOURCE = fileURLToPath(new URL('../src/bin.ts', import.meta.url))
 const BUNDLE = fileURLToPath(new URL('../node_modules/.cache/minga/cli.mjs', import.meta.url))
-/** Packages with native code stay imports, of the files they resolve to from their importer. */
+/** Packages with native code stay imports, of the files they resolve to: the bundle's folder has no node_modules of theirs. */
 const NATIVE_PACKAGES = /^(onnxruntime-node|esbuild)$/
 
 /** The bundle's path, built first if it is missing or older than one of its sources. */
@@ -24,21 +24,8 @@ export async function cliBundle () {
     target: 'node20',
     // bundled CommonJS packages still call require (node built-ins, optional modules)
     banner: { js: 'import { createRequire as __mingaCreateRequire } from \'node:module\'; const require = __mingaCreateRequire(import.meta.url);' },
-    plugins: [nativePackagesByFile, sourceUrls]
+    plugins: [packagesByFileUrl(NATIVE_PACKAGES), sourceUrls]
   })
-}
-
-/** onnxruntime-node and esbuild are imported by absolute file URL: the bundle's folder has no node_modules of theirs. */
-const nativePackagesByFile = {
-  name: 'minga-native-packages',
-  setup (build) {
-    build.onResolve({ filter: NATIVE_PACKAGES }, async args => {
-      if (args.pluginData === 'resolving') return undefined
-      const resolved = await build.resolve(args.path, { kind: args.kind, resolveDir: args.resolveDir, importer: args.importer, pluginData: 'resolving' })
-      if (resolved.errors.length > 0) return { errors: resolved.errors }
-      return { path: pathToFileURL(resolved.path).href, external: true }
-    })
-  }
 }
 
 /**

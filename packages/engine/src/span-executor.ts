@@ -112,7 +112,7 @@ export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanE
   // (the id is computed once here, not again in every worker)
   const modelId = init.modelId ?? computeModelId(init.modelDir)
   const whole: SpanPrepareArgs = { modelDir: init.modelDir, modelId, cacheDir: init.cacheDir, start: init.start, end: init.end, quant, format: init.format }
-  const parts = splitSpan(init.start, init.end, init.workers ?? defaultWorkers(init, quant))
+  const parts = splitSpan(init.start, init.end, init.workers ?? defaultSpanWorkers(loadModelConfig(init.modelDir), quant, init.end - init.start, init.format))
   // Layers still to prepare are prepared first, in a worker of their own (a layer in memory at a
   // time), which ends before the span's workers load: preparing leaves ~100 MB of quantization
   // buffers in its worker's heap, and a finished worker gives them all back.
@@ -171,9 +171,9 @@ export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanE
         const through = sessions.get(sessionId)
         if (through == null) throw new UnknownSessionError(`unknown session ${sessionId}`)
         let states = ownBuffer(hidden)
-        for (const [n, i] of through.entries()) {
+        for (let n = 0; n < through.length; n++) {
           try {
-            states = await workers[i].call<Float32Array<ArrayBuffer>>('forward', { sessionId, hidden: states, tokens, position }, [states.buffer])
+            states = await workers[through[n]].call<Float32Array<ArrayBuffer>>('forward', { sessionId, hidden: states, tokens, position }, [states.buffer])
           } catch (err) {
             // The parts before this one hold the step's keys and values, this one does not: the
             // session can no longer go on, and is closed in every part.
@@ -211,14 +211,6 @@ async function prepareInWorker (span: SpanPrepareArgs, onEvent: (event: SpanLoad
 export function defaultSpanWorkers (config: ModelConfig, quant: Quantization, layers: number, format?: QuantFormat): number {
   const bytes = preparedSpanBytes(config, quant, layers, format)
   return Math.max(1, Math.min(availableParallelism(), MAX_SPAN_WORKERS, layers, Math.floor(bytes / LAYERS_BYTES_PER_WORKER)))
-}
-
-function defaultWorkers (init: SpanExecutorInit, quant: Quantization): number {
-  try {
-    return defaultSpanWorkers(loadModelConfig(init.modelDir), quant, init.end - init.start, init.format)
-  } catch {
-    return 1 // (the worker's load reports what is wrong with the model)
-  }
 }
 
 /** [start, end) in `count` consecutive parts whose sizes differ by at most one layer. */

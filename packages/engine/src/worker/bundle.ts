@@ -2,24 +2,11 @@
 // one ES module, so the worker runs plain JavaScript without a TypeScript loader of its own.
 import { basename } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import type { BuildOptions, Plugin } from 'esbuild'
-import { cachedBundle } from './cached-bundle.mjs'
+import type { BuildOptions } from 'esbuild'
+import { cachedBundle, packagesByFileUrl } from './cached-bundle.mjs'
 
-/**
- * Packages stay imports in the worker's bundle, of the files esbuild resolves them to (absolute
- * file URLs: neither the bundle's cache folder nor a data: URL has the engine's node_modules).
- */
-const packagesByFile: Plugin = {
-  name: 'minga-packages-by-file',
-  setup (build) {
-    build.onResolve({ filter: /^[^./]/ }, async args => {
-      if (args.path.startsWith('node:') || args.pluginData === 'resolving') return undefined
-      const resolved = await build.resolve(args.path, { kind: args.kind, resolveDir: args.resolveDir, importer: args.importer, pluginData: 'resolving' })
-      if (resolved.errors.length > 0) return { errors: resolved.errors }
-      return { path: resolved.external ? resolved.path : pathToFileURL(resolved.path).href, external: true }
-    })
-  }
-}
+/** Packages stay imports in the worker's bundle (only the engine's own modules are bundled). */
+const packagesByFile = packagesByFileUrl(/^[^./]/)
 
 const workerCode = new Map<string, Promise<URL>>()
 

@@ -3,6 +3,7 @@
 // that the `minga` bin can use it before any TypeScript loader exists (see @minga/cli's bin/).
 import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { dirname, isAbsolute, join } from 'node:path'
+import { pathToFileURL } from 'node:url'
 
 /**
  * The bundle at `file`, built first with esbuild `options` (an entry point and its settings; `write`
@@ -55,4 +56,23 @@ function isFresh (file, inputsFile) {
 function signature (path) {
   const { size, mtimeMs } = statSync(path)
   return `${size}:${mtimeMs}`
+}
+
+/**
+ * An esbuild plugin: the packages whose names match `filter` stay imports in the bundle, of the
+ * files esbuild resolves them to from their importer, as absolute file URLs (a bundle in a cache
+ * folder, or in a data: URL, has no node_modules of its own to resolve a package name from).
+ */
+export function packagesByFileUrl (filter) {
+  return {
+    name: 'minga-packages-by-file-url',
+    setup (build) {
+      build.onResolve({ filter }, async args => {
+        if (args.path.startsWith('node:') || args.pluginData === 'resolving') return undefined
+        const resolved = await build.resolve(args.path, { kind: args.kind, resolveDir: args.resolveDir, importer: args.importer, pluginData: 'resolving' })
+        if (resolved.errors.length > 0) return { errors: resolved.errors }
+        return { path: resolved.external ? resolved.path : pathToFileURL(resolved.path).href, external: true }
+      })
+    }
+  }
 }
