@@ -8,9 +8,9 @@
 // any part of it (routes over overlapping spans need that).
 //
 // The KV cache lives outside the graphs, in the worker, growing per session in blocks of tokens. Each
-// attention run feeds it as `past_key`/`past_value` (zero-copy); `pre` returns the new tokens'
-// rotated keys and values, which the worker writes into the cache. Fetching GQA's `present_*` instead
-// would make onnxruntime-node copy the whole cache back to JS on every step.
+// attention run feeds it as `past_key`/`past_value` and binds the same tensors as the preallocated
+// `present_key`/`present_value` outputs: GroupQueryAttention then shares the buffer and writes the new
+// tokens' rotated keys and values into it in place (nothing is copied, on either side).
 //
 // Weights are not in the graphs: a LayerWeights (prepared/layer-file.ts) names each initializer and
 // puts its bytes in the layer's weights file, which ORT reads itself as external data.
@@ -50,6 +50,9 @@ export const SPAN_IO = {
   totalLength: 'total_sequence_length',
   /** attention → post. */
   attended: 'attended',
+  /** attention's cache outputs: bound to the past_* tensors, which they update in place. */
+  presentKey: 'present_key',
+  presentValue: 'present_value',
   hiddenOut: 'hidden_states_out'
 }
 
@@ -87,7 +90,7 @@ function buildPre (config: ModelConfig, g: GraphBuilder, w: LayerWeights, l: str
   return g.toBytes(`minga_${l}_pre`)
 }
 
-/** One session's new rows attending over its cache: GroupQueryAttention, rotary already applied. */
+/** One session's new rows attending over its cache, which they join: GroupQueryAttention, rotary already applied. */
 export function buildAttentionGraph (config: ModelConfig): Uint8Array {
   const { numHeads, numKvHeads, headDim } = config
   const g = new GraphBuilder()
@@ -100,8 +103,10 @@ export function buildAttentionGraph (config: ModelConfig): Uint8Array {
   g.input(SPAN_IO.totalLength, 'int32', [])
   g.node('GroupQueryAttention', [
     SPAN_IO.query, SPAN_IO.newKey, SPAN_IO.newValue, SPAN_IO.pastKey, SPAN_IO.pastValue, SPAN_IO.seqlensK, SPAN_IO.totalLength
-  ], { num_heads: numHeads, kv_num_heads: numKvHeads, scale: 1 / Math.sqrt(headDim) }, { domain: MS_DOMAIN, outputs: [SPAN_IO.attended, 'present_key', 'present_value'], name: 'attention' })
+  ], { num_heads: numHeads, kv_num_heads: numKvHeads, scale: 1 / Math.sqrt(headDim) }, { domain: MS_DOMAIN, outputs: [SPAN_IO.attended, SPAN_IO.presentKey, SPAN_IO.presentValue], name: 'attention' })
   g.output(SPAN_IO.attended, 'float32', [1, 'sequence', numHeads * headDim])
+  g.output(SPAN_IO.presentKey, 'float32', [1, numKvHeads, 'capacity', headDim])
+  g.output(SPAN_IO.presentValue, 'float32', [1, numKvHeads, 'capacity', headDim])
   return g.toBytes('minga_attention')
 }
 

@@ -59,7 +59,8 @@ export interface SpanStats {
   largestBatch: number
 }
 
-interface LayerCache { key: ort.Tensor, value: ort.Tensor, keyData: Float32Array, valueData: Float32Array }
+/** One layer's cache of a session; `outputs` binds it as attention's present_* (updated in place). */
+interface LayerCache { keyData: Float32Array, valueData: Float32Array, key: ort.Tensor, value: ort.Tensor, outputs: ort.InferenceSession.FetchesType }
 
 interface Session {
   /** The part of the span this session runs, fixed when it opens. */
@@ -170,7 +171,10 @@ function grow (sessionId: string, session: Session, needed: number): void {
         valueData.set(old.valueData.subarray(from, from + session.length * headDim), h * capacity * headDim)
       }
     }
-    session.caches.set(layer, { keyData, valueData, key: new ort.Tensor('float32', keyData, dims), value: new ort.Tensor('float32', valueData, dims) })
+    const key = new ort.Tensor('float32', keyData, dims)
+    const value = new ort.Tensor('float32', valueData, dims)
+    const outputs = { [SPAN_IO.attended]: null, [SPAN_IO.presentKey]: key, [SPAN_IO.presentValue]: value }
+    session.caches.set(layer, { keyData, valueData, key, value, outputs })
   }
   session.capacity = capacity
   cacheBytesInUse += extra
@@ -276,19 +280,16 @@ async function runSteps (steps: Step[]): Promise<Array<Transfer<Float32Array>>> 
     let attended: ort.Tensor | undefined
     let row = 0
     for (const [i, step] of steps.entries()) {
-      const { session, tokens, past } = step
+      const { session, tokens } = step
       const cache = session.caches.get(layer)!
-      const keyRows = newKey.subarray(row * kvDim, (row + tokens) * kvDim)
-      const valueRows = newValue.subarray(row * kvDim, (row + tokens) * kvDim)
       const feeds = attentionFeeds[i]
       feeds[SPAN_IO.query] = new ort.Tensor('float32', query.subarray(row * qDim, (row + tokens) * qDim), [1, tokens, qDim])
-      feeds[SPAN_IO.newKey] = new ort.Tensor('float32', keyRows, [1, tokens, kvDim])
-      feeds[SPAN_IO.newValue] = new ort.Tensor('float32', valueRows, [1, tokens, kvDim])
+      feeds[SPAN_IO.newKey] = new ort.Tensor('float32', newKey.subarray(row * kvDim, (row + tokens) * kvDim), [1, tokens, kvDim])
+      feeds[SPAN_IO.newValue] = new ort.Tensor('float32', newValue.subarray(row * kvDim, (row + tokens) * kvDim), [1, tokens, kvDim])
       feeds[SPAN_IO.pastKey] = cache.key
       feeds[SPAN_IO.pastValue] = cache.value
-      const out = (await attention.run(feeds))[SPAN_IO.attended]
-      appendToCache(cache.keyData, keyRows, session.capacity, past, tokens)
-      appendToCache(cache.valueData, valueRows, session.capacity, past, tokens)
+      // the cache has room (prepareStep grew it): attention appends the new rows to it in place
+      const out = (await attention.run(feeds, cache.outputs))[SPAN_IO.attended]
       if (steps.length === 1) attended = out
       else attendedRows.set(out.data as Float32Array, row * qDim)
       row += tokens
@@ -306,17 +307,6 @@ async function runSteps (steps: Step[]): Promise<Array<Transfer<Float32Array>>> 
     row += step.tokens
     return new Transfer(own, [own.buffer])
   })
-}
-
-/** Writes new rows [tokens, kvHeads * headDim] into a cache laid out [kvHeads, capacity, headDim]. */
-function appendToCache (cache: Float32Array, rows: Float32Array, capacity: number, past: number, tokens: number): void {
-  const { numKvHeads, headDim } = config
-  for (let t = 0; t < tokens; t++) {
-    for (let h = 0; h < numKvHeads; h++) {
-      const from = (t * numKvHeads + h) * headDim
-      cache.set(rows.subarray(from, from + headDim), (h * capacity + past + t) * headDim)
-    }
-  }
 }
 
 function close ({ sessionId }: { sessionId: string }): SpanStats {
