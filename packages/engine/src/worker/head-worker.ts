@@ -12,7 +12,7 @@ import { EMBEDDINGS, prepareHead } from '../prepared/prepare-head.ts'
 import type { QuantFormat, Quantization } from '../quantize.ts'
 import { SafetensorsCheckpoint } from '../safetensors.ts'
 import { sessionOptions } from './ort-options.ts'
-import { emitEvent, serveRequests, Transfer } from './rpc.ts'
+import { emitEvent, serveRequests, Transfer, type BatchedMethod } from './rpc.ts'
 
 export interface HeadLoadArgs { modelDir: string, headQuant: Quantization, headFormat?: QuantFormat, threads?: number, cacheDir?: string, modelId?: string }
 
@@ -55,14 +55,43 @@ function embed ({ ids }: { ids: number[] }): Transfer<Float32Array> {
   return new Transfer(out, [out.buffer])
 }
 
-async function logits ({ hidden, tokens }: { hidden: Float32Array, tokens: number }): Promise<Transfer<Float32Array>> {
-  if (hidden.length !== tokens * config.hiddenSize) {
-    throw new ShapeError(`hidden states of ${hidden.length} values do not match ${tokens} tokens × hidden size ${config.hiddenSize}`)
+interface LogitsArgs { hidden: Float32Array, tokens: number }
+
+/**
+ * Logits for the requests queued together, as one run over all their rows: a client with several
+ * sessions gets their steps back from a server at once, and their heads then read the LM head's
+ * weights once (and send their next steps together, so the server can batch those too).
+ */
+async function logitsBatch (batch: LogitsArgs[]): Promise<unknown[]> {
+  const { hiddenSize, vocabSize } = config
+  const results: unknown[] = batch.map(({ hidden, tokens }) => hidden.length === tokens * hiddenSize && Number.isInteger(tokens) && tokens >= 1
+    ? undefined
+    : new ShapeError(`hidden states of ${hidden.length} values do not match ${tokens} tokens × hidden size ${hiddenSize}`))
+  const valid = batch.filter((_, i) => results[i] == null)
+  if (valid.length === 0) return results
+  const rows = valid.reduce((n, args) => n + args.tokens, 0)
+  let hidden = valid[0].hidden
+  if (valid.length > 1) {
+    hidden = new Float32Array(rows * hiddenSize)
+    let row = 0
+    for (const args of valid) {
+      hidden.set(args.hidden, row * hiddenSize)
+      row += args.tokens
+    }
   }
-  const out = await head.run({ [HEAD_IO.hidden]: new ort.Tensor('float32', hidden, [1, tokens, config.hiddenSize]) })
-  const result = out[HEAD_IO.logits].data as Float32Array
-  return new Transfer(result, [result.buffer as ArrayBuffer])
+  const out = (await head.run({ [HEAD_IO.hidden]: new ort.Tensor('float32', hidden, [1, rows, hiddenSize]) }))[HEAD_IO.logits].data as Float32Array
+  let row = 0
+  for (const [i, args] of batch.entries()) {
+    if (results[i] != null) continue
+    // one request keeps the output's buffer; several get their rows in buffers of their own
+    const own = valid.length === 1 ? out : out.slice(row * vocabSize, (row + args.tokens) * vocabSize)
+    results[i] = new Transfer(own, [own.buffer as ArrayBuffer])
+    row += args.tokens
+  }
+  return results
 }
+
+const logits: BatchedMethod<LogitsArgs> = { run: logitsBatch, maxWaitMs: 0, complete: () => true }
 
 /** File descriptors belong to the process, not the worker: close them before the worker ends. */
 async function close (): Promise<void> {
@@ -70,4 +99,4 @@ async function close (): Promise<void> {
   await head?.release()
 }
 
-serveRequests({ load, embed, logits, close })
+serveRequests({ load, embed, close }, { logits })

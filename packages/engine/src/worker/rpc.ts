@@ -88,8 +88,8 @@ export function emitEvent (event: unknown): void {
  * holds; one per key, a second one waits for the next batch) and may wait a bounded time for more.
  */
 export interface BatchedMethod<A = any> {
-  /** Requests with the same key never share a batch (e.g. two steps of one session). */
-  key: (args: A) => string
+  /** Requests with the same key never share a batch (e.g. two steps of one session); without keys, any may. */
+  key?: (args: A) => string
   /** One result (or Error: that request alone fails) per request, in order. */
   run: (batch: A[]) => Promise<unknown[]>
   /** Longest wait for companions, in ms (0: a batch starts at once). */
@@ -131,12 +131,12 @@ export function serveRequests (handlers: Record<string, (args: any) => unknown>,
     for (let i = 0; i < queue.length;) {
       const request = queue[i]
       if (request.method !== method) return
-      const key = spec.key(request.args)
-      if (keys.has(key)) {
+      const key = spec.key?.(request.args)
+      if (key != null && keys.has(key)) {
         i++
         continue
       }
-      keys.add(key)
+      if (key != null) keys.add(key)
       batch.push(request)
       queue.splice(i, 1)
     }
@@ -144,7 +144,9 @@ export function serveRequests (handlers: Record<string, (args: any) => unknown>,
 
   const answerBatch = async (method: string, spec: BatchedMethod, first: Request): Promise<void> => {
     const batch = [first]
-    const keys = new Set([spec.key(first.args)])
+    const keys = new Set<string>()
+    const firstKey = spec.key?.(first.args)
+    if (firstKey != null) keys.add(firstKey)
     gather(method, spec, batch, keys)
     const deadline = performance.now() + spec.maxWaitMs
     while (!spec.complete(batch.map(r => r.args)) && performance.now() < deadline) {
