@@ -26,6 +26,8 @@ export interface RunnerRun { sessions: SessionRun[], wallMs: number, peakRssByte
 
 interface Runner {
   generate: (prompt: number[], newTokens: number) => Promise<SessionRun>
+  /** The same generation as a stream of tokens (the concurrent runs pace it: see decodeTogether). */
+  stream?: (prompt: number[], newTokens: number) => ReturnType<MingaClient['generate']>
   probabilities: (prompt: number[], vocabSize: number) => Promise<Float32Array>
   close: () => Promise<void>
 }
@@ -89,9 +91,38 @@ async function swarmRunner (init: Extract<RunnerInit, { kind: 'swarm' }>): Promi
       const result = await untilDone(client.generate(prompt, { maxNewTokens: newTokens, temperature: 0 }))
       return { ...fromGeneration(result), hops: result.route.length }
     },
+    stream: (prompt, newTokens) => client.generate(prompt, { maxNewTokens: newTokens, temperature: 0 }),
     probabilities: async () => { throw new Error('a swarm runner gives no probabilities') },
     close: async () => { await client.close() }
   }
+}
+
+/**
+ * Concurrent generations, measured while all of them decode: each one prefills and yields its first
+ * token, then waits until every other one has too (prefills would otherwise overlap the first ones'
+ * decoding). Every session's tok/s is its tokens after the first over the common window, from that
+ * moment to the last one's end, so the rates add up to the aggregate throughput.
+ */
+async function decodeTogether (runner: Runner, prompts: number[][], newTokens: number): Promise<SessionRun[]> {
+  if (runner.stream == null) throw new Error('this runner cannot pace concurrent sessions')
+  const stream = runner.stream
+  let release = (_at: number): void => {}
+  const allPrefilled = new Promise<number>(resolve => { release = resolve })
+  let prefilling = prompts.length
+  const sessions = await Promise.all(prompts.map(async prompt => {
+    const started = performance.now()
+    const tokens = stream(prompt, newTokens)
+    let step = await tokens.next()
+    const prefillMs = performance.now() - started
+    if (--prefilling === 0) release(performance.now())
+    await allPrefilled
+    while (step.done !== true) step = await tokens.next()
+    return { result: step.value, prefillMs, ended: performance.now() }
+  }))
+  const windowSeconds = (Math.max(...sessions.map(s => s.ended)) - await allPrefilled) / 1000
+  return sessions.map(({ result, prefillMs }) => ({
+    prefillMs, ids: result.ids, hops: result.route.length, tokensPerSecond: Math.max(0, result.ids.length - 1) / windowSeconds
+  }))
 }
 
 async function main (): Promise<void> {
@@ -112,7 +143,9 @@ async function main (): Promise<void> {
           return
         }
         const started = performance.now()
-        const sessions = await Promise.all(request.prompts.map(async prompt => await runner.generate(prompt, request.newTokens)))
+        const sessions = request.prompts.length === 1
+          ? [await runner.generate(request.prompts[0], request.newTokens)]
+          : await decodeTogether(runner, request.prompts, request.newTokens)
         const run: RunnerRun = { sessions, wallMs: performance.now() - started, peakRssBytes: procStatus('VmHWM') }
         process.send!({ run })
       } catch (err) {
