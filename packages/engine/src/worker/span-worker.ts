@@ -59,8 +59,8 @@ export interface SpanStats {
   largestBatch: number
 }
 
-/** One layer's cache of a session; `outputs` binds it as attention's present_* (updated in place). */
-interface LayerCache { keyData: Float32Array, valueData: Float32Array, key: ort.Tensor, value: ort.Tensor, outputs: ort.InferenceSession.FetchesType }
+/** One layer's cache of a session: its arrays, and tensors over them that feed attention without a copy. */
+interface LayerCache { keyData: Float32Array, valueData: Float32Array, key: ort.Tensor, value: ort.Tensor }
 
 interface Session {
   /** The part of the span this session runs, fixed when it opens. */
@@ -87,7 +87,7 @@ let cacheBytesInUse = 0
 let batchWaitMs = 0
 const batching = { steps: 0, batches: 0, largestBatch: 0 }
 const layers = new Map<number, { pre: ort.InferenceSession, post: ort.InferenceSession }>()
-/** GroupQueryAttention alone: no weights, so one session serves every layer. */
+/** Attention over one session's cache: no weights, so one session serves every layer. */
 let attention: ort.InferenceSession
 const sessions = new Map<string, Session>()
 /** Reused between batches: the rows of all sessions' attention outputs, fed to `post`. */
@@ -171,10 +171,7 @@ function grow (sessionId: string, session: Session, needed: number): void {
         valueData.set(old.valueData.subarray(from, from + session.length * headDim), h * capacity * headDim)
       }
     }
-    const key = new ort.Tensor('float32', keyData, dims)
-    const value = new ort.Tensor('float32', valueData, dims)
-    const outputs = { [SPAN_IO.attended]: null, [SPAN_IO.presentKey]: key, [SPAN_IO.presentValue]: value }
-    session.caches.set(layer, { keyData, valueData, key, value, outputs })
+    session.caches.set(layer, { keyData, valueData, key: new ort.Tensor('float32', keyData, dims), value: new ort.Tensor('float32', valueData, dims) })
   }
   session.capacity = capacity
   cacheBytesInUse += extra
@@ -263,10 +260,7 @@ async function runSteps (steps: Step[]): Promise<Array<Transfer<Float32Array>>> 
   const attentionFeeds = steps.map(step => {
     for (let i = 0; i < step.tokens; i++) positions[first + i] = BigInt(step.past + i)
     first += step.tokens
-    return {
-      [SPAN_IO.seqlensK]: new ort.Tensor('int32', Int32Array.of(step.past + step.tokens - 1), [1]),
-      [SPAN_IO.totalLength]: new ort.Tensor('int32', Int32Array.of(step.past + step.tokens), [])
-    } as Record<string, ort.Tensor>
+    return { [SPAN_IO.mask]: attentionMask(step.past, step.tokens, step.session.capacity) } as Record<string, ort.Tensor>
   })
   const positionIds = new ort.Tensor('int64', positions, [1, rows])
   if (steps.length > 1 && attendedRows.length < rows * qDim) attendedRows = new Float32Array(rows * qDim)
@@ -280,16 +274,16 @@ async function runSteps (steps: Step[]): Promise<Array<Transfer<Float32Array>>> 
     let attended: ort.Tensor | undefined
     let row = 0
     for (const [i, step] of steps.entries()) {
-      const { session, tokens } = step
+      const { session, tokens, past } = step
       const cache = session.caches.get(layer)!
+      // the cache has room (prepareStep grew it); attention reads the new rows from it with the rest
+      appendToCache(cache.keyData, newKey.subarray(row * kvDim, (row + tokens) * kvDim), session.capacity, past, tokens)
+      appendToCache(cache.valueData, newValue.subarray(row * kvDim, (row + tokens) * kvDim), session.capacity, past, tokens)
       const feeds = attentionFeeds[i]
       feeds[SPAN_IO.query] = new ort.Tensor('float32', query.subarray(row * qDim, (row + tokens) * qDim), [1, tokens, qDim])
-      feeds[SPAN_IO.newKey] = new ort.Tensor('float32', newKey.subarray(row * kvDim, (row + tokens) * kvDim), [1, tokens, kvDim])
-      feeds[SPAN_IO.newValue] = new ort.Tensor('float32', newValue.subarray(row * kvDim, (row + tokens) * kvDim), [1, tokens, kvDim])
       feeds[SPAN_IO.pastKey] = cache.key
       feeds[SPAN_IO.pastValue] = cache.value
-      // the cache has room (prepareStep grew it): attention appends the new rows to it in place
-      const out = (await attention.run(feeds, cache.outputs))[SPAN_IO.attended]
+      const out = (await attention.run(feeds))[SPAN_IO.attended]
       if (steps.length === 1) attended = out
       else attendedRows.set(out.data as Float32Array, row * qDim)
       row += tokens
@@ -307,6 +301,31 @@ async function runSteps (steps: Step[]): Promise<Array<Transfer<Float32Array>>> 
     row += step.tokens
     return new Transfer(own, [own.buffer])
   })
+}
+
+/** Writes new rows [tokens, kvHeads * headDim] into a cache laid out [kvHeads, capacity, headDim]. */
+function appendToCache (cache: Float32Array, rows: Float32Array, capacity: number, past: number, tokens: number): void {
+  const { numKvHeads, headDim } = config
+  for (let t = 0; t < tokens; t++) {
+    for (let h = 0; h < numKvHeads; h++) {
+      const from = (t * numKvHeads + h) * headDim
+      cache.set(rows.subarray(from, from + headDim), (h * capacity + past + t) * headDim)
+    }
+  }
+}
+
+/**
+ * Attention's mask for `tokens` new rows after `past` cached ones, in a cache of `capacity`: its row
+ * (g, t), for each of a KV head's query heads g, is 0 up to position past + t and −∞ after it.
+ */
+function attentionMask (past: number, tokens: number, capacity: number): ort.Tensor {
+  const group = config.numHeads / config.numKvHeads
+  const mask = new Float32Array(group * tokens * capacity)
+  for (let row = 0; row < group * tokens; row++) {
+    const seen = past + (row % tokens) + 1
+    mask.fill(-Infinity, row * capacity + seen, (row + 1) * capacity)
+  }
+  return new ort.Tensor('float32', mask, [group * tokens, capacity])
 }
 
 function close ({ sessionId }: { sessionId: string }): SpanStats {
