@@ -32,6 +32,14 @@ const FIXTURES: Array<{ name: string, spec: RandomModelSpec, spans: Array<[numbe
       headDim: 32, vocabSize: 64, tieWordEmbeddings: false, dtype: 'F16', seed: 13
     },
     spans: [[0, 1], [1, 2]]
+  },
+  {
+    name: 'llama: multi-head attention (a KV head per query head, as in Llama-2-7B)',
+    spec: {
+      modelType: 'llama', hiddenSize: 32, intermediateSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 4,
+      vocabSize: 50, tieWordEmbeddings: true, seed: 14
+    },
+    spans: [[0, 2]]
   }
 ]
 
