@@ -13,6 +13,7 @@ import type { QuantFormat, Quantization } from '../quantize.ts'
 import { SafetensorsCheckpoint } from '../safetensors.ts'
 import { sessionOptions } from './ort-options.ts'
 import { emitEvent, serveRequests, Transfer, type BatchedMethod } from './rpc.ts'
+import { splitRows, stackRows } from './rows.ts'
 
 export interface HeadLoadArgs { modelDir: string, headQuant: Quantization, headFormat?: QuantFormat, threads?: number, cacheDir?: string, modelId?: string }
 
@@ -70,25 +71,9 @@ async function logitsBatch (batch: LogitsArgs[]): Promise<unknown[]> {
   const valid = batch.filter((_, i) => results[i] == null)
   if (valid.length === 0) return results
   const rows = valid.reduce((n, args) => n + args.tokens, 0)
-  let hidden = valid[0].hidden
-  if (valid.length > 1) {
-    hidden = new Float32Array(rows * hiddenSize)
-    let row = 0
-    for (const args of valid) {
-      hidden.set(args.hidden, row * hiddenSize)
-      row += args.tokens
-    }
-  }
-  const out = (await head.run({ [HEAD_IO.hidden]: new ort.Tensor('float32', hidden, [1, rows, hiddenSize]) }))[HEAD_IO.logits].data as Float32Array
-  let row = 0
-  for (const [i, args] of batch.entries()) {
-    if (results[i] != null) continue
-    // one request keeps the output's buffer; several get their rows in buffers of their own
-    const own = valid.length === 1 ? out : out.slice(row * vocabSize, (row + args.tokens) * vocabSize)
-    results[i] = new Transfer(own, [own.buffer as ArrayBuffer])
-    row += args.tokens
-  }
-  return results
+  const hidden = new ort.Tensor('float32', stackRows(valid, hiddenSize), [1, rows, hiddenSize])
+  const outputs = splitRows((await head.run({ [HEAD_IO.hidden]: hidden }))[HEAD_IO.logits].data as Float32Array, valid, vocabSize)
+  return results.map(result => result ?? outputs.shift())
 }
 
 const logits: BatchedMethod<LogitsArgs> = { run: logitsBatch, maxWaitMs: 0, complete: () => true }

@@ -11,7 +11,8 @@ import { prepareSpan, type PreparedSpan } from '../prepared/prepare-span.ts'
 import type { QuantFormat, Quantization } from '../quantize.ts'
 import { KV_BLOCK_TOKENS, kvBytesPerToken } from '../span-executor.ts'
 import { sessionOptions } from './ort-options.ts'
-import { emitEvent, serveRequests, Transfer, type BatchedMethod } from './rpc.ts'
+import { emitEvent, serveRequests, type BatchedMethod, type Transfer } from './rpc.ts'
+import { splitRows, stackRows } from './rows.ts'
 
 /** Which layers, of which checkpoint, in which quantization. */
 export interface SpanPrepareArgs {
@@ -245,16 +246,8 @@ async function runSteps (steps: Step[]): Promise<Array<Transfer<Float32Array>>> 
   const kvDim = numKvHeads * headDim
   const rows = steps.reduce((n, s) => n + s.tokens, 0)
   const { start, end } = steps[0].session
-  // One step is fed as it came; several are concatenated once, and stay so through every layer.
-  let hidden = steps[0].hidden
-  if (steps.length > 1) {
-    hidden = new Float32Array(rows * hiddenSize)
-    let row = 0
-    for (const step of steps) {
-      hidden.set(step.hidden, row * hiddenSize)
-      row += step.tokens
-    }
-  }
+  // several steps are concatenated once, and stay so through every layer
+  const hidden = stackRows(steps, hiddenSize)
   const positions = new BigInt64Array(rows)
   let first = 0
   const attentionFeeds = steps.map(step => {
@@ -292,15 +285,7 @@ async function runSteps (steps: Step[]): Promise<Array<Transfer<Float32Array>>> 
     current = (await graphs.post.run({ [SPAN_IO.hidden]: current, [SPAN_IO.attended]: attended }))[SPAN_IO.hiddenOut]
   }
   for (const step of steps) step.session.length += step.tokens
-  const out = current.data as Float32Array
-  if (steps.length === 1) return [new Transfer(out, [out.buffer as ArrayBuffer])]
-  // each session's rows move to the caller in a buffer of their own
-  let row = 0
-  return steps.map(step => {
-    const own = out.slice(row * hiddenSize, (row + step.tokens) * hiddenSize)
-    row += step.tokens
-    return new Transfer(own, [own.buffer])
-  })
+  return splitRows(current.data as Float32Array, steps, hiddenSize)
 }
 
 /** Writes new rows [tokens, kvHeads * headDim] into a cache laid out [kvHeads, capacity, headDim]. */
