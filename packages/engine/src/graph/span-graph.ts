@@ -13,7 +13,7 @@
 // that hides each row's future and the cache's unused tail. It is two batched MatMuls and a softmax,
 // not GroupQueryAttention: onnxruntime-node copies every graph output back to JS, so GQA's
 // `present_*` (the whole cache) would be copied on every step, and its CPU kernel also copies the
-// past into the present; at 1900 cached tokens it took 1.7–2.0 ms per layer against 0.5–0.6.
+// past into the present; at 1900 cached tokens it took 1.6–2.0 ms per layer against 0.5–0.6.
 //
 // Weights are not in the graphs: a LayerWeights (prepared/layer-file.ts) names each initializer and
 // puts its bytes in the layer's weights file, which ORT reads itself as external data.
