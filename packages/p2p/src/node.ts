@@ -174,6 +174,13 @@ function bootstrapFailure (failures: DialFailure[], timeoutMs: number, hasSwarmK
   return new BootstrapError(`cannot join the swarm through any bootstrap address — ${failures.map((f, i) => `${f.addr}: ${parts[i]}`).join('; ')} — ${hint}`)
 }
 
+/**
+ * kad-dht adds a connected peer to its routing table only once identify and a ping of it have
+ * both succeeded, and does not try again when either fails (a peer busy for a few seconds misses the
+ * ping's 5 s timeout): bootstrap peers still missing from it after this long are dialled afresh.
+ */
+const REDIAL_AFTER_MS = 6000
+
 async function bootstrapTo (libp2p: MingaLibp2p, addrs: string[], timeoutMs: number, hasSwarmKey: boolean): Promise<void> {
   if (addrs.length === 0) return
   const targets = addrs.map(a => ({ addr: a, ma: parseBootstrap(a), handshake: false }))
@@ -194,10 +201,18 @@ async function bootstrapTo (libp2p: MingaLibp2p, addrs: string[], timeoutMs: num
       handshake: targets[i].handshake
     })), timeoutMs, hasSwarmKey)
   }
+  const reached = targets.filter((_, i) => results[i].status === 'fulfilled')
+  let redialAt = Date.now() + REDIAL_AFTER_MS
   while (routingTableSize(libp2p.services.dht) === 0) {
     if (Date.now() >= deadline) {
-      const reached = targets.filter((_, i) => results[i].status === 'fulfilled').map(t => t.addr)
-      throw new BootstrapError(`connected to ${reached.join(', ')} but no peer joined the DHT (${DHT_PROTOCOL}) within ${timeoutMs} ms — is it a minga node?`)
+      throw new BootstrapError(`connected to ${reached.map(t => t.addr).join(', ')} but no peer joined the DHT (${DHT_PROTOCOL}) within ${timeoutMs} ms — is it a minga node?`)
+    }
+    if (Date.now() >= redialAt) {
+      redialAt = Date.now() + REDIAL_AFTER_MS
+      await Promise.allSettled(reached.map(async target => {
+        await libp2p.hangUp(target.ma, { signal })
+        await libp2p.dial(target.ma, { signal })
+      }))
     }
     await sleep(25)
   }
