@@ -52,6 +52,11 @@ export class GraphBuilder {
     return name
   }
 
+  /** Adds a constant int64 vector (shapes, split sizes). */
+  int64s (name: string, values: number[]): string {
+    return this.initializer(name, 'int64', [values.length], BigInt64Array.from(values, BigInt))
+  }
+
   /** Adds a weight whose bytes ORT reads from `location` (a file next to the model file). */
   externalInitializer (name: string, type: DataType, dims: number[], location: string, offset: number, length: number): string {
     this.initializers.push({
