@@ -46,6 +46,7 @@ export function createSampler (options: SamplingOptions = {}): Sampler {
   const random = seededRandom(seed)
   // Times each token was picked so far, kept only when a presence or frequency penalty needs it.
   const picked = presencePenalty !== 0 || frequencyPenalty !== 0 ? new Map<number, number>() : undefined
+  const scratch: SamplingScratch = { weights: new Float64Array(0), ids: new Int32Array(0) }
   const pick = (id: number): number => {
     picked?.set(id, (picked.get(id) ?? 0) + 1)
     return id
@@ -60,30 +61,105 @@ export function createSampler (options: SamplingOptions = {}): Sampler {
       }
       if (picked != null) for (const [id, count] of picked) logits[id] -= presencePenalty + frequencyPenalty * count
       if (temperature === 0) return pick(argmax(logits))
-
-      // Candidates by descending logit; top-k cuts the list before the softmax, top-p after it.
-      let candidates = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a])
-      if (topK > 0) candidates = candidates.slice(0, topK)
-      const max = logits[candidates[0]]
-      const weights = candidates.map(id => Math.exp((logits[id] - max) / temperature))
-      const total = weights.reduce((a, b) => a + b, 0)
-      let kept = candidates.length
-      if (topP < 1) {
-        let mass = 0
-        for (let i = 0; i < candidates.length; i++) {
-          mass += weights[i] / total
-          if (mass >= topP) { kept = i + 1; break }
-        }
-      }
-      const keptTotal = weights.slice(0, kept).reduce((a, b) => a + b, 0)
-      let r = random() * keptTotal
-      for (let i = 0; i < kept; i++) {
-        r -= weights[i]
-        if (r < 0) return pick(candidates[i])
-      }
-      return pick(candidates[kept - 1])
+      return pick(sampleTempered(logits, { temperature, topK, topP }, random(), scratch))
     }
   }
+}
+
+/** Buffers one sampler reuses from token to token (a vocabulary's worth: 32000 tokens are 256 KB). */
+interface SamplingScratch { weights: Float64Array, ids: Int32Array }
+
+/**
+ * A token drawn with probability ∝ exp(logit / T) among the top-k, then within the top-p nucleus;
+ * `r` is uniform in [0, 1). Nothing sorts the whole vocabulary: with neither cut the draw walks the
+ * logits in order; top-k keeps its k best in a heap; top-p first drops every token whose probability
+ * is below (1 − p) / (n − 1), which no nucleus can need (llama2.c's cut), then sorts what is left.
+ * Where candidates are sorted, ties go to the lower id.
+ */
+function sampleTempered (logits: Float32Array, { temperature, topK, topP }: { temperature: number, topK: number, topP: number }, r: number, scratch: SamplingScratch): number {
+  const n = logits.length
+  if (scratch.weights.length < n) {
+    scratch.weights = new Float64Array(n)
+    scratch.ids = new Int32Array(n)
+  }
+  const { weights, ids } = scratch
+  let count: number
+  let sorted = true
+  if (topK > 0 && topK < n) {
+    count = topKIds(logits, topK, ids)
+  } else {
+    count = n
+    for (let i = 0; i < n; i++) ids[i] = i
+    sorted = false
+  }
+  let max = -Infinity
+  for (let i = 0; i < count; i++) max = Math.max(max, logits[ids[i]])
+  let total = 0
+  for (let i = 0; i < count; i++) {
+    weights[i] = Math.exp((logits[ids[i]] - max) / temperature)
+    total += weights[i]
+  }
+  let kept = count
+  if (topP < 1 && count > 1) {
+    if (!sorted) {
+      const cutoff = total * (1 - topP) / (count - 1)
+      count = 0
+      for (let i = 0; i < n; i++) if (weights[i] >= cutoff) ids[count++] = i
+      sortByLogit(ids.subarray(0, count), logits)
+      for (let i = 0; i < count; i++) weights[i] = Math.exp((logits[ids[i]] - max) / temperature)
+    }
+    let mass = 0
+    for (let i = 0; i < count; i++) {
+      mass += weights[i]
+      if (mass >= topP * total) { kept = i + 1; break }
+    }
+    kept = Math.min(kept, count)
+  }
+  let keptTotal = 0
+  for (let i = 0; i < kept; i++) keptTotal += weights[i]
+  let left = r * keptTotal
+  for (let i = 0; i < kept; i++) {
+    left -= weights[i]
+    if (left < 0) return ids[i]
+  }
+  return ids[kept - 1]
+}
+
+/** Whether token a ranks before token b: a higher logit, or the same one and a lower id. */
+function ranksBefore (logits: Float32Array, a: number, b: number): boolean {
+  return logits[a] > logits[b] || (logits[a] === logits[b] && a < b)
+}
+
+/** The k best ids, best first, into ids[0..k): a heap of the best k so far, its worst at the root. */
+function topKIds (logits: Float32Array, k: number, ids: Int32Array): number {
+  const heap = ids.subarray(0, k)
+  const siftDown = (from: number): void => {
+    let at = from
+    for (;;) {
+      const left = 2 * at + 1
+      if (left >= k) return
+      const worse = left + 1 < k && ranksBefore(logits, heap[left], heap[left + 1]) ? left + 1 : left
+      if (!ranksBefore(logits, heap[at], heap[worse])) return
+      const id = heap[at]
+      heap[at] = heap[worse]
+      heap[worse] = id
+      at = worse
+    }
+  }
+  for (let i = 0; i < k; i++) heap[i] = i
+  for (let i = (k >> 1) - 1; i >= 0; i--) siftDown(i)
+  for (let id = k; id < logits.length; id++) {
+    if (ranksBefore(logits, id, heap[0])) {
+      heap[0] = id
+      siftDown(0)
+    }
+  }
+  sortByLogit(heap, logits)
+  return k
+}
+
+function sortByLogit (ids: Int32Array, logits: Float32Array): void {
+  ids.sort((a, b) => ranksBefore(logits, a, b) ? -1 : ranksBefore(logits, b, a) ? 1 : 0)
 }
 
 export function argmax (values: Float32Array): number {
