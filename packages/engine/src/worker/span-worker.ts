@@ -10,6 +10,7 @@ import { buildAttentionGraph, SPAN_IO } from '../graph/span-graph.ts'
 import { prepareSpan, type PreparedSpan } from '../prepared/prepare-span.ts'
 import type { QuantFormat, Quantization } from '../quantize.ts'
 import { KV_BLOCK_TOKENS, kvBytesPerToken } from '../span-executor.ts'
+import { beforeOutputs } from './garbage.ts'
 import { sessionOptions } from './ort-options.ts'
 import { emitEvent, serveRequests, type BatchedMethod, type Transfer } from './rpc.ts'
 import { splitRows, stackRows } from './rows.ts'
@@ -246,6 +247,8 @@ async function runSteps (steps: Step[]): Promise<Array<Transfer<Float32Array>>> 
   const kvDim = numKvHeads * headDim
   const rows = steps.reduce((n, s) => n + s.tokens, 0)
   const { start, end } = steps[0].session
+  // per layer: pre's query, key and value, attention's output, post's hidden states
+  beforeOutputs(rows * (end - start) * (2 * qDim + 2 * kvDim + hiddenSize) * 4)
   // several steps are concatenated once, and stay so through every layer
   const hidden = stackRows(steps, hiddenSize)
   const positions = new BigInt64Array(rows)
