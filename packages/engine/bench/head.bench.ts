@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { createClientHead, QUANTIZATIONS, seededRandom, type Quantization } from '../src/index.ts'
+import { createClientHead, createLogitsBuffer, QUANTIZATIONS, seededRandom, type Quantization } from '../src/index.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from './random-checkpoint.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
@@ -43,7 +43,9 @@ async function measure (modelDir: string, headQuant: Quantization, tokens: numbe
     const random = seededRandom(1)
     const hidden = (): Float32Array => Float32Array.from({ length: hiddenSize }, () => random() * 2 - 1)
     const id = (): number => Math.floor(random() * vocabSize)
-    for (let i = 0; i < 4; i++) { await head.embed([id()]); await head.logits(hidden(), 1) } // warm-up
+    // as a generation does: logits into one buffer, reused from token to token
+    const logits = createLogitsBuffer(head.config)
+    for (let i = 0; i < 4; i++) { await head.embed([id()]); await head.logits(hidden(), 1, logits) } // warm-up
     let embedMs = 0
     let totalMs = 0
     for (let i = 0; i < tokens; i++) {
@@ -51,7 +53,7 @@ async function measure (modelDir: string, headQuant: Quantization, tokens: numbe
       t = performance.now()
       await head.embed([id()])
       const t1 = performance.now()
-      await head.logits(input, 1)
+      await head.logits(input, 1, logits)
       embedMs += t1 - t
       totalMs += performance.now() - t
     }
@@ -115,9 +117,9 @@ async function main (): Promise<void> {
   }
   const base = baseline.peakRssBytes
   process.stdout.write(`runtime baseline (stories260k head, ${baseline.preparedBytes} B of weights): RSS ${mib(baseline.rssBytes)}, peak ${mib(base)}\n`)
-  process.stdout.write('head   load s  ms/token (embed)  prepared    RSS        peak RSS   peak − baseline − prepared\n')
+  process.stdout.write('head   load s  ms/token (embed)  prepared    RSS        peak RSS   RSS − baseline − prepared  peak − baseline − prepared\n')
   for (const r of results) {
-    process.stdout.write(`${r.headQuant.padEnd(6)} ${(r.loadMs / 1000).toFixed(1).padStart(6)}  ${r.msPerToken.toFixed(2).padStart(8)} (${r.embedMsPerToken.toFixed(2)})   ${mib(r.preparedBytes).padEnd(10)}  ${mib(r.rssBytes).padEnd(10)} ${mib(r.peakRssBytes).padEnd(10)} ${mib(r.peakRssBytes - base - r.preparedBytes)}\n`)
+    process.stdout.write(`${r.headQuant.padEnd(6)} ${(r.loadMs / 1000).toFixed(1).padStart(6)}  ${r.msPerToken.toFixed(2).padStart(8)} (${r.embedMsPerToken.toFixed(2)})   ${mib(r.preparedBytes).padEnd(10)}  ${mib(r.rssBytes).padEnd(10)} ${mib(r.peakRssBytes).padEnd(10)} ${mib(r.rssBytes - baseline.rssBytes - r.preparedBytes).padEnd(26)} ${mib(r.peakRssBytes - base - r.preparedBytes)}\n`)
   }
 }
 

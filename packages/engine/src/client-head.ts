@@ -33,9 +33,19 @@ export interface ClientHead {
   readonly preparedBytes: number
   /** Embedding rows for `ids`, read from the checkpoint: [ids, hidden] f32. */
   embed (ids: number[]): Promise<Float32Array>
-  /** Logits [tokens, vocab] for hidden states [tokens, hidden]; `hidden`'s buffer is handed over. */
-  logits (hidden: Float32Array, tokens: number): Promise<Float32Array>
+  /**
+   * Logits [tokens, vocab] for hidden states [tokens, hidden]; `hidden`'s buffer is handed over.
+   * Into `into` if given (from createLogitsBuffer, reused from token to token): no new buffer per
+   * call, which a loop over tokens would otherwise leave to the garbage collector, 128 KB a token
+   * for a 32000-token vocabulary.
+   */
+  logits (hidden: Float32Array, tokens: number, into?: Float32Array): Promise<Float32Array>
   close (): Promise<void>
+}
+
+/** A buffer for `logits(…, into)`: [tokens, vocab] f32 the head's worker writes to directly. */
+export function createLogitsBuffer (config: ModelConfig, tokens = 1): Float32Array {
+  return new Float32Array(new SharedArrayBuffer(tokens * config.vocabSize * 4))
 }
 
 export async function createClientHead (init: ClientHeadInit): Promise<ClientHead> {
@@ -50,9 +60,15 @@ export async function createClientHead (init: ClientHeadInit): Promise<ClientHea
       headQuant,
       preparedBytes,
       embed: async (ids) => await worker.call('embed', { ids }),
-      logits: async (hidden, tokens) => {
+      logits: async (hidden, tokens, into) => {
         const own = ownBuffer(hidden)
-        return await worker.call('logits', { hidden: own, tokens }, [own.buffer])
+        if (into == null) return await worker.call('logits', { hidden: own, tokens }, [own.buffer])
+        const size = tokens * config.vocabSize
+        if (!(into.buffer instanceof SharedArrayBuffer) || into.length < size) {
+          throw new InvalidArgumentError(`logits for ${tokens} tokens need ${size} values in a SharedArrayBuffer (createLogitsBuffer), got ${into.length}${into.buffer instanceof SharedArrayBuffer ? '' : ' in an unshared buffer'}`)
+        }
+        await worker.call('logits', { hidden: own, tokens, into }, [own.buffer])
+        return into.subarray(0, size)
       },
       close: async () => {
         await worker.call('close', {}).catch(() => {}) // a failed worker has nothing left to close

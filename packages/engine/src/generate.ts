@@ -1,5 +1,5 @@
 // The generation loop shared by local runs and the swarm client: embed → layers → logits → sample.
-import type { ClientHead } from './client-head.ts'
+import { createLogitsBuffer, type ClientHead } from './client-head.ts'
 import { ContextLengthError, InvalidArgumentError } from './errors.ts'
 import { createSampler, type SamplingOptions } from './sampler.ts'
 import type { TextTokenizer } from './tokenizer.ts'
@@ -68,7 +68,8 @@ export async function * generateTokens (
     const chunk = promptIds.slice(at, at + chunkSize)
     hidden = await chain.forward(await head.embed(chunk), chunk.length)
   }
-  let logits = await head.logits(hidden.subarray(hidden.length - hiddenSize), 1)
+  const logitsBuffer = createLogitsBuffer(head.config)
+  let logits = await head.logits(hidden.subarray(hidden.length - hiddenSize), 1, logitsBuffer)
   const prefillMs = performance.now() - started
   const decodeStarted = performance.now()
 
@@ -82,7 +83,7 @@ export async function * generateTokens (
     yield { id, text: emit }
     if (stopped) { stopReason = 'stop'; break }
     if (ids.length >= maxNewTokens) break
-    logits = await head.logits(await chain.forward(await head.embed([id]), 1), 1)
+    logits = await head.logits(await chain.forward(await head.embed([id]), 1), 1, logitsBuffer)
   }
   const tail = stopReason === 'stop' ? '' : stops.flush()
   if (tail !== '') {

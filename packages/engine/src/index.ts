@@ -11,7 +11,7 @@ export { prepareSpan, preparedSpanBytes, type PrepareSpanInit, type PrepareProgr
 export { PREPARED_FORMAT, preparedDirName } from './prepared/store.ts'
 export { defaultCacheDir } from './cache-dir.ts'
 export { isProcessAlive } from './process-alive.ts'
-export { createClientHead, DEFAULT_HEAD_QUANT, type ClientHead, type ClientHeadInit } from './client-head.ts'
+export { createClientHead, createLogitsBuffer, DEFAULT_HEAD_QUANT, type ClientHead, type ClientHeadInit } from './client-head.ts'
 export { createLocalModel, type LocalModel, type LocalModelInit } from './local-model.ts'
 export { generateTokens, planGeneration, untilDone, type GenerateOptions, type GeneratedToken, type GenerationPlan, type GenerationResult, type LayerChain } from './generate.ts'
 export { createSampler, validateSampling, argmax, seededRandom, type Sampler, type SamplingOptions } from './sampler.ts'

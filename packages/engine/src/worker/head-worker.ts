@@ -12,6 +12,7 @@ import { EMBEDDINGS, prepareHead } from '../prepared/prepare-head.ts'
 import type { QuantFormat, Quantization } from '../quantize.ts'
 import { SafetensorsCheckpoint } from '../safetensors.ts'
 import { sessionOptions } from './ort-options.ts'
+import { beforeOutputs } from './garbage.ts'
 import { emitEvent, serveRequests, Transfer, type BatchedMethod } from './rpc.ts'
 import { splitRows, stackRows } from './rows.ts'
 
@@ -56,7 +57,8 @@ function embed ({ ids }: { ids: number[] }): Transfer<Float32Array> {
   return new Transfer(out, [out.buffer])
 }
 
-interface LogitsArgs { hidden: Float32Array, tokens: number }
+/** `into`, if given, views a SharedArrayBuffer the logits are written to (nothing is sent back). */
+interface LogitsArgs { hidden: Float32Array, tokens: number, into?: Float32Array }
 
 /**
  * Logits for the requests queued together, as one run over all their rows: a client with several
@@ -72,7 +74,19 @@ async function logitsBatch (batch: LogitsArgs[]): Promise<unknown[]> {
   if (valid.length === 0) return results
   const rows = valid.reduce((n, args) => n + args.tokens, 0)
   const hidden = new ort.Tensor('float32', stackRows(valid, hiddenSize), [1, rows, hiddenSize])
-  const outputs = splitRows((await head.run({ [HEAD_IO.hidden]: hidden }))[HEAD_IO.logits].data as Float32Array, valid, vocabSize)
+  beforeOutputs(rows * vocabSize * 4)
+  const out = (await head.run({ [HEAD_IO.hidden]: hidden }))[HEAD_IO.logits].data as Float32Array
+  if (valid.some(args => args.into != null)) {
+    let row = 0
+    const outputs = valid.map(({ tokens, into }) => {
+      const own = out.subarray(row * vocabSize, (row += tokens) * vocabSize)
+      if (into == null) return new Transfer(own.slice(), []) // (a copy: structured clone moves it)
+      into.set(own)
+      return null
+    })
+    return results.map(result => result ?? outputs.shift())
+  }
+  const outputs = splitRows(out, valid, vocabSize)
   return results.map(result => result ?? outputs.shift())
 }
 
