@@ -79,10 +79,13 @@ async function logitsBatch (batch: LogitsArgs[]): Promise<unknown[]> {
   if (valid.some(args => args.into != null)) {
     let row = 0
     const outputs = valid.map(({ tokens, into }) => {
-      const own = out.subarray(row * vocabSize, (row += tokens) * vocabSize)
-      if (into == null) return new Transfer(own.slice(), []) // (a copy: structured clone moves it)
-      into.set(own)
-      return null
+      const rowsOf = out.subarray(row * vocabSize, (row += tokens) * vocabSize)
+      if (into != null) {
+        into.set(rowsOf)
+        return null
+      }
+      const own = rowsOf.slice()
+      return new Transfer(own, [own.buffer])
     })
     return results.map(result => result ?? outputs.shift())
   }
