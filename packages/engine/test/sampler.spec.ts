@@ -82,6 +82,11 @@ describe('temperature, top-k and top-p', () => {
     const flat = new Float32Array(100)
     expect([...frequencies(flat, { temperature: 1, topK: 3 }, 3000).keys()].sort((a, b) => a - b)).toEqual([0, 1, 2])
     expect([...frequencies(flat, { temperature: 1, topP: 0.05 }, 3000).keys()].sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4])
+    // ties below zero, and −0 against 0 (equal: the lower id wins)
+    const ids = (logits: number[], options: SamplingOptions): number[] => [...frequencies(Float32Array.from(logits), options, 2000).keys()].sort((a, b) => a - b)
+    expect(ids([-2, -1, -1, -2, 0.5, -3], { temperature: 1, topK: 3 })).toEqual([1, 2, 4])
+    expect(ids([-5, -0, 0, -5], { temperature: 1, topK: 1 })).toEqual([1])
+    expect(ids([-4, -1, -1, -4, -1], { temperature: 0.01, topP: 0.5 })).toEqual([1, 2])
   })
 
   it('the same seed gives the same draws', () => {
