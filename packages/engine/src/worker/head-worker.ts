@@ -76,19 +76,6 @@ async function logitsBatch (batch: LogitsArgs[]): Promise<unknown[]> {
   const hidden = new ort.Tensor('float32', stackRows(valid, hiddenSize), [1, rows, hiddenSize])
   beforeOutputs(rows * vocabSize * 4)
   const out = (await head.run({ [HEAD_IO.hidden]: hidden }))[HEAD_IO.logits].data as Float32Array
-  if (valid.some(args => args.into != null)) {
-    let row = 0
-    const outputs = valid.map(({ tokens, into }) => {
-      const rowsOf = out.subarray(row * vocabSize, (row += tokens) * vocabSize)
-      if (into != null) {
-        into.set(rowsOf)
-        return null
-      }
-      const own = rowsOf.slice()
-      return new Transfer(own, [own.buffer])
-    })
-    return results.map(result => result ?? outputs.shift())
-  }
   const outputs = splitRows(out, valid, vocabSize)
   return results.map(result => result ?? outputs.shift())
 }

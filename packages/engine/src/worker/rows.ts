@@ -14,13 +14,20 @@ export function stackRows (parts: Array<{ hidden: Float32Array, tokens: number }
   return stacked
 }
 
-/** Each request's rows of `out`, to transfer to the caller: one request gets `out` itself, several a buffer each. */
-export function splitRows (out: Float32Array, parts: Array<{ tokens: number }>, width: number): Array<Transfer<Float32Array>> {
-  if (parts.length === 1) return [new Transfer(out, [out.buffer as ArrayBuffer])]
+/**
+ * Each request's rows of `out`: written into its `into` buffer if it brought one (null is then its
+ * answer), else transferred to the caller: a single request gets `out` itself, several a buffer each.
+ */
+export function splitRows (out: Float32Array, parts: Array<{ tokens: number, into?: Float32Array }>, width: number): Array<Transfer<Float32Array> | null> {
+  if (parts.length === 1 && parts[0].into == null) return [new Transfer(out, [out.buffer as ArrayBuffer])]
   let row = 0
-  return parts.map(part => {
-    const own = out.slice(row * width, (row + part.tokens) * width)
-    row += part.tokens
+  return parts.map(({ tokens, into }) => {
+    const rows = out.subarray(row * width, (row += tokens) * width)
+    if (into != null) {
+      into.set(rows)
+      return null
+    }
+    const own = rows.slice()
     return new Transfer(own, [own.buffer])
   })
 }
