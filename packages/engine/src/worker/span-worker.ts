@@ -75,6 +75,8 @@ interface Session {
   caches: Map<number, LayerCache>
   /** When its last step ended (performance.now()): a session that stepped lately is worth waiting for. */
   lastStep: number
+  /** Its last one-token attention mask, moved on by a position each decode step (see attentionMask). */
+  decodeMask?: { data: Float32Array, tensor: ort.Tensor, past: number, capacity: number }
 }
 
 /** A session stepping more often than this is active: a batch waits (briefly) for its next step. */
@@ -241,7 +243,7 @@ async function forwardBatch (batch: ForwardArgs[]): Promise<unknown[]> {
 }
 
 /** Steps of sessions over the same layers, through those layers; each session's output rows. */
-async function runSteps (steps: Step[]): Promise<Array<Transfer<Float32Array>>> {
+async function runSteps (steps: Step[]): Promise<Array<Transfer<Float32Array> | null>> {
   const { hiddenSize, numHeads, numKvHeads, headDim } = config
   const qDim = numHeads * headDim
   const kvDim = numKvHeads * headDim
@@ -256,7 +258,7 @@ async function runSteps (steps: Step[]): Promise<Array<Transfer<Float32Array>>> 
   const attentionFeeds = steps.map(step => {
     for (let i = 0; i < step.tokens; i++) positions[first + i] = BigInt(step.past + i)
     first += step.tokens
-    return { [SPAN_IO.mask]: attentionMask(step.past, step.tokens, step.session.capacity) } as Record<string, ort.Tensor>
+    return { [SPAN_IO.mask]: attentionMask(step.session, step.past, step.tokens) } as Record<string, ort.Tensor>
   })
   const positionIds = new ort.Tensor('int64', positions, [1, rows])
   if (steps.length > 1 && attendedRows.length < rows * qDim) attendedRows = new Float32Array(rows * qDim)
@@ -303,17 +305,27 @@ function appendToCache (cache: Float32Array, rows: Float32Array, capacity: numbe
 }
 
 /**
- * Attention's mask for `tokens` new rows after `past` cached ones, in a cache of `capacity`: its row
- * (g, t), for each of a KV head's query heads g, is 0 up to position past + t and −∞ after it.
+ * Attention's mask for `tokens` new rows after `past` cached ones, in the session's cache of
+ * `capacity`: its row (g, t), for each of a KV head's query heads g, is 0 up to position past + t and
+ * −∞ after it. A decode step's mask is the last one's with one more position open, so a session keeps
+ * it (group × capacity values: 64 KB at 2048 tokens for TinyLlama) instead of building it anew.
  */
-function attentionMask (past: number, tokens: number, capacity: number): ort.Tensor {
+function attentionMask (session: Session, past: number, tokens: number): ort.Tensor {
   const group = config.numHeads / config.numKvHeads
+  const { capacity, decodeMask: kept } = session
+  if (tokens === 1 && kept != null && kept.capacity === capacity && kept.past === past - 1) {
+    for (let row = 0; row < group; row++) kept.data[row * capacity + past] = 0
+    kept.past = past
+    return kept.tensor
+  }
   const mask = new Float32Array(group * tokens * capacity)
   for (let row = 0; row < group * tokens; row++) {
     const seen = past + (row % tokens) + 1
     mask.fill(-Infinity, row * capacity + seen, (row + 1) * capacity)
   }
-  return new ort.Tensor('float32', mask, [group * tokens, capacity])
+  const tensor = new ort.Tensor('float32', mask, [group * tokens, capacity])
+  if (tokens === 1) session.decodeMask = { data: mask, tensor, past, capacity }
+  return tensor
 }
 
 function close ({ sessionId }: { sessionId: string }): SpanStats {
