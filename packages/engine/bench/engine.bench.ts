@@ -16,7 +16,7 @@ import {
   type ClientHead, type Quantization, type SpanExecutor
 } from '../src/index.ts'
 import { agreementWith, procStatus, textTable as table } from './bench-helpers.ts'
-import { measureNodeStart, startServe, type NodeStartResult, type StartRun } from './node-start.ts'
+import { measureNodeStart, medianStart, startServe, type NodeStartResult, type StartRun } from './node-start.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint, TINYLLAMA_SHAPE, type CheckpointInfo } from './random-checkpoint.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
@@ -226,6 +226,9 @@ async function runAgreement (modelDir: string, quants: Quantization[], threads: 
 interface Options {
   quants: Quantization[]
   startQuants: Quantization[]
+  /** Span workers of the start measurement; empty: the default count of each quantization. */
+  startWorkers: number[]
+  startRepeats: number
   perf: boolean
   promptTokens: number
   decodeTokens: number
@@ -243,6 +246,8 @@ const USAGE = `usage: pnpm bench:engine [options]
   --threads N              ORT intra-op threads per worker (default 2)
   --skip-agreement         skip the stories260k top-1 agreement check
   --start-quant int8,int4  node start (minga serve, cold and warm) of [0, 22) at these (default int8,int4)
+  --start-workers 1,2      node start with these span worker counts (default: the default of each quantization)
+  --start-repeats N        warm starts (and baseline starts) in a row; the table shows the median (default 3)
   --skip-start             skip the node start measurement
   --skip-perf              skip the per-quantization load/prefill/decode children
   --rebuild                rebuild the random checkpoint even if a complete one is cached
@@ -266,6 +271,8 @@ function parseOptions (args: string[]): Options & { child?: string, modelDir?: s
       threads: { type: 'string' },
       'skip-agreement': { type: 'boolean' },
       'start-quant': { type: 'string' },
+      'start-workers': { type: 'string' },
+      'start-repeats': { type: 'string' },
       'skip-start': { type: 'boolean' },
       'skip-perf': { type: 'boolean' },
       rebuild: { type: 'boolean' },
@@ -292,6 +299,8 @@ function parseOptions (args: string[]): Options & { child?: string, modelDir?: s
     json: values.json === true,
     agreement: values['skip-agreement'] !== true,
     startQuants: values['skip-start'] === true ? [] : (values['start-quant'] ?? 'int8,int4').split(',').map(q => q.trim()).filter(q => q !== '') as Quantization[],
+    startWorkers: (values['start-workers'] ?? '').split(',').filter(w => w.trim() !== '').map(w => positiveInt(w.trim(), 'start-workers', 1)),
+    startRepeats: positiveInt(values['start-repeats'], 'start-repeats', 3),
     perf: values['skip-perf'] !== true,
     rebuild: values.rebuild === true,
     timeoutS: positiveInt(values.timeout, 'timeout', 900),
@@ -428,15 +437,16 @@ async function measureStarts (options: Options, checkpoint: CheckpointInfo, note
   try {
     rmSync(cacheDir, { recursive: true, force: true })
     for (const quant of options.startQuants) {
-      const workers = defaultSpanWorkers(config, quant, TINYLLAMA_SHAPE.numLayers)
-      const withWorkers = { ...startOptions, extraArgs: ['--workers', String(workers)] }
-      if (report.baselines[workers] == null) {
-        note(`node start: baseline (stories260k, f32, ${workers} span worker${workers === 1 ? '' : 's'})…`)
-        await startServe(STORIES, [0, 5], 'none', cacheDir, withWorkers) // prepares it
-        report.baselines[workers] = await startServe(STORIES, [0, 5], 'none', cacheDir, withWorkers)
+      for (const workers of options.startWorkers.length > 0 ? options.startWorkers : [defaultSpanWorkers(config, quant, TINYLLAMA_SHAPE.numLayers)]) {
+        const withWorkers = { ...startOptions, extraArgs: ['--workers', String(workers)] }
+        if (report.baselines[workers] == null) {
+          note(`node start: baseline (stories260k, f32, ${workers} span worker${workers === 1 ? '' : 's'}) × ${options.startRepeats}…`)
+          await startServe(STORIES, [0, 5], 'none', cacheDir, withWorkers) // prepares it
+          report.baselines[workers] = (await medianStart(options.startRepeats, async () => await startServe(STORIES, [0, 5], 'none', cacheDir, withWorkers))).median
+        }
+        note(`node start: [0, ${TINYLLAMA_SHAPE.numLayers}) at ${quant} in ${workers} span worker${workers === 1 ? '' : 's'}, cold then warm × ${options.startRepeats}…`)
+        report.runs.push({ ...await measureNodeStart(checkpoint.dir, [0, TINYLLAMA_SHAPE.numLayers], quant, cacheDir, withWorkers, options.startRepeats), workers })
       }
-      note(`node start: [0, ${TINYLLAMA_SHAPE.numLayers}) at ${quant} in ${workers} span worker${workers === 1 ? '' : 's'}, cold then warm…`)
-      report.runs.push({ ...await measureNodeStart(checkpoint.dir, [0, TINYLLAMA_SHAPE.numLayers], quant, cacheDir, withWorkers), workers })
     }
   } catch (err: any) {
     report.error = err?.message ?? String(err)
@@ -450,13 +460,15 @@ function formatStart (start: StartReport): string {
   const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(0)} MiB`
   const lines = [`node start: minga serve --blocks 0:${TINYLLAMA_SHAPE.numLayers} --cache-mb 64 --throughput 1 --workers W (the default here), spawn → ready line; peak RSS = VmHWM at ready, anon / file = RssAnon / RssFile at ready`]
   for (const [workers, base] of Object.entries(start.baselines)) {
-    lines.push(`  baseline, ${workers} span worker${workers === '1' ? '' : 's'} (Node + libp2p + onnxruntime: a node serving stories260k f32): peak RSS ${mib(base.peakRssBytes)} (anon ${mib(base.rssAnonBytes)}, file ${mib(base.rssFileBytes)}), ready in ${(base.readyMs / 1000).toFixed(1)} s`)
+    lines.push(`  baseline, ${workers} span worker${workers === '1' ? '' : 's'} (Node + libp2p + onnxruntime: a node serving stories260k f32): peak RSS ${mib(base.peakRssBytes)} (anon ${mib(base.rssAnonBytes)}, file ${mib(base.rssFileBytes)}), ready in ${(base.readyMs / 1000).toFixed(2)} s`)
   }
+  lines.push('  warm s: the median of the warm starts in a row (each run after it); baseline: the median of as many')
   lines.push('  warm − baseline s: what the span itself adds to a warm start (the rest is Node, module loading and libp2p)')
-  lines.push(...table(['quant', 'W', 'prepared', 'cold s', 'warm s', 'warm − baseline s', 'peak RSS cold', 'peak RSS warm', 'anon / file warm', '(warm − baseline) / prepared', '(cold − baseline) / prepared', 'anon ratio'], start.runs.map(r => {
+  lines.push(...table(['quant', 'W', 'prepared', 'cold s', 'warm s (each)', 'warm − baseline s', 'peak RSS cold', 'peak RSS warm', 'anon / file warm', '(warm − baseline) / prepared', '(cold − baseline) / prepared', 'anon ratio'], start.runs.map(r => {
     const base = start.baselines[r.workers]
     return [
-      r.quant, String(r.workers), mib(r.preparedBytes), (r.cold.readyMs / 1000).toFixed(1), (r.warm.readyMs / 1000).toFixed(1), ((r.warm.readyMs - base.readyMs) / 1000).toFixed(1),
+      r.quant, String(r.workers), mib(r.preparedBytes), (r.cold.readyMs / 1000).toFixed(1),
+      `${(r.warm.readyMs / 1000).toFixed(2)} (${r.warmReadyMs.map(ms => (ms / 1000).toFixed(2)).join(', ')})`, ((r.warm.readyMs - base.readyMs) / 1000).toFixed(1),
       mib(r.cold.peakRssBytes), mib(r.warm.peakRssBytes), `${mib(r.warm.rssAnonBytes)} / ${mib(r.warm.rssFileBytes)}`,
       ((r.warm.peakRssBytes - base.peakRssBytes) / r.preparedBytes).toFixed(3), ((r.cold.peakRssBytes - base.peakRssBytes) / r.preparedBytes).toFixed(3),
       ((r.warm.rssAnonBytes - base.rssAnonBytes) / r.preparedBytes).toFixed(3)
