@@ -44,8 +44,8 @@ export interface SpanExecutorInit extends Omit<PrepareSpanInit, 'onProgress'> {
   /** Each layer prepared on this load (the first load of a span prepares it). */
   onPrepareProgress?: (progress: PrepareProgress) => void
   /**
-   * Workers the span is split into (consecutive layers each). Default: one per core, at most
-   * MAX_SPAN_WORKERS, one per LAYERS_BYTES_PER_WORKER of prepared weights (so a small span keeps one).
+   * Workers the span is split into (consecutive layers each). Default: one per LAYERS_BYTES_PER_WORKER
+   * of prepared weights or part of it (so a small span keeps one), at most one per core and MAX_SPAN_WORKERS.
    */
   workers?: number
 }
@@ -53,12 +53,14 @@ export interface SpanExecutorInit extends Omit<PrepareSpanInit, 'onProgress'> {
 /** The most workers a span is split into by default. */
 export const MAX_SPAN_WORKERS = 4
 /**
- * A worker of its own for every this many bytes of prepared weights, by default. Each more part
- * costs a step 1–4 ms on this project's 2-core VM (int4 [0, 22) of the TinyLlama shape: 52–54 ms a
- * token in one worker, 54–56 in two), and gains at the start what creating a GiB of sessions
- * takes on one core (~2 s): worth it from about there.
+ * A worker of its own for every this many bytes of prepared weights (or part of it), by default.
+ * Creating sessions prepacks their weights on the creating thread alone, about a second per
+ * 600–900 MB on this project's 2-core VM, so a larger span would miss a 2 s warm start in one
+ * worker (int8 [0, 22) of the TinyLlama shape, 971 MiB: 2.1 s in one, 1.1 s in two). A step costs
+ * 1–4 ms more in two workers than in one, so smaller spans keep one: int4 [0, 22) (506 MiB, 1.0 s)
+ * and a Llama-2-7B-shaped int4 node of 8 layers (835 MiB) among them.
  */
-export const LAYERS_BYTES_PER_WORKER = 2 ** 30
+export const LAYERS_BYTES_PER_WORKER = 900 * 2 ** 20
 
 export interface ForwardOptions {
   /** Number of new tokens in `hidden` ([tokens, hiddenSize]). */
@@ -205,12 +207,12 @@ async function prepareInWorker (span: SpanPrepareArgs, onEvent: (event: SpanLoad
 }
 
 /**
- * How many workers a span of `layers` layers loads in by default: one per core, per
- * LAYERS_BYTES_PER_WORKER of prepared weights and per layer, at most MAX_SPAN_WORKERS.
+ * How many workers a span of `layers` layers loads in by default: one per LAYERS_BYTES_PER_WORKER
+ * of prepared weights or part of it, at most one per core, per layer and MAX_SPAN_WORKERS.
  */
 export function defaultSpanWorkers (config: ModelConfig, quant: Quantization, layers: number, format?: QuantFormat): number {
   const bytes = preparedSpanBytes(config, quant, layers, format)
-  return Math.max(1, Math.min(availableParallelism(), MAX_SPAN_WORKERS, layers, Math.floor(bytes / LAYERS_BYTES_PER_WORKER)))
+  return Math.max(1, Math.min(availableParallelism(), MAX_SPAN_WORKERS, layers, Math.ceil(bytes / LAYERS_BYTES_PER_WORKER)))
 }
 
 /** [start, end) in `count` consecutive parts whose sizes differ by at most one layer. */

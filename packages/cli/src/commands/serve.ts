@@ -67,7 +67,7 @@ export function registerServe (program: Command, io: CliIo): void {
     .option('--announce-ttl <seconds>', 'lifetime of the DHT announcement (renewed every third)', integer(2, 3600), 60)
     .option('--session-idle <seconds>', 'close sessions idle this long', integer(1), 300)
     .option('--threads <n>', 'onnxruntime threads (default: all cores)', integer(1))
-    .option('--workers <n>', 'worker threads the span is split into, to create its layers on several cores (default: one per core and per GiB of weights, at most 4)', integer(1, 64))
+    .option('--workers <n>', 'worker threads the span is split into, to create its layers on several cores (default: one per 900 MiB of weights or part of it, at most one per core and 4)', integer(1, 64))
     .option('--batch-wait <ms>', 'how long a step may wait for other sessions\' steps to run with it as one batch (0 to 2; default 2)', number(0, 2))
     .option('--swarm-key <file>', 'a private swarm: only nodes with this key (minga keygen) can connect')
     .option('--allow <peerid...>', 'only these peers may open sessions (default: anyone)')
