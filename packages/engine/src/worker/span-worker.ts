@@ -76,7 +76,7 @@ interface Session {
   /** When its last step ended (performance.now()): a session that stepped lately is worth waiting for. */
   lastStep: number
   /** Its last one-token attention mask, moved on by a position each decode step (see attentionMask). */
-  decodeMask?: { data: Float32Array, tensor: ort.Tensor, past: number, capacity: number }
+  decodeMask?: { tensor: ort.Tensor, past: number }
 }
 
 /** A session stepping more often than this is active: a batch waits (briefly) for its next step. */
@@ -313,8 +313,9 @@ function appendToCache (cache: Float32Array, rows: Float32Array, capacity: numbe
 function attentionMask (session: Session, past: number, tokens: number): ort.Tensor {
   const group = config.numHeads / config.numKvHeads
   const { capacity, decodeMask: kept } = session
-  if (tokens === 1 && kept != null && kept.capacity === capacity && kept.past === past - 1) {
-    for (let row = 0; row < group; row++) kept.data[row * capacity + past] = 0
+  if (tokens === 1 && kept != null && kept.tensor.dims[1] === capacity && kept.past === past - 1) {
+    const data = kept.tensor.data as Float32Array
+    for (let row = 0; row < group; row++) data[row * capacity + past] = 0
     kept.past = past
     return kept.tensor
   }
@@ -324,7 +325,7 @@ function attentionMask (session: Session, past: number, tokens: number): ort.Ten
     mask.fill(-Infinity, row * capacity + seen, (row + 1) * capacity)
   }
   const tensor = new ort.Tensor('float32', mask, [group * tokens, capacity])
-  if (tokens === 1) session.decodeMask = { data: mask, tensor, past, capacity }
+  if (tokens === 1) session.decodeMask = { tensor, past }
   return tensor
 }
 
