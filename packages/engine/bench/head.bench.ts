@@ -2,12 +2,16 @@
 // costs per token and in memory, per head quantization, on the TinyLlama-1.1B-shaped random
 // checkpoint (vocab 32000 × hidden 2048, untied head) that bench:engine builds.
 //
-//   pnpm bench:head [--quant none,int8,int4] [--tokens 64] [--threads 2] [--json]
+//   pnpm bench:head [--quant none,int8,int4] [--tokens 64] [--threads 2] [--cold] [--json]
 //
 // Each configuration runs in its own child process, so its RSS is its own. The runtime baseline is
 // the same child holding stories260k's head (38 KB of weights): Node, a worker thread, onnxruntime.
+// --cold adds a run per quantization that prepares its head first, in a new cache folder, as a
+// client's first start on a machine does.
 import { spawn } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { createClientHead, createLogitsBuffer, QUANTIZATIONS, seededRandom, type Quantization } from '../src/index.ts'
@@ -20,6 +24,8 @@ const RESULT_PREFIX = '@@minga-head-bench '
 interface HeadResult {
   model: string
   headQuant: Quantization
+  /** Whether the head was prepared by this run (--cold). */
+  cold: boolean
   loadMs: number
   preparedBytes: number
   /** embed one token + final norm + LM head on one hidden state, mean over the measured steps. */
@@ -34,9 +40,9 @@ function procStatus (field: 'VmHWM' | 'VmRSS'): number {
   return match == null ? NaN : Number(match[1]) * 1024
 }
 
-async function measure (modelDir: string, headQuant: Quantization, tokens: number, threads: number): Promise<HeadResult> {
+async function measure (modelDir: string, headQuant: Quantization, tokens: number, threads: number, cacheDir?: string): Promise<HeadResult> {
   let t = performance.now()
-  const head = await createClientHead({ modelDir, headQuant, threads })
+  const head = await createClientHead({ modelDir, headQuant, threads, cacheDir })
   const loadMs = performance.now() - t
   try {
     const { vocabSize, hiddenSize } = head.config
@@ -60,6 +66,7 @@ async function measure (modelDir: string, headQuant: Quantization, tokens: numbe
     return {
       model: modelDir,
       headQuant,
+      cold: cacheDir != null,
       loadMs,
       preparedBytes: head.preparedBytes,
       msPerToken: totalMs / tokens,
@@ -91,14 +98,16 @@ async function main (): Promise<void> {
       tokens: { type: 'string', default: '64' },
       threads: { type: 'string', default: '2' },
       json: { type: 'boolean', default: false },
+      cold: { type: 'boolean', default: false },
       child: { type: 'string' },
-      'model-dir': { type: 'string' }
+      'model-dir': { type: 'string' },
+      'cache-dir': { type: 'string' }
     }
   })
   const tokens = Number(values.tokens)
   const threads = Number(values.threads)
   if (values.child != null) {
-    const result = await measure(values['model-dir']!, values.child as Quantization, tokens, threads)
+    const result = await measure(values['model-dir']!, values.child as Quantization, tokens, threads, values['cache-dir'])
     process.stdout.write(RESULT_PREFIX + JSON.stringify(result) + '\n')
     return
   }
@@ -110,6 +119,14 @@ async function main (): Promise<void> {
   for (const quant of values.quant.split(',') as Quantization[]) {
     process.stderr.write(`TinyLlama-shaped head, ${quant}\n`)
     results.push(await runChild(['--child', quant, '--model-dir', checkpoint.dir, ...common]))
+    if (!values.cold) continue
+    process.stderr.write(`TinyLlama-shaped head, ${quant}, prepared first\n`)
+    const cacheDir = mkdtempSync(join(tmpdir(), 'minga-head-bench-'))
+    try {
+      results.push(await runChild(['--child', quant, '--model-dir', checkpoint.dir, '--cache-dir', cacheDir, ...common]))
+    } finally {
+      rmSync(cacheDir, { recursive: true, force: true })
+    }
   }
   if (values.json) {
     process.stdout.write(JSON.stringify({ baseline, results }) + '\n')
@@ -117,9 +134,9 @@ async function main (): Promise<void> {
   }
   const base = baseline.peakRssBytes
   process.stdout.write(`runtime baseline (stories260k head, ${baseline.preparedBytes} B of weights): RSS ${mib(baseline.rssBytes)}, peak ${mib(base)}\n`)
-  process.stdout.write('head   load s  ms/token (embed)  prepared    RSS        peak RSS   RSS − baseline − prepared  peak − baseline − prepared\n')
+  process.stdout.write('head       load s  ms/token (embed)  prepared    RSS        peak RSS   RSS − baseline − prepared  peak − baseline − prepared\n')
   for (const r of results) {
-    process.stdout.write(`${r.headQuant.padEnd(6)} ${(r.loadMs / 1000).toFixed(1).padStart(6)}  ${r.msPerToken.toFixed(2).padStart(8)} (${r.embedMsPerToken.toFixed(2)})   ${mib(r.preparedBytes).padEnd(10)}  ${mib(r.rssBytes).padEnd(10)} ${mib(r.peakRssBytes).padEnd(10)} ${mib(r.rssBytes - baseline.rssBytes - r.preparedBytes).padEnd(26)} ${mib(r.peakRssBytes - base - r.preparedBytes)}\n`)
+    process.stdout.write(`${(r.headQuant + (r.cold ? ' cold' : '')).padEnd(10)} ${(r.loadMs / 1000).toFixed(1).padStart(6)}  ${r.msPerToken.toFixed(2).padStart(8)} (${r.embedMsPerToken.toFixed(2)})   ${mib(r.preparedBytes).padEnd(10)}  ${mib(r.rssBytes).padEnd(10)} ${mib(r.peakRssBytes).padEnd(10)} ${mib(r.rssBytes - baseline.rssBytes - r.preparedBytes).padEnd(26)} ${mib(r.peakRssBytes - base - r.preparedBytes)}\n`)
   }
 }
 

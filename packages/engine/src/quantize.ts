@@ -87,15 +87,35 @@ export function quantizedLayout (format: QuantFormat, k: number): { blocksPerRow
   }
 }
 
-export function quantizeBlockwise (weight: Float32Array, n: number, k: number, format: QuantFormat): QuantizedWeight {
+/** Buffers a quantized weight is written into, each for at least as many rows as the weight has. */
+export type QuantizedBuffers = Pick<QuantizedWeight, 'data' | 'scales' | 'zeroPoints'>
+
+/** Buffers for quantizing `rows` rows of width `k` at a time into (quantizeBlockwise's `into`). */
+export function quantizedBuffers (format: QuantFormat, k: number, rows: number): QuantizedBuffers {
+  const { blocksPerRow, blobBytes, zeroPointBytesPerRow } = quantizedLayout(format, k)
+  return {
+    data: new Uint8Array(rows * blocksPerRow * blobBytes),
+    scales: new Float32Array(rows * blocksPerRow),
+    zeroPoints: format.zeroPoints ? new Uint8Array(rows * zeroPointBytesPerRow) : undefined
+  }
+}
+
+/** Quantizes [n, k] `weight`; into the start of `into` if given (its views are returned), else into new buffers. */
+export function quantizeBlockwise (weight: Float32Array, n: number, k: number, format: QuantFormat, into?: QuantizedBuffers): QuantizedWeight {
   const { bits, blockSize } = format
   const { blocksPerRow, blobBytes, zeroPointBytesPerRow } = quantizedLayout(format, k)
   const levels = (1 << bits) - 1
   // Symmetric: q = round(w / scale) + 2^(bits-1) within ±(2^(bits-1) - 1), so the range is symmetric and 0 exact.
   const half = 1 << (bits - 1)
-  const data = new Uint8Array(n * blocksPerRow * blobBytes)
-  const scales = new Float32Array(n * blocksPerRow)
-  const zeroPoints = format.zeroPoints ? new Uint8Array(n * zeroPointBytesPerRow) : undefined
+  const buffers = into ?? quantizedBuffers(format, k, n)
+  const data = buffers.data.subarray(0, n * blocksPerRow * blobBytes)
+  const scales = buffers.scales.subarray(0, n * blocksPerRow)
+  const zeroPoints = format.zeroPoints ? buffers.zeroPoints?.subarray(0, n * zeroPointBytesPerRow) : undefined
+  if (data.length < n * blocksPerRow * blobBytes || scales.length < n * blocksPerRow || (format.zeroPoints && zeroPoints?.length !== n * zeroPointBytesPerRow)) {
+    throw new RangeError(`buffers too small for ${n} rows of ${k} in ${formatLabel(format)}`)
+  }
+  // 4-bit values are OR-ed into their bytes
+  if (into != null && bits === 4) { data.fill(0); zeroPoints?.fill(0) }
 
   for (let row = 0; row < n; row++) {
     for (let block = 0; block < blocksPerRow; block++) {
@@ -140,21 +160,16 @@ export function quantizeBlockwise (weight: Float32Array, n: number, k: number, f
  */
 export function quantizeByRows (n: number, k: number, format: QuantFormat, readRows: (from: number, to: number) => Float32Array, chunkRows = 512): QuantizedWeight {
   const { blocksPerRow, blobBytes, zeroPointBytesPerRow } = quantizedLayout(format, k)
-  const dataPerRow = blocksPerRow * blobBytes
-  const out: QuantizedWeight = {
-    format, n, k, blocksPerRow,
-    data: new Uint8Array(n * dataPerRow),
-    scales: new Float32Array(n * blocksPerRow),
-    zeroPoints: format.zeroPoints ? new Uint8Array(n * zeroPointBytesPerRow) : undefined
-  }
+  const out = quantizedBuffers(format, k, n)
   for (let first = 0; first < n; first += chunkRows) {
     const count = Math.min(chunkRows, n - first)
-    const part = quantizeBlockwise(readRows(first, first + count), count, k, format)
-    out.data.set(part.data, first * dataPerRow)
-    out.scales.set(part.scales, first * blocksPerRow)
-    if (part.zeroPoints != null) out.zeroPoints?.set(part.zeroPoints, first * zeroPointBytesPerRow)
+    quantizeBlockwise(readRows(first, first + count), count, k, format, {
+      data: out.data.subarray(first * blocksPerRow * blobBytes),
+      scales: out.scales.subarray(first * blocksPerRow),
+      zeroPoints: out.zeroPoints?.subarray(first * zeroPointBytesPerRow)
+    })
   }
-  return out
+  return { format, n, k, blocksPerRow, ...out }
 }
 
 /** Bytes of a quantized weight as the graph stores it. */

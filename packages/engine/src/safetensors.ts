@@ -21,6 +21,8 @@ export class SafetensorsCheckpoint {
   bytesRead = 0
   private readonly tensors = new Map<string, TensorEntry>()
   private readonly fds = new Map<string, number>()
+  /** The raw bytes of half-precision rows read `into` a caller's buffer, kept from call to call. */
+  private scratch = new Uint8Array(0)
 
   constructor (readonly modelDir: string) {
     const single = join(modelDir, 'model.safetensors')
@@ -73,11 +75,28 @@ export class SafetensorsCheckpoint {
     return this.read(name)
   }
 
-  /** Reads rows [from, to) of a tensor (first dimension), widened to f32: big tensors a slice at a time. */
-  readRows (name: string, from: number, to: number): Float32Array {
+  /**
+   * Reads rows [from, to) of a tensor (first dimension), widened to f32: big tensors a slice at a time.
+   * Into the start of `into` if given (and returned as a view of it), so a loop over slices or tokens
+   * reuses one buffer instead of leaving one per call to the garbage collector.
+   */
+  readRows (name: string, from: number, to: number, into?: Float32Array): Float32Array {
     const entry = this.entry(name)
     const rowBytes = (entry.end - entry.begin) / entry.shape[0]
-    return this.readRange(entry, from * rowBytes, to * rowBytes)
+    if (into == null) return this.readRange(entry, from * rowBytes, to * rowBytes)
+    const values = (to - from) * (entry.end - entry.begin) / BYTES[entry.dtype] / entry.shape[0]
+    if (into.length < values) throw new RangeError(`rows [${from}, ${to}) of ${name} are ${values} values, more than the ${into.length} of the buffer given`)
+    const out = into.subarray(0, values)
+    if (entry.dtype === 'F32') {
+      this.readAt(entry.file, new Uint8Array(out.buffer, out.byteOffset, out.byteLength), entry.begin + from * rowBytes)
+      return out
+    }
+    const bytes = values * BYTES[entry.dtype]
+    if (this.scratch.length < bytes) this.scratch = new Uint8Array(bytes)
+    const raw = this.scratch.subarray(0, bytes)
+    this.readAt(entry.file, raw, entry.begin + from * rowBytes)
+    widenHalves(new Uint16Array(raw.buffer, 0, values), entry.dtype, out)
+    return out
   }
 
   checkShape (name: string, shape: number[]): void {
@@ -90,6 +109,7 @@ export class SafetensorsCheckpoint {
   close (): void {
     for (const fd of this.fds.values()) closeSync(fd)
     this.fds.clear()
+    this.scratch = new Uint8Array(0)
   }
 
   private entry (name: string): TensorEntry {
@@ -157,9 +177,12 @@ export class SafetensorsCheckpoint {
 function toFloat32 (bytes: Uint8Array, dtype: StoredDType): Float32Array {
   if (dtype === 'F32') return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4)
   const halves = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2)
-  const out = new Float32Array(halves.length)
+  return widenHalves(halves, dtype, new Float32Array(halves.length))
+}
+
+function widenHalves (halves: Uint16Array, dtype: 'F16' | 'BF16', out: Float32Array): Float32Array {
   if (dtype === 'BF16') {
-    const bits = new Uint32Array(out.buffer)
+    const bits = new Uint32Array(out.buffer, out.byteOffset, halves.length)
     for (let i = 0; i < halves.length; i++) bits[i] = halves[i] << 16
   } else {
     for (let i = 0; i < halves.length; i++) out[i] = halfToFloat(halves[i])

@@ -1,11 +1,14 @@
 // The client head runs quantized (int8 by default): it must pick f32's top-1 token at ≥ 99 % of 200
 // teacher-forced stories260k positions, and the default head must still give the reference output.
-import { readdirSync, readlinkSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { argmax, createClientHead, createLocalModel, createSpanExecutor, DEFAULT_HEAD_QUANT, untilDone, type ClientHead, type Quantization } from '../src/index.ts'
-import { quantizeBlockwise, quantizeByRows } from '../src/quantize.ts'
+import { quantizeBlockwise, quantizeByRows, quantizedBuffers } from '../src/quantize.ts'
 import { SafetensorsCheckpoint } from '../src/safetensors.ts'
 import { seededRandom } from '../src/sampler.ts'
+import { writeSafetensors } from './fixtures/safetensors-writer.ts'
 import { STORIES, STORIES_PROMPT_IDS, STORIES_REFERENCE_IDS } from './helpers.ts'
 
 const POSITIONS = 200
@@ -113,5 +116,42 @@ describe('quantizeByRows', () => {
     const whole = quantizeBlockwise(weight, n, k, format)
     const chunked = quantizeByRows(n, k, format, (from, to) => weight.slice(from * k, to * k), 8)
     expect(chunked).toEqual(whole)
+  })
+
+  it.each([
+    { bits: 4, blockSize: 32, zeroPoints: true },
+    { bits: 8, blockSize: 64, zeroPoints: false }
+  ] as const)('into reused buffers, equals quantizing into new ones ($bits bits, zero points $zeroPoints)', (format) => {
+    const k = 70
+    const random = seededRandom(7)
+    const buffers = quantizedBuffers(format, k, 9)
+    for (const n of [9, 5]) { // the second, shorter matrix lands on what the first left there
+      const weight = Float32Array.from({ length: n * k }, () => random() * 4 - 2)
+      const { data, scales, zeroPoints } = quantizeBlockwise(weight, n, k, format, buffers)
+      const fresh = quantizeBlockwise(weight, n, k, format)
+      expect({ data, scales, zeroPoints }).toEqual({ data: fresh.data, scales: fresh.scales, zeroPoints: fresh.zeroPoints })
+    }
+    expect(() => quantizeBlockwise(new Float32Array(10 * k), 10, k, format, buffers)).toThrow('buffers too small for 10 rows of 70')
+  })
+})
+
+describe('SafetensorsCheckpoint.readRows into a buffer', () => {
+  it.each(['F32', 'F16', 'BF16'] as const)('reads the same rows as into a new array (%s), and refuses a buffer too small', async (dtype) => {
+    const dir = mkdtempSync(join(tmpdir(), 'minga-rows-'))
+    try {
+      const random = seededRandom(3)
+      await writeSafetensors(join(dir, 'model.safetensors'), [
+        { name: 'a', dtype, shape: [6, 5], data: Float32Array.from({ length: 30 }, () => random() - 0.5) },
+        { name: 'b', dtype, shape: [3, 5], data: Float32Array.from({ length: 15 }, () => random() - 0.5) }
+      ])
+      const checkpoint = new SafetensorsCheckpoint(dir)
+      const buffer = new Float32Array(20)
+      expect(checkpoint.readRows('a', 1, 5, buffer)).toEqual(checkpoint.readRows('a', 1, 5))
+      expect(checkpoint.readRows('b', 2, 3, buffer)).toEqual(checkpoint.readRows('b', 2, 3))
+      expect(() => checkpoint.readRows('a', 0, 6, buffer)).toThrow('rows [0, 6) of a are 30 values, more than the 20 of the buffer given')
+      checkpoint.close()
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })

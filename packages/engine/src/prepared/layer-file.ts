@@ -5,12 +5,17 @@
 import { closeSync, ftruncateSync, openSync, writeFileSync, writeSync } from 'node:fs'
 import { GraphBuilder, type DataType } from '../graph/onnx.ts'
 import type { LayerWeights, LinearTensors } from '../graph/span-graph.ts'
-import { fitFormat, quantizeBlockwise, quantizedLayout, type QuantFormat } from '../quantize.ts'
+import { fitFormat, quantizeBlockwise, quantizedBuffers, quantizedLayout, type QuantFormat } from '../quantize.ts'
 import type { SafetensorsCheckpoint } from '../safetensors.ts'
 
 const ALIGN = 4096
-/** Values per slice read from the checkpoint (16 MiB as f32). */
-const SLICE_VALUES = 1 << 22
+/**
+ * Values per slice read from the checkpoint (1 MiB as f32). One slice buffer and one quantized
+ * output are reused through a layer: with a new 16 MiB slice and its outputs each time, the
+ * allocator kept ~100 MiB of them after the TinyLlama-shaped head was prepared, for the rest of
+ * the process.
+ */
+const SLICE_VALUES = 1 << 18
 
 type Source = { name: string, rows: number }
 
@@ -117,18 +122,23 @@ export class LayerFile implements LayerWeights {
   }
 }
 
-/** Each source's rows, a slice at a time: (rows [from, from + count) of the stacked matrix, values). */
+/** Each source's rows, a slice at a time into one buffer: (rows [from, from + count) of the stacked matrix, values). */
 function * slices (checkpoint: SafetensorsCheckpoint, sources: Source[], k: number): Generator<{ row: number, count: number, values: Float32Array }> {
-  const sliceRows = Math.max(1, Math.floor(SLICE_VALUES / k))
+  const sliceRows = rowsPerSlice(k)
+  const buffer = new Float32Array(sliceRows * k)
   let row = 0
   for (const { name, rows } of sources) {
     checkpoint.checkShape(name, [rows, k])
     for (let r = 0; r < rows; r += sliceRows) {
       const count = Math.min(sliceRows, rows - r)
-      yield { row: row + r, count, values: checkpoint.readRows(name, r, r + count) }
+      yield { row: row + r, count, values: checkpoint.readRows(name, r, r + count, buffer) }
     }
     row += rows
   }
+}
+
+function rowsPerSlice (k: number): number {
+  return Math.max(1, Math.floor(SLICE_VALUES / k))
 }
 
 /** MatMul wants [k, n]: the stacked rows are transposed into one output tensor, written once. */
@@ -144,8 +154,9 @@ function writeF32Linear (checkpoint: SafetensorsCheckpoint, fd: number, { offset
 
 /** MatMulNBits' tensors are row-major in n, so each slice of rows quantizes and lands on its own. */
 function writeQuantizedLinear (checkpoint: SafetensorsCheckpoint, fd: number, recipe: Extract<Recipe, { kind: 'quantized-linear' }>): void {
+  const buffers = quantizedBuffers(recipe.format, recipe.k, rowsPerSlice(recipe.k))
   for (const { row, count, values } of slices(checkpoint, recipe.sources, recipe.k)) {
-    const q = quantizeBlockwise(values, count, recipe.k, recipe.format)
+    const q = quantizeBlockwise(values, count, recipe.k, recipe.format, buffers)
     writeAt(fd, q.data, recipe.qweight + row * (q.data.length / count))
     writeAt(fd, q.scales, recipe.scales + row * (q.scales.byteLength / count))
     if (q.zeroPoints != null && recipe.zeroPoints != null) writeAt(fd, q.zeroPoints, recipe.zeroPoints + row * (q.zeroPoints.length / count))

@@ -53,7 +53,7 @@ function embed ({ ids }: { ids: number[] }): Transfer<Float32Array> {
     if (!Number.isInteger(id) || id < 0 || id >= vocabSize) throw new InvalidArgumentError(`token id ${id} is outside the vocabulary of ${vocabSize}`)
   }
   const out = new Float32Array(ids.length * hiddenSize)
-  ids.forEach((id, i) => { out.set(checkpoint.readRows(EMBEDDINGS, id, id + 1), i * hiddenSize) })
+  ids.forEach((id, i) => { checkpoint.readRows(EMBEDDINGS, id, id + 1, out.subarray(i * hiddenSize)) })
   return new Transfer(out, [out.buffer])
 }
 
