@@ -2,7 +2,7 @@
 // costs per token and in memory, per head quantization, on the TinyLlama-1.1B-shaped random
 // checkpoint (vocab 32000 × hidden 2048, untied head) that bench:engine builds.
 //
-//   pnpm bench:head [--quant none,int8,int4] [--tokens 64] [--threads 2] [--cold] [--json]
+//   pnpm bench:head [--quant none,int8,int4] [--tokens 64] [--threads 2] [--repeats 3] [--cold] [--json]
 //
 // Each configuration runs in its own child process, so its RSS is its own. The runtime baseline is
 // the same child holding stories260k's head (38 KB of weights): Node, a worker thread, onnxruntime.
@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { createClientHead, createLogitsBuffer, QUANTIZATIONS, seededRandom, type Quantization } from '../src/index.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from './random-checkpoint.ts'
+import { median } from './bench-helpers.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
 const STORIES = fileURLToPath(new URL('../../../../shared/models/stories260k', import.meta.url))
@@ -99,6 +100,7 @@ async function main (): Promise<void> {
       threads: { type: 'string', default: '2' },
       json: { type: 'boolean', default: false },
       cold: { type: 'boolean', default: false },
+      repeats: { type: 'string', default: '3' },
       child: { type: 'string' },
       'model-dir': { type: 'string' },
       'cache-dir': { type: 'string' }
@@ -106,6 +108,8 @@ async function main (): Promise<void> {
   })
   const tokens = Number(values.tokens)
   const threads = Number(values.threads)
+  const repeats = Number(values.repeats)
+  if (!(Number.isInteger(repeats) && repeats >= 1)) throw new RangeError(`--repeats must be a whole number ≥ 1, got ${values.repeats}`)
   if (values.child != null) {
     const result = await measure(values['model-dir']!, values.child as Quantization, tokens, threads, values['cache-dir'])
     process.stdout.write(RESULT_PREFIX + JSON.stringify(result) + '\n')
@@ -113,30 +117,44 @@ async function main (): Promise<void> {
   }
   const checkpoint = ensureRandomCheckpoint(defaultCheckpointDir(), REPO_ROOT)
   const common = ['--tokens', String(tokens), '--threads', String(threads)]
-  process.stderr.write('baseline: stories260k int8 head\n')
-  const baseline = await runChild(['--child', 'int8', '--model-dir', STORIES, ...common])
-  const results: HeadResult[] = []
-  for (const quant of values.quant.split(',') as Quantization[]) {
-    process.stderr.write(`TinyLlama-shaped head, ${quant}\n`)
-    results.push(await runChild(['--child', quant, '--model-dir', checkpoint.dir, ...common]))
-    if (!values.cold) continue
-    process.stderr.write(`TinyLlama-shaped head, ${quant}, prepared first\n`)
-    const cacheDir = mkdtempSync(join(tmpdir(), 'minga-head-bench-'))
-    try {
-      results.push(await runChild(['--child', quant, '--model-dir', checkpoint.dir, '--cache-dir', cacheDir, ...common]))
-    } finally {
-      rmSync(cacheDir, { recursive: true, force: true })
+  const configs = (values.quant.split(',') as Quantization[]).flatMap(quant => values.cold ? [{ quant, cold: false }, { quant, cold: true }] : [{ quant, cold: false }])
+  // Rounds alternate the baseline with every configuration: the baseline alone moves by several MiB
+  // from run to run, so each configuration is compared with its own round's baseline.
+  const rounds: Array<{ baseline: HeadResult, results: HeadResult[] }> = []
+  for (let round = 1; round <= repeats; round++) {
+    process.stderr.write(`round ${round}/${repeats}: baseline (stories260k int8 head)\n`)
+    const baseline = await runChild(['--child', 'int8', '--model-dir', STORIES, ...common])
+    const results: HeadResult[] = []
+    for (const { quant, cold } of configs) {
+      process.stderr.write(`round ${round}/${repeats}: TinyLlama-shaped head, ${quant}${cold ? ', prepared first' : ''}\n`)
+      results.push(cold ? await coldChild(['--child', quant, '--model-dir', checkpoint.dir, ...common]) : await runChild(['--child', quant, '--model-dir', checkpoint.dir, ...common]))
     }
+    rounds.push({ baseline, results })
   }
   if (values.json) {
-    process.stdout.write(JSON.stringify({ baseline, results }) + '\n')
+    process.stdout.write(JSON.stringify({ rounds }) + '\n')
     return
   }
-  const base = baseline.peakRssBytes
-  process.stdout.write(`runtime baseline (stories260k head, ${baseline.preparedBytes} B of weights): RSS ${mib(baseline.rssBytes)}, peak ${mib(base)}\n`)
-  process.stdout.write('head       load s  ms/token (embed)  prepared    RSS        peak RSS   RSS − baseline − prepared  peak − baseline − prepared\n')
-  for (const r of results) {
-    process.stdout.write(`${(r.headQuant + (r.cold ? ' cold' : '')).padEnd(10)} ${(r.loadMs / 1000).toFixed(1).padStart(6)}  ${r.msPerToken.toFixed(2).padStart(8)} (${r.embedMsPerToken.toFixed(2)})   ${mib(r.preparedBytes).padEnd(10)}  ${mib(r.rssBytes).padEnd(10)} ${mib(r.peakRssBytes).padEnd(10)} ${mib(r.rssBytes - baseline.rssBytes - r.preparedBytes).padEnd(26)} ${mib(r.peakRssBytes - base - r.preparedBytes)}\n`)
+  const baselines = rounds.map(r => r.baseline)
+  process.stdout.write(`runtime baseline (stories260k head, ${baselines[0].preparedBytes} B of weights), median of ${repeats}: RSS ${mib(median(baselines.map(b => b.rssBytes)))}, peak ${mib(median(baselines.map(b => b.peakRssBytes)))}\n`)
+  process.stdout.write('head       load s  ms/token (embed)  prepared    RSS        peak RSS   RSS − baseline − prepared (each round)   peak − baseline − prepared\n')
+  for (const [i, { quant, cold }] of configs.entries()) {
+    const runs = rounds.map(r => r.results[i])
+    const m = (f: (r: HeadResult) => number): number => median(runs.map(f))
+    const over = rounds.map(r => r.results[i].rssBytes - r.baseline.rssBytes - r.results[i].preparedBytes)
+    const peakOver = rounds.map(r => r.results[i].peakRssBytes - r.baseline.peakRssBytes - r.results[i].preparedBytes)
+    const overText = `${mib(median(over))} (${over.map(b => (b / 2 ** 20).toFixed(1)).join(', ')})`
+    process.stdout.write(`${(quant + (cold ? ' cold' : '')).padEnd(10)} ${(m(r => r.loadMs) / 1000).toFixed(1).padStart(6)}  ${m(r => r.msPerToken).toFixed(2).padStart(8)} (${m(r => r.embedMsPerToken).toFixed(2)})   ${mib(runs[0].preparedBytes).padEnd(10)}  ${mib(m(r => r.rssBytes)).padEnd(10)} ${mib(m(r => r.peakRssBytes)).padEnd(10)} ${overText.padEnd(40)} ${mib(median(peakOver))}\n`)
+  }
+}
+
+/** A child that prepares its head first, in a new cache folder, as a client's first start does. */
+async function coldChild (args: string[]): Promise<HeadResult> {
+  const cacheDir = mkdtempSync(join(tmpdir(), 'minga-head-bench-'))
+  try {
+    return await runChild([...args, '--cache-dir', cacheDir])
+  } finally {
+    rmSync(cacheDir, { recursive: true, force: true })
   }
 }
 
