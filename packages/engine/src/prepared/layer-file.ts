@@ -10,10 +10,9 @@ import type { SafetensorsCheckpoint } from '../safetensors.ts'
 
 const ALIGN = 4096
 /**
- * Values per slice read from the checkpoint (1 MiB as f32). One slice buffer and one quantized
- * output are reused through a layer: with a new 16 MiB slice and its outputs each time, the
- * allocator kept ~100 MiB of them after the TinyLlama-shaped head was prepared, for the rest of
- * the process.
+ * Values per slice read from the checkpoint (1 MiB as f32). Each weight's slices go through one
+ * buffer and one quantized output: with a new 16 MiB slice and outputs each time, the allocator kept
+ * 50–100 MiB of them in a client that had prepared the TinyLlama-shaped head, for as long as it ran.
  */
 const SLICE_VALUES = 1 << 18
 
