@@ -12,7 +12,7 @@ import { createClient, type MingaClient } from '../src/index.ts'
 export type RunnerInit =
   | { kind: 'minga', modelDir: string, quant: Quantization, headQuant: Quantization, threads: number }
   | { kind: 'llama', entry: string, gguf: string, threads: number, contextSize: number }
-  | { kind: 'swarm', modelDir: string, bootstrap: string, threads: number, servers: number }
+  | { kind: 'swarm', modelDir: string, bootstrap: string, threads: number, servers: number, chains?: boolean }
 
 export type RunnerRequest =
   /** `prompts.length` generations at once (concurrent sessions), each of `newTokens` greedy tokens. */
@@ -71,7 +71,7 @@ async function llamaRunner (init: Extract<RunnerInit, { kind: 'llama' }>): Promi
 }
 
 async function swarmRunner (init: Extract<RunnerInit, { kind: 'swarm' }>): Promise<Runner> {
-  const client: MingaClient = await createClient({ modelDir: init.modelDir, bootstrap: [init.bootstrap], threads: init.threads })
+  const client: MingaClient = await createClient({ modelDir: init.modelDir, bootstrap: [init.bootstrap], threads: init.threads, chains: init.chains })
   // announcements take a moment to reach the DHT: wait until a generation routes through every hop
   const deadline = Date.now() + 120_000
   for (;;) {

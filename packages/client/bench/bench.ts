@@ -265,14 +265,12 @@ function summarize (row: Row, rows: Row[], promptTokens: number, bandwidth: Band
 async function alternate (rows: Row[], opts: Options, phase: string): Promise<void> {
   for (let i = 0; i < opts.warmupRuns; i++) for (const row of rows) await row.execute()
   for (let i = 0; i < opts.repeats; i++) {
-    const line: string[] = []
-    for (const row of rows) {
-      const r = await row.execute()
-      row.runs.push(r)
-      const p = perRun(r, opts.promptTokens)
-      line.push(`${row.name} ${p.decodeTokensPerSecond.toFixed(1)}`)
-    }
-    log(`  ${phase} repeat ${i + 1}/${opts.repeats}: ${line.join(', ')} tok/s (load ${loadavg()[0].toFixed(2)})`)
+    // Each repeat starts one row later, so that no row always runs first or always follows the
+    // 8-session row: this machine's speed drifts within a repeat too.
+    const order = rows.map((_, k) => (i + k) % rows.length)
+    for (const k of order) rows[k].runs.push(await rows[k].execute())
+    const line = rows.map(row => `${row.name} ${perRun(row.runs[row.runs.length - 1], opts.promptTokens).decodeTokensPerSecond.toFixed(1)}`)
+    log(`  ${phase} repeat ${i + 1}/${opts.repeats} (from ${rows[order[0]].name}): ${line.join(', ')} tok/s (load ${loadavg()[0].toFixed(2)})`)
   }
 }
 
@@ -423,6 +421,13 @@ async function main (): Promise<void> {
           const row = localRow(client, name, weightBytes(config, 'int4', 'int8'), `minga ${label}`)
           phaseRows.push(row)
           pids[name] = procs
+          if (spans.length > 1) {
+            // the same servers with the steps chained (`chains: true`): each server forwards to the next, and the last answers the client
+            const chained = await startRunner(`${name}, chained client`, { kind: 'swarm', modelDir: checkpoint.dir, bootstrap: swarm.bootstrap, threads, servers: spans.length, chains: true }, opts)
+            opened.push(chained)
+            phaseRows.push(localRow(chained, `${name}, chained`, weightBytes(config, 'int4', 'int8'), `minga ${label}`))
+            pids[`${name}, chained`] = { ...procs, client: chained.child.pid! }
+          }
           if (spans.length === 1 && opts.sessions > 1) {
             const concurrent: Row = {
               name: `${name}, ${opts.sessions} sessions`, anchor: name, sessions: opts.sessions, weights: row.weights, runs: [], peakRss: {},
