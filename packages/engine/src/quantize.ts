@@ -114,8 +114,8 @@ export function quantizeBlockwise (weight: Float32Array, n: number, k: number, f
   if (data.length < n * blocksPerRow * blobBytes || scales.length < n * blocksPerRow || (format.zeroPoints && zeroPoints?.length !== n * zeroPointBytesPerRow)) {
     throw new RangeError(`buffers too small for ${n} rows of ${k} in ${formatLabel(format)}`)
   }
-  // 4-bit values are OR-ed into their bytes
-  if (into != null && bits === 4) { data.fill(0); zeroPoints?.fill(0) }
+  // 4-bit values are OR-ed into their bytes, which may hold an earlier weight's
+  if (bits === 4) { data.fill(0); zeroPoints?.fill(0) }
 
   for (let row = 0; row < n; row++) {
     for (let block = 0; block < blocksPerRow; block++) {

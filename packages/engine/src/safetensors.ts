@@ -83,8 +83,8 @@ export class SafetensorsCheckpoint {
   readRows (name: string, from: number, to: number, into?: Float32Array): Float32Array {
     const entry = this.entry(name)
     const rowBytes = (entry.end - entry.begin) / entry.shape[0]
-    if (into == null) return this.readRange(entry, from * rowBytes, to * rowBytes)
-    const values = (to - from) * (entry.end - entry.begin) / BYTES[entry.dtype] / entry.shape[0]
+    const values = (to - from) * rowBytes / BYTES[entry.dtype]
+    into ??= new Float32Array(values)
     if (into.length < values) throw new RangeError(`rows [${from}, ${to}) of ${name} are ${values} values, more than the ${into.length} of the buffer given`)
     const out = into.subarray(0, values)
     if (entry.dtype === 'F32') {
