@@ -11,7 +11,7 @@ import { createClient, type MingaClient } from '../src/index.ts'
 
 export type RunnerInit =
   | { kind: 'minga', modelDir: string, quant: Quantization, headQuant: Quantization, threads: number }
-  | { kind: 'llama', entry: string, gguf: string, threads: number, contextSize: number }
+  | { kind: 'llama', entry: string, gguf: string, threads: number, contextSize: number, /** concurrent sequences (default 1) */ sequences?: number }
   | { kind: 'swarm', modelDir: string, bootstrap: string, threads: number, servers: number, chains?: boolean }
 
 export type RunnerRequest =
@@ -27,7 +27,7 @@ export interface RunnerRun { sessions: SessionRun[], wallMs: number, peakRssByte
 interface Runner {
   generate: (prompt: number[], newTokens: number) => Promise<SessionRun>
   /** The same generation as a stream of tokens (the concurrent runs pace it: see decodeTogether). */
-  stream?: (prompt: number[], newTokens: number) => ReturnType<MingaClient['generate']>
+  stream?: (prompt: number[], newTokens: number) => AsyncGenerator<unknown, { ids: number[], route?: unknown[] }>
   probabilities: (prompt: number[], vocabSize: number) => Promise<Float32Array>
   close: () => Promise<void>
 }
@@ -62,9 +62,10 @@ async function mingaRunner (init: Extract<RunnerInit, { kind: 'minga' }>): Promi
 }
 
 async function llamaRunner (init: Extract<RunnerInit, { kind: 'llama' }>): Promise<Runner> {
-  const model: LlamaCppModel = await loadLlamaCpp(init.entry, init.gguf, init.threads, init.contextSize)
+  const model: LlamaCppModel = await loadLlamaCpp(init.entry, init.gguf, init.threads, init.contextSize, init.sequences)
   return {
     generate: async (prompt, newTokens) => await model.generate(prompt, newTokens),
+    stream: (prompt, newTokens) => model.stream(prompt, newTokens),
     probabilities: async (prompt, vocabSize) => await model.nextTokenProbabilities(prompt, vocabSize),
     close: async () => { await model.close() }
   }
@@ -121,7 +122,7 @@ async function decodeTogether (runner: Runner, prompts: number[][], newTokens: n
   }))
   const windowSeconds = (Math.max(...sessions.map(s => s.ended)) - await allPrefilled) / 1000
   return sessions.map(({ result, prefillMs }) => ({
-    prefillMs, ids: result.ids, hops: result.route.length, tokensPerSecond: Math.max(0, result.ids.length - 1) / windowSeconds
+    prefillMs, ids: result.ids, hops: result.route?.length, tokensPerSecond: Math.max(0, result.ids.length - 1) / windowSeconds
   }))
 }
 

@@ -406,6 +406,17 @@ async function main (): Promise<void> {
         if (reference.length > 0) await checkSanity(llama, `llama.cpp ${phase.gguf}`)
         phaseRows.push(localRow(llama, `llama.cpp ${phase.gguf}`, weightBytes(config, phase.gguf, phase.gguf === 'F16' ? 'F16' : 'Q8_0')))
         pids[`llama.cpp ${phase.gguf}`] = { local: llama.child.pid! }
+        if (phase.quant === 'int4' && opts.sessions > 1) {
+          // llama.cpp's own batching (node-llama-cpp evaluates sequences that step at once as one batch): the anchor of the sessions row
+          const name = `llama.cpp ${phase.gguf}, ${opts.sessions} sequences`
+          const batched = await startRunner(name, { kind: 'llama', entry: llamaEntry, gguf: ggufs.get(phase.gguf)!, threads, contextSize, sequences: opts.sessions }, opts)
+          opened.push(batched)
+          phaseRows.push({
+            name, anchor: `llama.cpp ${phase.gguf}`, sessions: opts.sessions, weights: phaseRows[1].weights, runs: [], peakRss: {},
+            execute: async () => await run(batched, concurrentPrompts, opts.tokens)
+          })
+          pids[name] = { local: batched.child.pid! }
+        }
       }
       if (phase.quant === 'int4') {
         // the swarms, against the local int4 engine: one server of every layer, and three spans

@@ -35,41 +35,66 @@ export interface LlamaCppRun {
 export interface LlamaCppModel {
   /** Greedy generation of `newTokens` tokens from `promptIds` in a fresh sequence state. */
   generate (promptIds: number[], newTokens: number): Promise<LlamaCppRun>
+  /**
+   * The same generation as a stream of its tokens, on one of the context's sequences: streams on
+   * different sequences that evaluate at once share llama.cpp's batches (node-llama-cpp batches them).
+   */
+  stream (promptIds: number[], newTokens: number): AsyncGenerator<number, { ids: number[] }>
   /** The next-token distribution (probabilities) after `promptIds`, as a dense array over the vocabulary. */
   nextTokenProbabilities (promptIds: number[], vocabSize: number): Promise<Float32Array>
   close (): Promise<void>
 }
 
-/** Loads a GGUF file on the CPU with `threads` threads and a context of `contextSize` tokens. */
-export async function loadLlamaCpp (entry: string, modelPath: string, threads: number, contextSize: number): Promise<LlamaCppModel> {
+/** Loads a GGUF file on the CPU with `threads` threads and `sequences` sequences of `contextSize` tokens each. */
+export async function loadLlamaCpp (entry: string, modelPath: string, threads: number, contextSize: number, sequences = 1): Promise<LlamaCppModel> {
   const lib = await import(pathToFileURL(entry).href)
   const llama = await lib.getLlama({ gpu: false, build: 'never', logLevel: 'error', maxThreads: threads })
   const model = await llama.loadModel({ modelPath, gpuLayers: 0 })
   // batchSize = the context: a 128-token prompt is one llama_decode, as minga's prefill is one run
-  const context = await model.createContext({ contextSize, batchSize: contextSize, threads, sequences: 1 })
-  const sequence = context.getSequence()
-  const reset = async (): Promise<void> => { await sequence.clearHistory() }
+  const context = await model.createContext({ contextSize, batchSize: contextSize, threads, sequences })
+  const idle = Array.from({ length: sequences }, () => context.getSequence())
+  /** One of the idle sequences, cleared, for the time of `use`. */
+  async function * onSequence<T> (use: (sequence: any) => AsyncGenerator<number, T>): AsyncGenerator<number, T> {
+    const sequence = idle.pop()
+    if (sequence == null) throw new Error(`all ${sequences} llama.cpp sequences are in use`)
+    try {
+      await sequence.clearHistory()
+      return yield * use(sequence)
+    } finally {
+      idle.push(sequence)
+    }
+  }
+  const stream = (promptIds: number[], newTokens: number): AsyncGenerator<number, { ids: number[] }> => onSequence(async function * (sequence) {
+    const ids: number[] = []
+    for await (const token of sequence.evaluate(promptIds, { temperature: 0 })) {
+      ids.push(token)
+      yield token
+      if (ids.length >= newTokens) break
+    }
+    return { ids }
+  })
   return {
+    stream,
     async generate (promptIds, newTokens) {
-      await reset()
-      const ids: number[] = []
       const started = performance.now()
-      let firstAt = 0
-      for await (const token of sequence.evaluate(promptIds, { temperature: 0 })) {
-        if (ids.length === 0) firstAt = performance.now()
-        ids.push(token)
-        if (ids.length >= newTokens) break
-      }
+      const tokens = stream(promptIds, newTokens)
+      let step = await tokens.next()
+      const firstAt = performance.now()
+      while (step.done !== true) step = await tokens.next()
+      const { ids } = step.value
       const decodeMs = performance.now() - firstAt
       return { prefillMs: firstAt - started, tokensPerSecond: (ids.length - 1) / (decodeMs / 1000), ids }
     },
     async nextTokenProbabilities (promptIds, vocabSize) {
-      await reset()
       const dense = new Float32Array(vocabSize)
-      for await (const output of sequence.evaluateWithMetadata(promptIds, { probabilities: true }, { temperature: 1, topK: vocabSize, topP: 1, minP: 0 })) {
-        for (const [token, p] of output.probabilities as Map<number, number>) dense[token] = p
-        break
-      }
+      // (the generator yields nothing: it only lends the sequence)
+      const next = onSequence(async function * (sequence) {
+        for await (const output of sequence.evaluateWithMetadata(promptIds, { probabilities: true }, { temperature: 1, topK: vocabSize, topP: 1, minP: 0 })) {
+          for (const [token, p] of output.probabilities as Map<number, number>) dense[token] = p
+          break
+        }
+      })
+      await next.next()
       return dense
     },
     async close () {
