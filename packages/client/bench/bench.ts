@@ -1,7 +1,8 @@
 // `pnpm bench`: one table comparing, side by side in one run, the local engine (f32, int8, int4)
 // with llama.cpp (node-llama-cpp) on the same random TinyLlama-1.1B-shaped weights (F16, Q8_0, Q4_0
 // GGUF files written from minga's checkpoint), 1-node and 3-node loopback swarms, and 1 and 8
-// concurrent sessions on one server; against the machine's measured read bandwidth.
+// concurrent sessions on one server (beside llama.cpp's 1 and 8 sequences); against the machine's
+// measured read bandwidth.
 //
 //   pnpm bench [--json] [--tokens 32] [--prompt-tokens 128] [--repeats 3] [--threads 2] [--sessions 8]
 //
@@ -50,7 +51,7 @@ const USAGE = `usage: pnpm bench [options]
   --repeats R         measured runs of every row, alternating (default 3); the table shows medians
   --warmup-runs W     untimed full-length runs of every row first (default 1)
   --threads T         threads of every engine, llama.cpp and server (default 2)
-  --sessions S        concurrent sessions of the concurrency row (default 8)
+  --sessions S        concurrent sessions of the sessions row, and llama.cpp's sequences beside it (default 8)
   --no-llama          skip llama.cpp (no install, no GGUF files)
   --phases LIST       f32,int8,int4 (default all; the swarms and sessions run with int4)
   --json              one JSON object on stdout instead of the table
