@@ -53,26 +53,32 @@ export async function loadLlamaCpp (entry: string, modelPath: string, threads: n
   // batchSize = the context: a 128-token prompt is one llama_decode, as minga's prefill is one run
   const context = await model.createContext({ contextSize, batchSize: contextSize, threads, sequences })
   const idle = Array.from({ length: sequences }, () => context.getSequence())
-  /** One of the idle sequences, cleared, for the time of `use`. */
-  async function * onSequence<T> (use: (sequence: any) => AsyncGenerator<number, T>): AsyncGenerator<number, T> {
+  /** An idle sequence, cleared; the caller gives it back to `idle`. */
+  async function borrow (): Promise<any> {
     const sequence = idle.pop()
     if (sequence == null) throw new Error(`all ${sequences} llama.cpp sequences are in use`)
     try {
       await sequence.clearHistory()
-      return yield * use(sequence)
+    } catch (err) {
+      idle.push(sequence)
+      throw err
+    }
+    return sequence
+  }
+  async function * stream (promptIds: number[], newTokens: number): AsyncGenerator<number, { ids: number[] }> {
+    const sequence = await borrow()
+    try {
+      const ids: number[] = []
+      for await (const token of sequence.evaluate(promptIds, { temperature: 0 })) {
+        ids.push(token)
+        yield token
+        if (ids.length >= newTokens) break
+      }
+      return { ids }
     } finally {
       idle.push(sequence)
     }
   }
-  const stream = (promptIds: number[], newTokens: number): AsyncGenerator<number, { ids: number[] }> => onSequence(async function * (sequence) {
-    const ids: number[] = []
-    for await (const token of sequence.evaluate(promptIds, { temperature: 0 })) {
-      ids.push(token)
-      yield token
-      if (ids.length >= newTokens) break
-    }
-    return { ids }
-  })
   return {
     stream,
     async generate (promptIds, newTokens) {
@@ -86,16 +92,17 @@ export async function loadLlamaCpp (entry: string, modelPath: string, threads: n
       return { prefillMs: firstAt - started, tokensPerSecond: (ids.length - 1) / (decodeMs / 1000), ids }
     },
     async nextTokenProbabilities (promptIds, vocabSize) {
-      const dense = new Float32Array(vocabSize)
-      // (the generator yields nothing: it only lends the sequence)
-      const next = onSequence(async function * (sequence) {
+      const sequence = await borrow()
+      try {
+        const dense = new Float32Array(vocabSize)
         for await (const output of sequence.evaluateWithMetadata(promptIds, { probabilities: true }, { temperature: 1, topK: vocabSize, topP: 1, minP: 0 })) {
           for (const [token, p] of output.probabilities as Map<number, number>) dense[token] = p
           break
         }
-      })
-      await next.next()
-      return dense
+        return dense
+      } finally {
+        idle.push(sequence)
+      }
     },
     async close () {
       await context.dispose()
