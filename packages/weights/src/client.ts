@@ -19,17 +19,39 @@ export class WeightsChannel {
 
   constructor (private readonly node: MingaNode, readonly peer: PeerId) {}
 
-  /** The reply's bytes (at most maxBytes), or the provider's error as the same named class. */
+  /**
+   * The reply's bytes (at most maxBytes), or the provider's error as the same named class. A stream
+   * that breaks before the provider answered (the provider closed it while idle, or the connection it
+   * was opened on was closing) is replaced once: requests only read, so asking again is safe.
+   */
   async request (request: WeightsRequest, maxBytes: number, signal: AbortSignal): Promise<Uint8Array> {
+    try {
+      return await this.requestOnce(request, maxBytes, signal)
+    } catch (err) {
+      if (!(err instanceof UnansweredError) || signal.aborted) throw thrownAs(err)
+      return await this.requestOnce(request, maxBytes, signal).catch(err => { throw thrownAs(err) })
+    }
+  }
+
+  private async requestOnce (request: WeightsRequest, maxBytes: number, signal: AbortSignal): Promise<Uint8Array> {
     const lp = this.lp ?? lpStream(await this.node.libp2p.dialProtocol(this.peer, WEIGHTS_PROTOCOL, { signal }), { maxDataLength: 64 * 2 ** 20 + 1024 })
     this.lp = lp
     try {
-      await lp.write(new TextEncoder().encode(JSON.stringify(request)), { signal })
       let header: any
       try {
-        header = JSON.parse(new TextDecoder().decode((await lp.read({ signal })).subarray()))
+        await lp.write(new TextEncoder().encode(JSON.stringify(request)), { signal })
       } catch (err) {
-        if (signal.aborted) throw err
+        throw new UnansweredError(err, err)
+      }
+      let reply: Uint8Array
+      try {
+        reply = (await lp.read({ signal })).subarray()
+      } catch (err) {
+        throw new UnansweredError(err, signal.aborted ? err : new WeightsProtocolError(`no reply from ${this.peer}: ${(err as Error).message}`))
+      }
+      try {
+        header = JSON.parse(new TextDecoder().decode(reply))
+      } catch (err) {
         throw new WeightsProtocolError(`malformed reply from ${this.peer}: ${(err as Error).message}`)
       }
       if (header?.ok !== true) {
@@ -42,7 +64,7 @@ export class WeightsChannel {
       return data
     } catch (err) {
       // an answered error leaves the stream in step; anything else (a timeout, a reset) does not
-      if (!(err instanceof Error && err.name in ERRORS)) this.close(err)
+      if (!(err instanceof Error && err.name in ERRORS)) this.close(err instanceof UnansweredError ? err.reason : err)
       throw err
     }
   }
@@ -55,6 +77,13 @@ export class WeightsChannel {
     else void stream.close().catch(() => {})
   }
 }
+
+/** The stream failed before the provider's reply began (see WeightsChannel.request); `final` is thrown if it is not retried. */
+class UnansweredError extends Error {
+  constructor (readonly reason: unknown, readonly final: unknown) { super(String((reason as Error)?.message ?? reason)) }
+}
+
+const thrownAs = (err: unknown): unknown => err instanceof UnansweredError ? err.final : err
 
 /** Sends one request to a provider on a stream of its own. */
 export async function requestWeights (node: MingaNode, peer: PeerId, request: WeightsRequest, maxBytes: number, signal: AbortSignal): Promise<Uint8Array> {

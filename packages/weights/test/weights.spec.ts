@@ -13,6 +13,7 @@ import {
   type WeightSource, type WeightsProvider
 } from '../src/index.ts'
 import { SafetensorsCheckpoint } from '../../engine/src/safetensors.ts'
+import { WeightsChannel } from '../src/client.ts'
 import { until } from '../../../test/fixtures/until.ts'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
@@ -200,6 +201,19 @@ describe('bad input', () => {
       cache.remove()
     }
   })
+})
+
+it('a channel whose stream broke between requests (its connection closed) asks again on a new stream', async () => {
+  const client = await node()
+  const channel = new WeightsChannel(client, honest[0].peerId)
+  try {
+    const first = await channel.request({ model: ID, op: 'chunk', index: 0 }, CHUNK, AbortSignal.timeout(10_000))
+    await client.libp2p.hangUp(honest[0].peerId)
+    const again = await channel.request({ model: ID, op: 'chunk', index: 0 }, CHUNK, AbortSignal.timeout(10_000))
+    expect(Buffer.from(again)).toEqual(Buffer.from(first))
+  } finally {
+    channel.close()
+  }
 })
 
 it('the store ignores a record cut short at the end of verified.log', async () => {
