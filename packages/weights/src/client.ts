@@ -25,47 +25,37 @@ export class WeightsChannel {
    * was opened on was closing) is replaced once: requests only read, so asking again is safe.
    */
   async request (request: WeightsRequest, maxBytes: number, signal: AbortSignal): Promise<Uint8Array> {
-    try {
-      return await this.requestOnce(request, maxBytes, signal)
-    } catch (err) {
-      if (!(err instanceof UnansweredError) || signal.aborted) throw thrownAs(err)
-      return await this.requestOnce(request, maxBytes, signal).catch(err => { throw thrownAs(err) })
-    }
-  }
-
-  private async requestOnce (request: WeightsRequest, maxBytes: number, signal: AbortSignal): Promise<Uint8Array> {
-    const lp = this.lp ?? lpStream(await this.node.libp2p.dialProtocol(this.peer, WEIGHTS_PROTOCOL, { signal }), { maxDataLength: 64 * 2 ** 20 + 1024 })
-    this.lp = lp
-    try {
-      let header: any
+    for (let attempt = 1; ; attempt++) {
+      const lp = this.lp ?? lpStream(await this.node.libp2p.dialProtocol(this.peer, WEIGHTS_PROTOCOL, { signal }), { maxDataLength: 64 * 2 ** 20 + 1024 })
+      this.lp = lp
+      let stage: 'writing' | 'waiting' | 'answered' = 'writing'
       try {
         await lp.write(new TextEncoder().encode(JSON.stringify(request)), { signal })
+        stage = 'waiting'
+        const reply = (await lp.read({ signal })).subarray()
+        stage = 'answered'
+        let header: any
+        try {
+          header = JSON.parse(new TextDecoder().decode(reply))
+        } catch (err) {
+          throw new WeightsProtocolError(`malformed reply from ${this.peer}: ${(err as Error).message}`)
+        }
+        if (header?.ok !== true) {
+          const Named = ERRORS[header?.error] ?? WeightsProtocolError
+          throw new Named(`${this.peer}: ${String(header?.message ?? 'request failed')}`)
+        }
+        if (!Number.isInteger(header.bytes) || header.bytes < 0 || header.bytes > maxBytes) throw new WeightsProtocolError(`${this.peer} announced ${header.bytes} bytes, more than the ${maxBytes} expected`)
+        const data = (await lp.read({ signal })).subarray()
+        if (data.length !== header.bytes) throw new WeightsProtocolError(`${this.peer} sent ${data.length} bytes instead of ${header.bytes}`)
+        return data
       } catch (err) {
-        throw new UnansweredError(err, err)
+        // an answered error leaves the stream in step; anything else (a timeout, a reset) does not
+        if (!(err instanceof Error && err.name in ERRORS)) this.close(err)
+        if (stage === 'answered' || signal.aborted) throw err
+        if (attempt === 1) continue
+        if (stage === 'waiting') throw new WeightsProtocolError(`no reply from ${this.peer}: ${(err as Error).message}`)
+        throw err
       }
-      let reply: Uint8Array
-      try {
-        reply = (await lp.read({ signal })).subarray()
-      } catch (err) {
-        throw new UnansweredError(err, signal.aborted ? err : new WeightsProtocolError(`no reply from ${this.peer}: ${(err as Error).message}`))
-      }
-      try {
-        header = JSON.parse(new TextDecoder().decode(reply))
-      } catch (err) {
-        throw new WeightsProtocolError(`malformed reply from ${this.peer}: ${(err as Error).message}`)
-      }
-      if (header?.ok !== true) {
-        const Named = ERRORS[header?.error] ?? WeightsProtocolError
-        throw new Named(`${this.peer}: ${String(header?.message ?? 'request failed')}`)
-      }
-      if (!Number.isInteger(header.bytes) || header.bytes < 0 || header.bytes > maxBytes) throw new WeightsProtocolError(`${this.peer} announced ${header.bytes} bytes, more than the ${maxBytes} expected`)
-      const data = (await lp.read({ signal })).subarray()
-      if (data.length !== header.bytes) throw new WeightsProtocolError(`${this.peer} sent ${data.length} bytes instead of ${header.bytes}`)
-      return data
-    } catch (err) {
-      // an answered error leaves the stream in step; anything else (a timeout, a reset) does not
-      if (!(err instanceof Error && err.name in ERRORS)) this.close(err instanceof UnansweredError ? err.reason : err)
-      throw err
     }
   }
 
@@ -77,13 +67,6 @@ export class WeightsChannel {
     else void stream.close().catch(() => {})
   }
 }
-
-/** The stream failed before the provider's reply began (see WeightsChannel.request); `final` is thrown if it is not retried. */
-class UnansweredError extends Error {
-  constructor (readonly reason: unknown, readonly final: unknown) { super(String((reason as Error)?.message ?? reason)) }
-}
-
-const thrownAs = (err: unknown): unknown => err instanceof UnansweredError ? err.final : err
 
 /** Sends one request to a provider on a stream of its own. */
 export async function requestWeights (node: MingaNode, peer: PeerId, request: WeightsRequest, maxBytes: number, signal: AbortSignal): Promise<Uint8Array> {
