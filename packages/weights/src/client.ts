@@ -21,15 +21,16 @@ export class WeightsChannel {
 
   /**
    * The reply's bytes (at most maxBytes), or the provider's error as the same named class. A stream
-   * that breaks before the provider answered (the provider closed it while idle, or the connection it
-   * was opened on was closing) is replaced once: requests only read, so asking again is safe.
+   * that cannot be opened or breaks before the provider answered (the provider closed it while idle,
+   * or the connection it was opened on was closing) is replaced once: requests only read, so asking again is safe.
    */
   async request (request: WeightsRequest, maxBytes: number, signal: AbortSignal): Promise<Uint8Array> {
     for (let attempt = 1; ; attempt++) {
-      const lp = this.lp ?? lpStream(await this.node.libp2p.dialProtocol(this.peer, WEIGHTS_PROTOCOL, { signal }), { maxDataLength: 64 * 2 ** 20 + 1024 })
-      this.lp = lp
-      let stage: 'writing' | 'waiting' | 'answered' = 'writing'
+      let stage: 'opening' | 'writing' | 'waiting' | 'answered' = 'opening'
       try {
+        const lp = this.lp ?? lpStream(await this.node.libp2p.dialProtocol(this.peer, WEIGHTS_PROTOCOL, { signal }), { maxDataLength: 64 * 2 ** 20 + 1024 })
+        this.lp = lp
+        stage = 'writing'
         await lp.write(new TextEncoder().encode(JSON.stringify(request)), { signal })
         stage = 'waiting'
         const reply = (await lp.read({ signal })).subarray()
@@ -53,7 +54,8 @@ export class WeightsChannel {
         if (!(err instanceof Error && err.name in ERRORS)) this.close(err)
         if (stage === 'answered' || signal.aborted) throw err
         if (attempt === 1) continue
-        if (stage === 'waiting') throw new WeightsProtocolError(`no reply from ${this.peer}: ${(err as Error).message}`)
+        // libp2p can reject a negotiation with the stream's close event, which is not an Error
+        if (stage === 'waiting' || !(err instanceof Error)) throw new WeightsProtocolError(`${stage === 'waiting' ? 'no reply from' : 'no stream to'} ${this.peer}: ${(err as Error)?.message ?? String(err)}`)
         throw err
       }
     }
