@@ -15,7 +15,7 @@ export interface ClientHeadInit {
   modelDir: string
   /** Quantization of the LM head (default int8; `none` is f32). */
   headQuant?: Quantization
-  /** The LM head's block size and zero points (default HEAD_QUANT_FORMATS[headQuant]; for measuring other formats). */
+  /** The LM head's quantized format (default HEAD_QUANT_FORMATS[headQuant]; for measuring other formats). */
   headFormat?: QuantFormat
   threads?: number
   /** Where the prepared head is kept (default: defaultCacheDir()), beside the span's layers. */

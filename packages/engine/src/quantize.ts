@@ -1,15 +1,15 @@
-// Block-wise quantization of a linear layer's weight into ORT's MatMulNBits layout, asymmetric (a
+// Quantization of a linear layer's weight. Block-wise into ORT's MatMulNBits layout, asymmetric (a
 // zero point per block) or symmetric (none stored: MatMulNBits then takes 2^(bits-1) as every block's
-// zero point). Weight rows are output features ([N, K], the Hugging Face layout), which is what
-// MatMulNBits expects.
+// zero point); weight rows are output features ([N, K], the Hugging Face layout), which is what
+// MatMulNBits expects. Or int8 with one scale per output row (graph/matmul-int8-rows.ts).
 
 export type Quantization = 'none' | 'int8' | 'int4'
 export const QUANTIZATIONS: Quantization[] = ['none', 'int8', 'int4']
 /** The quantization of spans unless told otherwise: a quarter of f32's memory for a 1 % top-1 difference (198/200 on stories260k). */
 export const DEFAULT_QUANT: Quantization = 'int8'
 
-/** How a quantized weight is stored: MatMulNBits' `bits` and `block_size`, and whether zero points are. */
-export interface QuantFormat {
+/** How a block-quantized weight is stored: MatMulNBits' `bits` and `block_size`, and whether zero points are. */
+export interface BlockFormat {
   bits: 4 | 8
   /** Values per block sharing one scale (MatMulNBits: a power of two, at least 16). */
   blockSize: 16 | 32 | 64 | 128 | 256
@@ -18,12 +18,31 @@ export interface QuantFormat {
 }
 
 /**
+ * 8 bits per weight with a scale and a zero point per output row, run as an integer matmul over
+ * inputs quantized per row (graph/matmul-int8-rows.ts). onnxruntime packs such a weight and releases
+ * the original, so it costs its own bytes; MatMulNBits keeps its scales and zero points beside a
+ * packed copy that adds per-block sums (6.3 MiB over the 65.0 MiB of the TinyLlama-shaped int8 head).
+ */
+export interface RowFormat {
+  bits: 8
+  perRow: true
+}
+
+export type QuantFormat = BlockFormat | RowFormat
+
+export const ROW_INT8: RowFormat = { bits: 8, perRow: true }
+
+export function isRowFormat (format: QuantFormat): format is RowFormat {
+  return 'perRow' in format
+}
+
+/**
  * The format of each quantization of the layers, chosen by `pnpm bench:quant`
  * (README): block 128 runs the TinyLlama-shaped span 1.2× faster per token than block 32 and the
  * int8 head's matmul 2× faster. Zero points stay: without them int4's top-1 agreement with f32 drops
  * more (173 vs 180 of 200 on stories260k) for no clear gain in speed.
  */
-export const QUANT_FORMATS: Record<Exclude<Quantization, 'none'>, QuantFormat> = {
+export const QUANT_FORMATS: Record<Exclude<Quantization, 'none'>, BlockFormat> = {
   int8: { bits: 8, blockSize: 128, zeroPoints: true },
   int4: { bits: 4, blockSize: 128, zeroPoints: true }
 }
@@ -44,13 +63,15 @@ export function quantFormat (quant: Quantization, format?: QuantFormat): QuantFo
   const own = QUANT_FORMATS[quant]
   if (format == null) return own
   if (format.bits !== own.bits) throw new RangeError(`a ${format.bits}-bit format cannot store ${quant}`)
+  if (isRowFormat(format)) return format
   if (!(Number.isInteger(Math.log2(format.blockSize)) && format.blockSize >= 16)) throw new RangeError(`block size ${format.blockSize} is not a power of two ≥ 16`)
   return format
 }
 
 /** A short name of a format, e.g. `b128-sym`: part of the prepared folder's name, so formats never mix. */
 export function formatLabel (format: QuantFormat | undefined): string {
-  return format == null ? 'f32' : `b${format.blockSize}${format.zeroPoints ? '' : '-sym'}`
+  if (format == null) return 'f32'
+  return isRowFormat(format) ? 'rows' : `b${format.blockSize}${format.zeroPoints ? '' : '-sym'}`
 }
 
 /**
@@ -58,14 +79,14 @@ export function formatLabel (format: QuantFormat | undefined): string {
  * whole number of them would add more than k / 8 zeros, so small widths (stories260k's 64 and 172)
  * are not stored twice over. Real models' widths are multiples of 128 and keep the format's block.
  */
-export function fitFormat (format: QuantFormat, k: number): QuantFormat {
+export function fitFormat (format: BlockFormat, k: number): BlockFormat {
   let blockSize = format.blockSize
   while (blockSize > 16 && Math.ceil(k / blockSize) * blockSize - k > k / 8) blockSize /= 2
-  return blockSize === format.blockSize ? format : { ...format, blockSize: blockSize as QuantFormat['blockSize'] }
+  return blockSize === format.blockSize ? format : { ...format, blockSize: blockSize as BlockFormat['blockSize'] }
 }
 
 export interface QuantizedWeight {
-  format: QuantFormat
+  format: BlockFormat
   n: number
   k: number
   blocksPerRow: number
@@ -78,7 +99,7 @@ export interface QuantizedWeight {
 }
 
 /** Sizes of a quantized [n, k] weight's three tensors in `format`. */
-export function quantizedLayout (format: QuantFormat, k: number): { blocksPerRow: number, blobBytes: number, zeroPointBytesPerRow: number } {
+export function quantizedLayout (format: BlockFormat, k: number): { blocksPerRow: number, blobBytes: number, zeroPointBytesPerRow: number } {
   const blocksPerRow = Math.ceil(k / format.blockSize)
   return {
     blocksPerRow,
@@ -91,7 +112,7 @@ export function quantizedLayout (format: QuantFormat, k: number): { blocksPerRow
 export type QuantizedBuffers = Pick<QuantizedWeight, 'data' | 'scales' | 'zeroPoints'>
 
 /** Buffers for quantizing `rows` rows of width `k` at a time into (quantizeBlockwise's `into`). */
-export function quantizedBuffers (format: QuantFormat, k: number, rows: number): QuantizedBuffers {
+export function quantizedBuffers (format: BlockFormat, k: number, rows: number): QuantizedBuffers {
   const { blocksPerRow, blobBytes, zeroPointBytesPerRow } = quantizedLayout(format, k)
   return {
     data: new Uint8Array(rows * blocksPerRow * blobBytes),
@@ -101,7 +122,7 @@ export function quantizedBuffers (format: QuantFormat, k: number, rows: number):
 }
 
 /** Quantizes [n, k] `weight`; into the start of `into` if given (its views are returned), else into new buffers. */
-export function quantizeBlockwise (weight: Float32Array, n: number, k: number, format: QuantFormat, into?: QuantizedBuffers): QuantizedWeight {
+export function quantizeBlockwise (weight: Float32Array, n: number, k: number, format: BlockFormat, into?: QuantizedBuffers): QuantizedWeight {
   const { bits, blockSize } = format
   const { blocksPerRow, blobBytes, zeroPointBytesPerRow } = quantizedLayout(format, k)
   const levels = (1 << bits) - 1
@@ -158,7 +179,7 @@ export function quantizeBlockwise (weight: Float32Array, n: number, k: number, f
  * quantizeBlockwise over a weight read `chunkRows` rows at a time, so that the weight's f32 form
  * never exists whole.
  */
-export function quantizeByRows (n: number, k: number, format: QuantFormat, readRows: (from: number, to: number) => Float32Array, chunkRows = 512): QuantizedWeight {
+export function quantizeByRows (n: number, k: number, format: BlockFormat, readRows: (from: number, to: number) => Float32Array, chunkRows = 512): QuantizedWeight {
   const { blocksPerRow, blobBytes, zeroPointBytesPerRow } = quantizedLayout(format, k)
   const out = quantizedBuffers(format, k, n)
   for (let first = 0; first < n; first += chunkRows) {
@@ -175,4 +196,26 @@ export function quantizeByRows (n: number, k: number, format: QuantFormat, readR
 /** Bytes of a quantized weight as the graph stores it. */
 export function quantizedBytes (q: QuantizedWeight): number {
   return q.data.byteLength + q.scales.byteLength + (q.zeroPoints?.byteLength ?? 0)
+}
+
+/** ROW_INT8's rows: [rows, k] uint8 values, with a scale and a zero point per row. */
+export interface RowQuantized { data: Uint8Array, scales: Float32Array, zeroPoints: Uint8Array }
+
+/**
+ * Quantizes `rows` rows of width `k` to 8 bits, one scale and zero point per row over its [min, max]
+ * (which includes 0, so zeros stay exact), into the start of `into`; returns views of what was written.
+ */
+export function quantizePerRow (weight: Float32Array, rows: number, k: number, into: RowQuantized): RowQuantized {
+  if (into.data.length < rows * k || into.scales.length < rows || into.zeroPoints.length < rows) throw new RangeError(`buffers too small for ${rows} rows of ${k}`)
+  for (let row = 0; row < rows; row++) {
+    let min = 0
+    let max = 0
+    for (let i = row * k; i < (row + 1) * k; i++) { min = Math.min(min, weight[i]); max = Math.max(max, weight[i]) }
+    const scale = max > min ? (max - min) / 255 : 1
+    const zeroPoint = Math.min(255, Math.max(0, Math.round(-min / scale)))
+    into.scales[row] = scale
+    into.zeroPoints[row] = zeroPoint
+    for (let i = row * k; i < (row + 1) * k; i++) into.data[i] = Math.min(255, Math.max(0, Math.round(weight[i] / scale) + zeroPoint))
+  }
+  return { data: into.data.subarray(0, rows * k), scales: into.scales.subarray(0, rows), zeroPoints: into.zeroPoints.subarray(0, rows) }
 }

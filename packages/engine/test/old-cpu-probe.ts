@@ -16,7 +16,7 @@ import * as ort from 'onnxruntime-node'
 import { argmax, createLocalModel, seededRandom, untilDone, type Quantization } from '../src/index.ts'
 import { matMulNBits } from '../src/graph/matmul-nbits.ts'
 import { GraphBuilder } from '../src/graph/onnx.ts'
-import { QUANT_FORMATS, quantizeBlockwise, quantizedLayout, type QuantFormat, type QuantizedWeight } from '../src/quantize.ts'
+import { QUANT_FORMATS, quantizeBlockwise, quantizedLayout, type BlockFormat, type QuantizedWeight } from '../src/quantize.ts'
 import { sessionOptions } from '../src/worker/ort-options.ts'
 import { STORIES, STORIES_PROMPT_IDS } from './helpers.ts'
 
@@ -26,10 +26,10 @@ export interface ProbeResult {
   matmul?: { k: number, n: number, bits: number, y: number[], relativeError: number }
 }
 
-interface MatmulMeta { k: number, n: number, format: QuantFormat, blocksPerRow: number }
+interface MatmulMeta { k: number, n: number, format: BlockFormat, blocksPerRow: number }
 
 /** A TinyLlama-width projection (hidden 2048 → FFN 5632), int4 in its format (with zero points: issue #29853), one token. */
-export function writeMatmulCase (dir: string, k = 2048, n = 5632, format: QuantFormat = QUANT_FORMATS.int4): void {
+export function writeMatmulCase (dir: string, k = 2048, n = 5632, format: BlockFormat = QUANT_FORMATS.int4): void {
   const random = seededRandom(7)
   const weight = Float32Array.from({ length: n * k }, () => (random() * 2 - 1) * 0.05 + 0.01)
   const x = Float32Array.from({ length: k }, () => random() * 2 - 1 + 0.2)

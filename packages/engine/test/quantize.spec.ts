@@ -1,10 +1,10 @@
 // Quantization formats: block sizes fitted to a weight's width, and symmetric blocks (no zero points).
 import { describe, expect, it } from 'vitest'
 import { seededRandom } from '../src/index.ts'
-import { fitFormat, QUANT_FORMATS, quantizeBlockwise, type QuantFormat } from '../src/quantize.ts'
+import { fitFormat, QUANT_FORMATS, quantizeBlockwise, type BlockFormat } from '../src/quantize.ts'
 
 describe('fitFormat', () => {
-  const b128: QuantFormat = { bits: 4, blockSize: 128, zeroPoints: false }
+  const b128: BlockFormat = { bits: 4, blockSize: 128, zeroPoints: false }
   it.each([
     { k: 2048, blockSize: 128 }, // real widths are multiples of 128
     { k: 5632, blockSize: 128 },
@@ -18,7 +18,7 @@ describe('fitFormat', () => {
 
 describe('quantizeBlockwise', () => {
   it.each([4, 8] as const)('symmetric %i-bit blocks keep 0 exact, store no zero points and stay within half a step', (bits) => {
-    const format: QuantFormat = { bits, blockSize: 64, zeroPoints: false }
+    const format: BlockFormat = { bits, blockSize: 64, zeroPoints: false }
     const n = 5
     const k = 100 // a ragged last block, padded with zeros
     const random = seededRandom(bits)

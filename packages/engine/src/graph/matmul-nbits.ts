@@ -1,9 +1,9 @@
 // y = x Wᵀ for a block-quantized weight, as one com.microsoft MatMulNBits node.
-import { quantizedLayout, type QuantFormat, type QuantizedWeight } from '../quantize.ts'
+import { quantizedLayout, type BlockFormat, type QuantizedWeight } from '../quantize.ts'
 import { MS_DOMAIN, type GraphBuilder } from './onnx.ts'
 
 /** A MatMulNBits weight's initializers; a symmetric format stores no zero points. */
-export interface NBitsTensors { format: QuantFormat, qweight: string, scales: string, zeroPoints?: string }
+export interface NBitsTensors { format: BlockFormat, qweight: string, scales: string, zeroPoints?: string }
 
 /** The node over initializers already declared (a symmetric weight gets no zero-point input: ORT then uses 2^(bits-1)). */
 export function matMulNBitsNode (g: GraphBuilder, name: string, input: string, weight: NBitsTensors, n: number, k: number): string {

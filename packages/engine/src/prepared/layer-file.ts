@@ -5,7 +5,7 @@
 import { closeSync, ftruncateSync, openSync, writeFileSync, writeSync } from 'node:fs'
 import { GraphBuilder, type DataType } from '../graph/onnx.ts'
 import type { LayerWeights, LinearTensors } from '../graph/span-graph.ts'
-import { fitFormat, quantizeBlockwise, quantizedBuffers, quantizedLayout, type QuantFormat } from '../quantize.ts'
+import { fitFormat, isRowFormat, quantizeBlockwise, quantizedBuffers, quantizedLayout, quantizePerRow, type BlockFormat, type QuantFormat } from '../quantize.ts'
 import type { SafetensorsCheckpoint } from '../safetensors.ts'
 
 const ALIGN = 4096
@@ -22,7 +22,8 @@ type Recipe =
   | { kind: 'vector', offset: number, sources: Source[] }
   | { kind: 'values', offset: number, data: Float32Array }
   | { kind: 'f32-linear', offset: number, sources: Source[], n: number, k: number }
-  | { kind: 'quantized-linear', format: QuantFormat, qweight: number, scales: number, zeroPoints?: number, sources: Source[], k: number }
+  | { kind: 'quantized-linear', format: BlockFormat, qweight: number, scales: number, zeroPoints?: number, sources: Source[], k: number }
+  | { kind: 'int8-rows-linear', weight: number, scales: number, zeroPoints: number, sources: Source[], n: number, k: number }
 
 export class LayerFile implements LayerWeights {
   /** The graph being built (a layer has two: see startGraph). */
@@ -58,6 +59,19 @@ export class LayerFile implements LayerWeights {
       const weight = `${name}.weight`
       this.recipes.push({ kind: 'f32-linear', offset: this.place(weight, 'float32', [k, n], 4 * k * n), sources, n, k })
       return { format: undefined, weight }
+    }
+    if (isRowFormat(this.format)) {
+      const names = { weight: `${name}.weight`, scales: `${name}.scales`, zeroPoints: `${name}.zero_points` }
+      this.recipes.push({
+        kind: 'int8-rows-linear',
+        weight: this.place(names.weight, 'uint8', [k, n], k * n),
+        scales: this.place(names.scales, 'float32', [n], 4 * n),
+        zeroPoints: this.place(names.zeroPoints, 'uint8', [n], n),
+        sources,
+        n,
+        k
+      })
+      return { format: this.format, ...names }
     }
     const format = fitFormat(this.format, k)
     const { blocksPerRow, blobBytes, zeroPointBytesPerRow } = quantizedLayout(format, k)
@@ -107,6 +121,9 @@ export class LayerFile implements LayerWeights {
           break
         case 'quantized-linear':
           writeQuantizedLinear(checkpoint, fd, recipe)
+          break
+        case 'int8-rows-linear':
+          writeInt8RowsLinear(checkpoint, fd, recipe)
           break
       }
     }
@@ -160,6 +177,40 @@ function writeQuantizedLinear (checkpoint: SafetensorsCheckpoint, fd: number, re
     writeAt(fd, q.scales, recipe.scales + row * (q.scales.byteLength / count))
     if (q.zeroPoints != null && recipe.zeroPoints != null) writeAt(fd, q.zeroPoints, recipe.zeroPoints + row * (q.zeroPoints.length / count))
   }
+}
+
+/** Rows gathered before their columns are written out: 4 MiB at k = 2048. */
+const ROWS_GROUP_VALUES = 1 << 22
+
+/**
+ * The integer matmul packs a [k, n] weight: rows are quantized a slice at a time into a group, and
+ * each full group lands as k runs of its width, one per column of the checkpoint's rows (file
+ * writes of a whole group's width, not of one slice's).
+ */
+function writeInt8RowsLinear (checkpoint: SafetensorsCheckpoint, fd: number, { weight, scales, zeroPoints, sources, n, k }: Extract<Recipe, { kind: 'int8-rows-linear' }>): void {
+  const sliceRows = rowsPerSlice(k)
+  const groupRows = Math.max(sliceRows, Math.floor(ROWS_GROUP_VALUES / k / sliceRows) * sliceRows)
+  const group = { data: new Uint8Array(groupRows * k), scales: new Float32Array(groupRows), zeroPoints: new Uint8Array(groupRows) }
+  const column = new Uint8Array(groupRows)
+  let groupStart = 0
+  let groupCount = 0
+  const flush = (): void => {
+    for (let c = 0; c < k; c++) {
+      for (let r = 0; r < groupCount; r++) column[r] = group.data[r * k + c]
+      writeAt(fd, column.subarray(0, groupCount), weight + c * n + groupStart)
+    }
+    writeAt(fd, group.scales.subarray(0, groupCount), scales + 4 * groupStart)
+    writeAt(fd, group.zeroPoints.subarray(0, groupCount), zeroPoints + groupStart)
+    groupStart += groupCount
+    groupCount = 0
+  }
+  for (const { row, count, values } of slices(checkpoint, sources, k)) {
+    if (groupCount + count > groupRows) flush()
+    if (groupCount === 0) groupStart = row
+    quantizePerRow(values, count, k, { data: group.data.subarray(groupCount * k), scales: group.scales.subarray(groupCount), zeroPoints: group.zeroPoints.subarray(groupCount) })
+    groupCount += count
+  }
+  if (groupCount > 0) flush()
 }
 
 function writeAt (fd: number, data: ArrayBufferView, position: number): void {

@@ -15,7 +15,7 @@ export const EMBEDDINGS = 'model.embed_tokens.weight'
 export interface PrepareHeadInit {
   modelDir: string
   quant: Quantization
-  /** The LM head's block size and zero points (default HEAD_QUANT_FORMATS[quant]). */
+  /** The LM head's quantized format (default HEAD_QUANT_FORMATS[quant]). */
   format?: QuantFormat
   /** The cache folder (default: defaultCacheDir()). */
   cacheDir?: string

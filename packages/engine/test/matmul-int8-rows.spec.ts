@@ -1,0 +1,79 @@
+// ROW_INT8 linears: per-row weight quantization, and the integer matmul onnxruntime runs for them,
+// against a plain-TypeScript integer reference; a row's result must not depend on its batch.
+import * as ort from 'onnxruntime-node'
+import { describe, expect, it } from 'vitest'
+import { matMulInt8RowsNode } from '../src/graph/matmul-int8-rows.ts'
+import { GraphBuilder } from '../src/graph/onnx.ts'
+import { seededRandom } from '../src/index.ts'
+import { quantizePerRow } from '../src/quantize.ts'
+
+const n = 48
+const k = 160
+const random = seededRandom(8)
+const weight = Float32Array.from({ length: n * k }, (_, i) => i % 11 === 0 ? 0 : (random() * 2 - 1) * (1 + (i % n) / 8))
+const rows = quantizePerRow(weight, n, k, { data: new Uint8Array(n * k), scales: new Float32Array(n), zeroPoints: new Uint8Array(n) })
+
+describe('quantizePerRow', () => {
+  it('keeps 0 exact and every weight within half a step of its row', () => {
+    for (let row = 0; row < n; row++) {
+      const scale = rows.scales[row]
+      for (let i = 0; i < k; i++) {
+        const w = weight[row * k + i]
+        const v = rows.data[row * k + i]
+        expect(Math.abs((v - rows.zeroPoints[row]) * scale - w)).toBeLessThanOrEqual(scale / 2 + 1e-7)
+        if (w === 0) expect(v).toBe(rows.zeroPoints[row])
+      }
+    }
+  })
+
+  it('names buffers too small for the rows', () => {
+    expect(() => quantizePerRow(weight, n, k, { data: new Uint8Array(k), scales: new Float32Array(n), zeroPoints: new Uint8Array(n) }))
+      .toThrow(/too small for 48 rows of 160/)
+  })
+})
+
+async function rowsLinear (): Promise<ort.InferenceSession> {
+  const g = new GraphBuilder()
+  const transposed = new Uint8Array(k * n) // [k, n], what the matmul packs
+  for (let row = 0; row < n; row++) for (let c = 0; c < k; c++) transposed[c * n + row] = rows.data[row * k + c]
+  const tensors = {
+    weight: g.initializer('w', 'uint8', [k, n], transposed),
+    scales: g.initializer('w.scales', 'float32', [n], rows.scales),
+    zeroPoints: g.initializer('w.zero_points', 'uint8', [n], rows.zeroPoints)
+  }
+  g.input('x', 'float32', ['m', k])
+  g.node('Identity', [matMulInt8RowsNode(g, 'linear', 'x', tensors)], {}, { outputs: ['y'] })
+  g.output('y', 'float32', ['m', n])
+  return await ort.InferenceSession.create(g.toBytes('rows-linear'))
+}
+
+/** What the graph computes, in integers: x's row quantized symmetrically to ±127, times (w - zero point). */
+function reference (x: Float32Array): Float64Array {
+  const out = new Float64Array(n)
+  const rowScale = Math.max(x.reduce((m, v) => Math.max(m, Math.abs(v)), 0) / 127, 1e-30)
+  const q = Array.from(x, v => Math.round(v / rowScale))
+  for (let j = 0; j < n; j++) {
+    let sum = 0
+    for (let c = 0; c < k; c++) sum += q[c] * (rows.data[j * k + c] - rows.zeroPoints[j])
+    out[j] = sum * rows.scales[j] * rowScale
+  }
+  return out
+}
+
+describe('the int8 rows matmul', () => {
+  it('equals the integer reference, and each row of a batch of 8 equals that row alone', async () => {
+    const session = await rowsLinear()
+    const m = 8
+    const x = Float32Array.from({ length: m * k }, (_, i) => (random() * 2 - 1) * (1 + Math.floor(i / k)))
+    x.fill(0, 3 * k, 4 * k) // an all-zero row gives zeros, not NaN
+    const batch = (await session.run({ x: new ort.Tensor('float32', x, [m, k]) })).y.data as Float32Array
+    for (let r = 0; r < m; r++) {
+      const row = x.subarray(r * k, (r + 1) * k)
+      const alone = (await session.run({ x: new ort.Tensor('float32', row.slice(), [1, k]) })).y.data as Float32Array
+      expect(Array.from(batch.subarray(r * n, (r + 1) * n))).toEqual(Array.from(alone))
+      const expected = reference(row)
+      for (let j = 0; j < n; j++) expect(alone[j]).toBeCloseTo(expected[j], 4)
+    }
+    await session.release()
+  })
+})
