@@ -3,7 +3,7 @@
 import { truncateSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { computeModelId, createClientHead, preparedDirName } from '../src/index.ts'
+import { computeModelId, createClientHead, HEAD_QUANT_FORMATS, preparedDirName } from '../src/index.ts'
 import { prepareHead } from '../src/prepared/prepare-head.ts'
 import { STORIES, STORIES_PROMPT_IDS, tempDir } from './helpers.ts'
 
@@ -21,7 +21,7 @@ async function headLogits (cacheDir: string): Promise<{ logits: Float32Array, lo
 describe('prepared client head', () => {
   const cache = tempDir('prepared-head')
   afterAll(() => { cache.remove() })
-  const dir = join(cache.path, 'prepared', computeModelId(STORIES), preparedDirName('int8'))
+  const dir = join(cache.path, 'prepared', computeModelId(STORIES), preparedDirName('int8', HEAD_QUANT_FORMATS.int8))
 
   it('is prepared on the first load; the second reads no head tensor and gives identical logits', async () => {
     const first = await headLogits(cache.path)
