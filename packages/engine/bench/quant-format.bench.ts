@@ -16,8 +16,8 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
-  argmax, createClientHead, createSpanExecutor, formatLabel, loadModelConfig, prepareSpan, seededRandom,
-  type ClientHead, type QuantFormat, type Quantization, type SpanExecutor
+  argmax, createClientHead, createSpanExecutor, formatLabel, loadModelConfig, prepareSpan, ROW_INT8, seededRandom,
+  type BlockFormat, type ClientHead, type QuantFormat, type Quantization, type SpanExecutor
 } from '../src/index.ts'
 import { agreementWith, median, textTable } from './bench-helpers.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint, TINYLLAMA_SHAPE } from './random-checkpoint.ts'
@@ -34,11 +34,12 @@ const ALL_FORMATS = ['int4', 'int8'].flatMap(q => [32, 64, 128].flatMap(b => [`$
 
 function parseVariant (text: string): Variant {
   const [quant, block, zp] = text.split(':')
+  if (quant === 'int8' && block === 'rows' && zp == null) return { quant, format: ROW_INT8 }
   const blockSize = Number(block)
   if (!(quant === 'int4' || quant === 'int8') || ![16, 32, 64, 128, 256].includes(blockSize) || !(zp === 'zp' || zp === 'sym')) {
-    throw new Error(`--formats: ${JSON.stringify(text)} is not QUANT:BLOCK:zp|sym (e.g. int4:128:sym)`)
+    throw new Error(`--formats: ${JSON.stringify(text)} is not QUANT:BLOCK:zp|sym (e.g. int4:128:sym) or int8:rows`)
   }
-  return { quant, format: { bits: quant === 'int4' ? 4 : 8, blockSize: blockSize as QuantFormat['blockSize'], zeroPoints: zp === 'zp' } }
+  return { quant, format: { bits: quant === 'int4' ? 4 : 8, blockSize: blockSize as BlockFormat['blockSize'], zeroPoints: zp === 'zp' } }
 }
 
 const name = (v: Variant): string => `${v.quant} ${formatLabel(v.format)}`
