@@ -4,6 +4,8 @@
 //
 //   pnpm bench:head [--quant none,int8,int4] [--tokens 64] [--threads 2] [--repeats 3] [--cold] [--json]
 //
+// A quantization may name a block format instead of the head's own (HEAD_QUANT_FORMATS), e.g.
+// `--quant int8,int8:b128` to compare the per-row int8 head with block 128 in one run.
 // Each configuration runs in its own child process, so its RSS is its own. The runtime baseline is
 // the same child holding stories260k's head (38 KB of weights): Node, a worker thread, onnxruntime.
 // --cold adds a run per quantization that prepares its head first, in a new cache folder, as a
@@ -14,7 +16,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { createClientHead, createLogitsBuffer, QUANTIZATIONS, seededRandom, type Quantization } from '../src/index.ts'
+import { createClientHead, createLogitsBuffer, QUANTIZATIONS, seededRandom, type BlockFormat, type Quantization } from '../src/index.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from './random-checkpoint.ts'
 import { median } from './bench-helpers.ts'
 
@@ -24,7 +26,8 @@ const RESULT_PREFIX = '@@minga-head-bench '
 
 interface HeadResult {
   model: string
-  headQuant: Quantization
+  /** The quantization, with a block format if one was named (`int8:b128`). */
+  head: string
   /** Whether the head was prepared by this run (--cold). */
   cold: boolean
   loadMs: number
@@ -41,9 +44,21 @@ function procStatus (field: 'VmHWM' | 'VmRSS'): number {
   return match == null ? NaN : Number(match[1]) * 1024
 }
 
-async function measure (modelDir: string, headQuant: Quantization, tokens: number, threads: number, cacheDir?: string): Promise<HeadResult> {
+/** `int8` or `int8:b128` (a block format with zero points instead of the head's own). */
+function parseHeadSpec (spec: string): { headQuant: Quantization, headFormat?: BlockFormat } {
+  const [quant, block] = spec.split(':')
+  if (!(QUANTIZATIONS as string[]).includes(quant)) throw new RangeError(`--quant: ${JSON.stringify(quant)} is not one of ${QUANTIZATIONS.join(', ')}`)
+  const headQuant = quant as Quantization
+  if (block == null) return { headQuant }
+  const blockSize = Number(block.replace(/^b/, ''))
+  if (headQuant === 'none' || ![16, 32, 64, 128, 256].includes(blockSize)) throw new RangeError(`--quant: ${JSON.stringify(spec)} is not int8|int4:bBLOCK (e.g. int8:b128)`)
+  return { headQuant, headFormat: { bits: headQuant === 'int4' ? 4 : 8, blockSize: blockSize as BlockFormat['blockSize'], zeroPoints: true } }
+}
+
+async function measure (modelDir: string, spec: string, tokens: number, threads: number, cacheDir?: string): Promise<HeadResult> {
+  const { headQuant, headFormat } = parseHeadSpec(spec)
   let t = performance.now()
-  const head = await createClientHead({ modelDir, headQuant, threads, cacheDir })
+  const head = await createClientHead({ modelDir, headQuant, headFormat, threads, cacheDir })
   const loadMs = performance.now() - t
   try {
     const { vocabSize, hiddenSize } = head.config
@@ -66,7 +81,7 @@ async function measure (modelDir: string, headQuant: Quantization, tokens: numbe
     }
     return {
       model: modelDir,
-      headQuant,
+      head: spec,
       cold: cacheDir != null,
       loadMs,
       preparedBytes: head.preparedBytes,
@@ -111,13 +126,15 @@ async function main (): Promise<void> {
   const repeats = Number(values.repeats)
   if (!(Number.isInteger(repeats) && repeats >= 1)) throw new RangeError(`--repeats must be a whole number ≥ 1, got ${values.repeats}`)
   if (values.child != null) {
-    const result = await measure(values['model-dir']!, values.child as Quantization, tokens, threads, values['cache-dir'])
+    const result = await measure(values['model-dir']!, values.child, tokens, threads, values['cache-dir'])
     process.stdout.write(RESULT_PREFIX + JSON.stringify(result) + '\n')
     return
   }
   const checkpoint = ensureRandomCheckpoint(defaultCheckpointDir(), REPO_ROOT)
   const common = ['--tokens', String(tokens), '--threads', String(threads)]
-  const configs = (values.quant.split(',') as Quantization[]).flatMap(quant => values.cold ? [{ quant, cold: false }, { quant, cold: true }] : [{ quant, cold: false }])
+  const quants = values.quant.split(',')
+  for (const quant of quants) parseHeadSpec(quant) // a bad --quant fails before any child runs
+  const configs = quants.flatMap(quant => values.cold ? [{ quant, cold: false }, { quant, cold: true }] : [{ quant, cold: false }])
   // Rounds alternate the baseline with every configuration: the baseline alone moves by several MiB
   // from run to run, so each configuration is compared with its own round's baseline.
   const rounds: Array<{ baseline: HeadResult, results: HeadResult[] }> = []
@@ -137,14 +154,14 @@ async function main (): Promise<void> {
   }
   const baselines = rounds.map(r => r.baseline)
   process.stdout.write(`runtime baseline (stories260k head, ${baselines[0].preparedBytes} B of weights), median of ${repeats}: RSS ${mib(median(baselines.map(b => b.rssBytes)))}, peak ${mib(median(baselines.map(b => b.peakRssBytes)))}\n`)
-  process.stdout.write('head       load s  ms/token (embed)  prepared    RSS        peak RSS   RSS − baseline − prepared (each round)   peak − baseline − prepared\n')
+  process.stdout.write('head           load s  ms/token (embed)  prepared    RSS        peak RSS   RSS − baseline − prepared (each round)   peak − baseline − prepared\n')
   for (const [i, { quant, cold }] of configs.entries()) {
     const runs = rounds.map(r => r.results[i])
     const m = (f: (r: HeadResult) => number): number => median(runs.map(f))
     const over = rounds.map(r => r.results[i].rssBytes - r.baseline.rssBytes - r.results[i].preparedBytes)
     const peakOver = rounds.map(r => r.results[i].peakRssBytes - r.baseline.peakRssBytes - r.results[i].preparedBytes)
     const overText = `${mib(median(over))} (${over.map(b => (b / 2 ** 20).toFixed(1)).join(', ')})`
-    process.stdout.write(`${(quant + (cold ? ' cold' : '')).padEnd(10)} ${(m(r => r.loadMs) / 1000).toFixed(1).padStart(6)}  ${m(r => r.msPerToken).toFixed(2).padStart(8)} (${m(r => r.embedMsPerToken).toFixed(2)})   ${mib(runs[0].preparedBytes).padEnd(10)}  ${mib(m(r => r.rssBytes)).padEnd(10)} ${mib(m(r => r.peakRssBytes)).padEnd(10)} ${overText.padEnd(40)} ${mib(median(peakOver))}\n`)
+    process.stdout.write(`${(quant + (cold ? ' cold' : '')).padEnd(14)} ${(m(r => r.loadMs) / 1000).toFixed(1).padStart(6)}  ${m(r => r.msPerToken).toFixed(2).padStart(8)} (${m(r => r.embedMsPerToken).toFixed(2)})   ${mib(runs[0].preparedBytes).padEnd(10)}  ${mib(m(r => r.rssBytes)).padEnd(10)} ${mib(m(r => r.peakRssBytes)).padEnd(10)} ${overText.padEnd(40)} ${mib(median(peakOver))}\n`)
   }
 }
 
