@@ -3,15 +3,16 @@
 // span runs (no head, no network): what one server delivers. 1 and N alternate, medians are printed.
 //
 //   pnpm bench:batch [--quant int4] [--sessions 8] [--decode-tokens 32] [--prompt-tokens 16]
-//                    [--rounds 3] [--threads 2] [--batch-wait 1] [--json]
+//                    [--rounds 3] [--threads 2] [--batch-wait 1] [--rows] [--json]
 //
+// --rows runs int8 layers in the per-row format (ROW_INT8) instead of MatMulNBits' blocks.
 // See README.md next to this file.
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { availableParallelism, homedir, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { createSpanExecutor, DEFAULT_BATCH_WAIT_MS, loadModelConfig, QUANTIZATIONS, seededRandom, type Quantization, type SpanExecutor } from '../src/index.ts'
+import { createSpanExecutor, DEFAULT_BATCH_WAIT_MS, formatLabel, loadModelConfig, QUANT_FORMATS, QUANTIZATIONS, ROW_INT8, seededRandom, type Quantization, type SpanExecutor } from '../src/index.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from './random-checkpoint.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
@@ -25,12 +26,15 @@ const { values: flags } = parseArgs({
     rounds: { type: 'string', default: '3' },
     threads: { type: 'string', default: '2' },
     'batch-wait': { type: 'string', default: String(DEFAULT_BATCH_WAIT_MS) },
+    rows: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false }
   }
 })
 
 const quant = flags.quant as Quantization
 if (!QUANTIZATIONS.includes(quant)) throw new Error(`--quant ${flags.quant} is not one of ${QUANTIZATIONS.join(', ')}`)
+if (flags.rows && quant !== 'int8') throw new Error(`--rows is a format of int8, not of ${quant}`)
+const format = flags.rows ? ROW_INT8 : undefined
 const count = (name: keyof typeof flags): number => {
   const value = Number(flags[name])
   if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} must be a positive integer, not ${String(flags[name])}`)
@@ -97,12 +101,13 @@ const span = await createSpanExecutor({
   start: 0,
   end: config.numLayers,
   quant,
+  format,
   threads: THREADS,
   maxSessions: SESSIONS + 1,
   batchWaitMs: BATCH_WAIT,
   onPrepareProgress: p => { log(`  prepared layer ${p.layer} (${p.done}/${p.total})`) }
 })
-log(`span [0, ${config.numLayers}) ${quant} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`)
+log(`span [0, ${config.numLayers}) ${quant} ${formatLabel(format ?? (quant === 'none' ? undefined : QUANT_FORMATS[quant]))} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`)
 const runs: Run[] = []
 try {
   const random = seededRandom(7)
@@ -129,6 +134,7 @@ const many = summary(SESSIONS)
 const result = {
   model: `TinyLlama-1.1B-shaped, random weights (${checkpoint.dir})`,
   quant,
+  format: formatLabel(format ?? (quant === 'none' ? undefined : QUANT_FORMATS[quant])),
   threads: THREADS,
   batchWaitMs: BATCH_WAIT,
   promptTokens: PROMPT,
