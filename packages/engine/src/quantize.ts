@@ -50,7 +50,7 @@ export const QUANT_FORMATS: Record<Exclude<Quantization, 'none'>, BlockFormat> =
 /**
  * The client head's. int8 per row: a client's memory is then its head's bytes and the runtime's,
  * where block 128 added 6.3 MiB of onnxruntime's packing; its matmul (uint8 × uint8, exact on every
- * CPU) is also 1.05–1.1× faster for one token and agrees at 199/200 (README). int4 keeps block 32, at which it picks f32's top-1 at 190/200 positions
+ * CPU) is as fast within the noise and agrees at 199/200 on stories260k (README). int4 keeps block 32, at which it picks f32's top-1 at 190/200 positions
  * against 179/200 at block 64/128 (the head's top-1 is what the user sees).
  */
 export const HEAD_QUANT_FORMATS: Record<Exclude<Quantization, 'none'>, QuantFormat> = {
