@@ -3,16 +3,17 @@
 // span runs (no head, no network): what one server delivers. 1 and N alternate, medians are printed.
 //
 //   pnpm bench:batch [--quant int4] [--sessions 8] [--decode-tokens 32] [--prompt-tokens 16]
-//                    [--rounds 3] [--threads 2] [--batch-wait 1] [--rows] [--json]
+//                    [--rounds 3] [--threads 2] [--batch-wait 1] [--rows] [--workers N] [--json]
 //
-// --rows runs int8 layers in the per-row format (ROW_INT8) instead of MatMulNBits' blocks.
+// --rows runs int8 layers in the per-row format (ROW_INT8) instead of MatMulNBits' blocks;
+// --workers splits the span into N workers instead of defaultSpanWorkers' choice.
 // See README.md next to this file.
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { availableParallelism, homedir, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { createSpanExecutor, DEFAULT_BATCH_WAIT_MS, formatLabel, loadModelConfig, QUANT_FORMATS, QUANTIZATIONS, ROW_INT8, seededRandom, type Quantization, type SpanExecutor } from '../src/index.ts'
+import { createSpanExecutor, DEFAULT_BATCH_WAIT_MS, defaultSpanWorkers, formatLabel, loadModelConfig, QUANT_FORMATS, QUANTIZATIONS, ROW_INT8, seededRandom, type Quantization, type SpanExecutor } from '../src/index.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from './random-checkpoint.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
@@ -27,6 +28,7 @@ const { values: flags } = parseArgs({
     threads: { type: 'string', default: '2' },
     'batch-wait': { type: 'string', default: String(DEFAULT_BATCH_WAIT_MS) },
     rows: { type: 'boolean', default: false },
+    workers: { type: 'string' },
     json: { type: 'boolean', default: false }
   }
 })
@@ -46,6 +48,7 @@ const PROMPT = count('prompt-tokens')
 const ROUNDS = count('rounds')
 const THREADS = count('threads')
 const BATCH_WAIT = Number(flags['batch-wait'])
+const WORKERS = flags.workers == null ? undefined : count('workers')
 
 const log = (message: string): void => { process.stderr.write(`${message}\n`) }
 
@@ -102,6 +105,7 @@ const span = await createSpanExecutor({
   end: config.numLayers,
   quant,
   format,
+  workers: WORKERS,
   threads: THREADS,
   maxSessions: SESSIONS + 1,
   batchWaitMs: BATCH_WAIT,
@@ -135,6 +139,7 @@ const result = {
   model: `TinyLlama-1.1B-shaped, random weights (${checkpoint.dir})`,
   quant,
   format: formatLabel(format ?? (quant === 'none' ? undefined : QUANT_FORMATS[quant])),
+  workers: WORKERS ?? defaultSpanWorkers(config, quant, config.numLayers, format),
   threads: THREADS,
   batchWaitMs: BATCH_WAIT,
   promptTokens: PROMPT,
@@ -150,7 +155,7 @@ if (flags.json) {
 } else {
   const row = (s: typeof one): string => `| ${s.sessions} | ${s.tokensPerSecond.toFixed(1)} | ${(s.tokensPerSecond / s.sessions).toFixed(1)} | ${s.meanBatch.toFixed(2)} | ${s.runs.map(r => r.toFixed(1)).join(', ')} |`
   process.stdout.write([
-    `Batching, ${result.model}, ${quant}, ${THREADS} threads, batch wait ${BATCH_WAIT} ms, ${DECODE} decode tokens per session after ${PROMPT}-token prefills, median of ${ROUNDS}`,
+    `Batching, ${result.model}, ${quant} ${result.format}, ${result.workers} worker(s), ${THREADS} threads, batch wait ${BATCH_WAIT} ms, ${DECODE} decode tokens per session after ${PROMPT}-token prefills, median of ${ROUNDS}`,
     `CPU: ${machine.model}, ${machine.cores} cores, flags ${machine.flags.join(' ')}`,
     `load average before: ${loadBefore.map(l => l.toFixed(2)).join(' ')}; after: ${loadAfter.map(l => l.toFixed(2)).join(' ')}`,
     '',
