@@ -2,11 +2,12 @@
 // other kernels (no AVX2, or no AVX-512). Prints one JSON line (ProbeResult) on stdout.
 //
 //   node --import tsx packages/engine/test/old-cpu-probe.ts --tokens 40 [--generate none,int8,int4]
-//     [--teacher-int4 ID,ID,...] [--matmul-case DIR]
+//     [--teacher-int4 ID,ID,...] [--matmul-case DIR] [--rows-case DIR]
 //
 // --generate: greedy stories260k ids per quantization (layers and head both at that quantization).
 // --teacher-int4: the int4 model's top-1 at each step of decoding that sequence one token at a time.
 // --matmul-case: run the int4 MatMulNBits written by writeMatmulCase (real layer width, M = 1).
+// --rows-case: run the per-row int8 linear (the client's int8 head) written by writeRowsCase.
 // Everything expensive in JavaScript (random weights, quantizing, the reference matmul) is done by
 // the host in writeMatmulCase: under emulation only onnxruntime's kernels run.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
@@ -14,9 +15,10 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import * as ort from 'onnxruntime-node'
 import { argmax, createLocalModel, seededRandom, untilDone, type Quantization } from '../src/index.ts'
+import { matMulInt8RowsNode } from '../src/graph/matmul-int8-rows.ts'
 import { matMulNBits } from '../src/graph/matmul-nbits.ts'
 import { GraphBuilder } from '../src/graph/onnx.ts'
-import { QUANT_FORMATS, quantizeBlockwise, quantizedLayout, type BlockFormat, type QuantizedWeight } from '../src/quantize.ts'
+import { QUANT_FORMATS, quantizeBlockwise, quantizedLayout, quantizePerRow, type BlockFormat, type QuantizedWeight } from '../src/quantize.ts'
 import { sessionOptions } from '../src/worker/ort-options.ts'
 import { STORIES, STORIES_PROMPT_IDS } from './helpers.ts'
 
@@ -24,6 +26,8 @@ export interface ProbeResult {
   ids: Partial<Record<Quantization, number[]>>
   teacherInt4?: number[]
   matmul?: { k: number, n: number, bits: number, y: number[], relativeError: number }
+  /** The per-row int8 linear's output for two rows (M = 2): integer arithmetic, so equal on every CPU. */
+  rows?: number[]
 }
 
 interface MatmulMeta { k: number, n: number, format: BlockFormat, blocksPerRow: number }
@@ -61,6 +65,40 @@ async function runMatmulCase (dir: string): Promise<NonNullable<ProbeResult['mat
     scale = Math.max(scale, Math.abs(reference[i]))
   }
   return { k: meta.k, n: meta.n, bits: meta.format.bits, y: Array.from(y), relativeError: worst / scale }
+}
+
+/** A per-row int8 linear at TinyLlama width (hidden 2048 → FFN 5632) and two input rows, written for runRowsCase. */
+export function writeRowsCase (dir: string, k = 2048, n = 5632): void {
+  const random = seededRandom(8)
+  const weight = Float32Array.from({ length: n * k }, () => (random() * 2 - 1) * 0.05 + 0.01)
+  const rows = quantizePerRow(weight, n, k, { data: new Uint8Array(n * k), scales: new Float32Array(n), zeroPoints: new Uint8Array(n) })
+  const transposed = new Uint8Array(k * n)
+  for (let row = 0; row < n; row++) for (let c = 0; c < k; c++) transposed[c * n + row] = rows.data[row * k + c]
+  const x = Float32Array.from({ length: 2 * k }, () => random() * 2 - 1 + 0.2)
+  mkdirSync(dir, { recursive: true })
+  writeFileSync(join(dir, 'meta.json'), JSON.stringify({ k, n }))
+  for (const [name, array] of Object.entries({ data: transposed, scales: rows.scales, zeroPoints: rows.zeroPoints, x })) {
+    writeFileSync(join(dir, name), new Uint8Array(array.buffer, array.byteOffset, array.byteLength))
+  }
+}
+
+async function runRowsCase (dir: string): Promise<number[]> {
+  const { k, n } = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as { k: number, n: number }
+  const bytes = (name: string): Uint8Array => new Uint8Array(readFileSync(join(dir, name)))
+  const floats = (name: string): Float32Array => { const b = bytes(name); return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4) }
+  const g = new GraphBuilder()
+  const weight = {
+    weight: g.initializer('w', 'uint8', [k, n], bytes('data')),
+    scales: g.initializer('w.scales', 'float32', [n], floats('scales')),
+    zeroPoints: g.initializer('w.zero_points', 'uint8', [n], bytes('zeroPoints'))
+  }
+  g.input('x', 'float32', [2, k])
+  g.node('Identity', [matMulInt8RowsNode(g, 'proj', 'x', weight)], {}, { outputs: ['y'] })
+  g.output('y', 'float32', [2, n])
+  const session = await ort.InferenceSession.create(g.toBytes('rows_case'), sessionOptions(1))
+  const y = (await session.run({ x: new ort.Tensor('float32', floats('x'), [2, k]) })).y.data as Float32Array
+  await session.release()
+  return Array.from(y)
 }
 
 /** x · dequantized(W)ᵀ, accumulated in f64: what MatMulNBits approximates. */
@@ -111,7 +149,8 @@ async function main (): Promise<void> {
       tokens: { type: 'string', default: '40' },
       generate: { type: 'string', default: '' },
       'teacher-int4': { type: 'string' },
-      'matmul-case': { type: 'string' }
+      'matmul-case': { type: 'string' },
+      'rows-case': { type: 'string' }
     }
   })
   const result: ProbeResult = { ids: {} }
@@ -125,6 +164,7 @@ async function main (): Promise<void> {
   }
   if (values['teacher-int4'] != null) result.teacherInt4 = await teacherForced('int4', values['teacher-int4'].split(',').map(Number))
   if (values['matmul-case'] != null) result.matmul = await runMatmulCase(values['matmul-case'])
+  if (values['rows-case'] != null) result.rows = await runRowsCase(values['rows-case'])
   process.stdout.write(JSON.stringify(result) + '\n')
 }
 

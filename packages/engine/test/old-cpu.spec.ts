@@ -1,6 +1,8 @@
 // Old CPUs: without AVX2 or AVX-512, onnxruntime runs other kernels. Under qemu-user's emulation of a
 // Nehalem (SSE4.2, no AVX) and a Haswell (AVX2, no AVX-512), the f32 engine must still give
 // llama2.c's reference, and int8 the host's own int8 output. One emulated process per CPU model.
+// The client's int8 head (per row, uint8 × uint8) is also run at TinyLlama width and must equal the
+// host's output exactly: its integer arithmetic leaves no room for kernels to differ.
 //
 // int4 is checked by teacher forcing rather than by comparing greedy runs: onnxruntime's one-token
 // int8-compute kernel for 4-bit weights on AVX-512 approximates differently from its AVX2 and SSE
@@ -11,7 +13,7 @@ import { execFile } from 'node:child_process'
 import { accessSync, constants } from 'node:fs'
 import { delimiter, join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { writeMatmulCase, type ProbeResult } from './old-cpu-probe.ts'
+import { writeMatmulCase, writeRowsCase, type ProbeResult } from './old-cpu-probe.ts'
 import { REPO_ROOT, STORIES_REFERENCE_IDS, tempDir } from './helpers.ts'
 
 const PROBE = join(REPO_ROOT, 'packages/engine/test/old-cpu-probe.ts')
@@ -48,10 +50,12 @@ async function probe (args: string[], cpu?: string): Promise<ProbeResult> {
 
 describe.skipIf(qemu == null)('old CPUs under qemu-user', () => {
   const dir = tempDir('old-cpu')
+  const rowsDir = join(dir.path, 'rows')
   let host: ProbeResult
   beforeAll(async () => {
     writeMatmulCase(dir.path)
-    host = await probe(['--tokens', String(TOKENS), '--generate', 'none,int8,int4', '--matmul-case', dir.path])
+    writeRowsCase(rowsDir)
+    host = await probe(['--tokens', String(TOKENS), '--generate', 'none,int8,int4', '--matmul-case', dir.path, '--rows-case', rowsDir])
   }, 300_000)
   afterAll(() => { dir.remove() })
 
@@ -60,11 +64,12 @@ describe.skipIf(qemu == null)('old CPUs under qemu-user', () => {
     expect(host.ids.int8).toHaveLength(TOKENS)
     expect(host.ids.int4).toHaveLength(TOKENS)
     expect(host.matmul!.relativeError).toBeLessThan(1e-2)
+    expect(host.rows).toHaveLength(2 * 5632)
   })
 
   // Concurrently: each emulated process is mostly one busy thread.
-  it.concurrent.each(EMULATED_CPUS)('-cpu %s: f32 = reference, int8 = host, int4 agrees with the host, int4 matmul right', async (cpu) => {
-    const emulated = await probe(['--tokens', String(TOKENS), '--generate', 'none,int8', '--teacher-int4', host.ids.int4!.join(','), '--matmul-case', dir.path], cpu)
+  it.concurrent.each(EMULATED_CPUS)('-cpu %s: f32 = reference, int8 = host, int4 agrees with the host, int4 matmul right, int8 rows matmul = host', async (cpu) => {
+    const emulated = await probe(['--tokens', String(TOKENS), '--generate', 'none,int8', '--teacher-int4', host.ids.int4!.join(','), '--matmul-case', dir.path, '--rows-case', rowsDir], cpu)
     const agree = emulated.teacherInt4!.filter((id, i) => id === host.ids.int4![i]).length
     const { relativeError, y } = emulated.matmul!
     const hostY = host.matmul!.y
@@ -75,5 +80,6 @@ describe.skipIf(qemu == null)('old CPUs under qemu-user', () => {
     expect(emulated.ids.int8).toEqual(host.ids.int8)
     expect(agree).toBeGreaterThanOrEqual(TOKENS - 2)
     expect(relativeError).toBeLessThan(1e-2)
+    expect(emulated.rows).toEqual(host.rows) // uint8 × uint8 at real width: no kernel may saturate
   }, 900_000)
 })
