@@ -13,7 +13,8 @@ import { join } from 'node:path'
 import { availableParallelism, homedir, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { createSpanExecutor, DEFAULT_BATCH_WAIT_MS, defaultSpanWorkers, formatLabel, loadModelConfig, QUANT_FORMATS, QUANTIZATIONS, ROW_INT8, seededRandom, type Quantization, type SpanExecutor } from '../src/index.ts'
+import { createSpanExecutor, DEFAULT_BATCH_WAIT_MS, defaultSpanWorkers, formatLabel, loadModelConfig, QUANTIZATIONS, ROW_INT8, seededRandom, type Quantization, type SpanExecutor } from '../src/index.ts'
+import { quantFormat } from '../src/quantize.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from './random-checkpoint.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
@@ -37,6 +38,7 @@ const quant = flags.quant as Quantization
 if (!QUANTIZATIONS.includes(quant)) throw new Error(`--quant ${flags.quant} is not one of ${QUANTIZATIONS.join(', ')}`)
 if (flags.rows && quant !== 'int8') throw new Error(`--rows is a format of int8, not of ${quant}`)
 const format = flags.rows ? ROW_INT8 : undefined
+const FORMAT_LABEL = formatLabel(quantFormat(quant, format))
 const count = (name: keyof typeof flags): number => {
   const value = Number(flags[name])
   if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} must be a positive integer, not ${String(flags[name])}`)
@@ -111,7 +113,7 @@ const span = await createSpanExecutor({
   batchWaitMs: BATCH_WAIT,
   onPrepareProgress: p => { log(`  prepared layer ${p.layer} (${p.done}/${p.total})`) }
 })
-log(`span [0, ${config.numLayers}) ${quant} ${formatLabel(format ?? (quant === 'none' ? undefined : QUANT_FORMATS[quant]))} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`)
+log(`span [0, ${config.numLayers}) ${quant} ${FORMAT_LABEL} loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`)
 const runs: Run[] = []
 try {
   const random = seededRandom(7)
@@ -138,7 +140,7 @@ const many = summary(SESSIONS)
 const result = {
   model: `TinyLlama-1.1B-shaped, random weights (${checkpoint.dir})`,
   quant,
-  format: formatLabel(format ?? (quant === 'none' ? undefined : QUANT_FORMATS[quant])),
+  format: FORMAT_LABEL,
   workers: WORKERS ?? defaultSpanWorkers(config, quant, config.numLayers, format),
   threads: THREADS,
   batchWaitMs: BATCH_WAIT,

@@ -4,6 +4,9 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { ClientHead, SpanExecutor } from '../src/index.ts'
+import { matMulInt8RowsNode } from '../src/graph/matmul-int8-rows.ts'
+import { GraphBuilder } from '../src/graph/onnx.ts'
+import type { RowQuantized } from '../src/quantize.ts'
 import { until } from '../../../test/fixtures/until.ts'
 
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '../../..')
@@ -71,4 +74,23 @@ export function maxAbs (a: ArrayLike<number>): number {
 /** Polls `condition` until it holds; fails naming `what` after `timeoutMs` (never a fixed sleep). */
 export async function waitFor (condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
   await until(condition, what, { timeoutMs, intervalMs: 5 })
+}
+
+/**
+ * A model of one per-row int8 linear (`y` = `x` Wᵀ, `x` [rows, k]) over weights quantized by
+ * quantizePerRow ([n, k]); the weight is transposed to the [k, n] the matmul packs, as prepared files hold it.
+ */
+export function rowsLinearModel (weight: RowQuantized, k: number, n: number, rows: number | string): Uint8Array {
+  const transposed = new Uint8Array(k * n)
+  for (let row = 0; row < n; row++) for (let c = 0; c < k; c++) transposed[c * n + row] = weight.data[row * k + c]
+  const g = new GraphBuilder()
+  const tensors = {
+    weight: g.initializer('w', 'uint8', [k, n], transposed),
+    scales: g.initializer('w.scales', 'float32', [n], weight.scales),
+    zeroPoints: g.initializer('w.zero_points', 'uint8', [n], weight.zeroPoints)
+  }
+  g.input('x', 'float32', [rows, k])
+  g.node('Identity', [matMulInt8RowsNode(g, 'linear', 'x', tensors)], {}, { outputs: ['y'] })
+  g.output('y', 'float32', [rows, n])
+  return g.toBytes('rows_linear')
 }

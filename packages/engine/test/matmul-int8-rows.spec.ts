@@ -2,10 +2,9 @@
 // against a plain-TypeScript integer reference; a row's result must not depend on its batch.
 import * as ort from 'onnxruntime-node'
 import { describe, expect, it } from 'vitest'
-import { matMulInt8RowsNode } from '../src/graph/matmul-int8-rows.ts'
-import { GraphBuilder } from '../src/graph/onnx.ts'
 import { seededRandom } from '../src/index.ts'
 import { quantizePerRow } from '../src/quantize.ts'
+import { rowsLinearModel } from './helpers.ts'
 
 const n = 48
 const k = 160
@@ -32,21 +31,6 @@ describe('quantizePerRow', () => {
   })
 })
 
-async function rowsLinear (): Promise<ort.InferenceSession> {
-  const g = new GraphBuilder()
-  const transposed = new Uint8Array(k * n) // [k, n], what the matmul packs
-  for (let row = 0; row < n; row++) for (let c = 0; c < k; c++) transposed[c * n + row] = rows.data[row * k + c]
-  const tensors = {
-    weight: g.initializer('w', 'uint8', [k, n], transposed),
-    scales: g.initializer('w.scales', 'float32', [n], rows.scales),
-    zeroPoints: g.initializer('w.zero_points', 'uint8', [n], rows.zeroPoints)
-  }
-  g.input('x', 'float32', ['m', k])
-  g.node('Identity', [matMulInt8RowsNode(g, 'linear', 'x', tensors)], {}, { outputs: ['y'] })
-  g.output('y', 'float32', ['m', n])
-  return await ort.InferenceSession.create(g.toBytes('rows-linear'))
-}
-
 /** What the graph computes, in integers: x's row quantized symmetrically to ±127, times (w - zero point). */
 function reference (x: Float32Array): Float64Array {
   const out = new Float64Array(n)
@@ -62,7 +46,7 @@ function reference (x: Float32Array): Float64Array {
 
 describe('the int8 rows matmul', () => {
   it('equals the integer reference, and each row of a batch of 8 equals that row alone', async () => {
-    const session = await rowsLinear()
+    const session = await ort.InferenceSession.create(rowsLinearModel(rows, k, n, 'm'))
     const m = 8
     const x = Float32Array.from({ length: m * k }, (_, i) => (random() * 2 - 1) * (1 + Math.floor(i / k)))
     x.fill(0, 3 * k, 4 * k) // an all-zero row gives zeros, not NaN

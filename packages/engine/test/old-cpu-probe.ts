@@ -15,12 +15,11 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import * as ort from 'onnxruntime-node'
 import { argmax, createLocalModel, seededRandom, untilDone, type Quantization } from '../src/index.ts'
-import { matMulInt8RowsNode } from '../src/graph/matmul-int8-rows.ts'
 import { matMulNBits } from '../src/graph/matmul-nbits.ts'
 import { GraphBuilder } from '../src/graph/onnx.ts'
 import { QUANT_FORMATS, quantizeBlockwise, quantizedLayout, quantizePerRow, type BlockFormat, type QuantizedWeight } from '../src/quantize.ts'
 import { sessionOptions } from '../src/worker/ort-options.ts'
-import { STORIES, STORIES_PROMPT_IDS } from './helpers.ts'
+import { rowsLinearModel, STORIES, STORIES_PROMPT_IDS } from './helpers.ts'
 
 export interface ProbeResult {
   ids: Partial<Record<Quantization, number[]>>
@@ -72,31 +71,18 @@ export function writeRowsCase (dir: string, k = 2048, n = 5632): void {
   const random = seededRandom(8)
   const weight = Float32Array.from({ length: n * k }, () => (random() * 2 - 1) * 0.05 + 0.01)
   const rows = quantizePerRow(weight, n, k, { data: new Uint8Array(n * k), scales: new Float32Array(n), zeroPoints: new Uint8Array(n) })
-  const transposed = new Uint8Array(k * n)
-  for (let row = 0; row < n; row++) for (let c = 0; c < k; c++) transposed[c * n + row] = rows.data[row * k + c]
   const x = Float32Array.from({ length: 2 * k }, () => random() * 2 - 1 + 0.2)
   mkdirSync(dir, { recursive: true })
   writeFileSync(join(dir, 'meta.json'), JSON.stringify({ k, n }))
-  for (const [name, array] of Object.entries({ data: transposed, scales: rows.scales, zeroPoints: rows.zeroPoints, x })) {
-    writeFileSync(join(dir, name), new Uint8Array(array.buffer, array.byteOffset, array.byteLength))
-  }
+  writeFileSync(join(dir, 'model.onnx'), rowsLinearModel(rows, k, n, 2))
+  writeFileSync(join(dir, 'x'), new Uint8Array(x.buffer))
 }
 
 async function runRowsCase (dir: string): Promise<number[]> {
-  const { k, n } = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as { k: number, n: number }
-  const bytes = (name: string): Uint8Array => new Uint8Array(readFileSync(join(dir, name)))
-  const floats = (name: string): Float32Array => { const b = bytes(name); return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4) }
-  const g = new GraphBuilder()
-  const weight = {
-    weight: g.initializer('w', 'uint8', [k, n], bytes('data')),
-    scales: g.initializer('w.scales', 'float32', [n], floats('scales')),
-    zeroPoints: g.initializer('w.zero_points', 'uint8', [n], bytes('zeroPoints'))
-  }
-  g.input('x', 'float32', [2, k])
-  g.node('Identity', [matMulInt8RowsNode(g, 'proj', 'x', weight)], {}, { outputs: ['y'] })
-  g.output('y', 'float32', [2, n])
-  const session = await ort.InferenceSession.create(g.toBytes('rows_case'), sessionOptions(1))
-  const y = (await session.run({ x: new ort.Tensor('float32', floats('x'), [2, k]) })).y.data as Float32Array
+  const { k } = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as { k: number }
+  const x = new Uint8Array(readFileSync(join(dir, 'x')))
+  const session = await ort.InferenceSession.create(join(dir, 'model.onnx'), sessionOptions(1))
+  const y = (await session.run({ x: new ort.Tensor('float32', new Float32Array(x.buffer, x.byteOffset, x.byteLength / 4), [2, k]) })).y.data as Float32Array
   await session.release()
   return Array.from(y)
 }

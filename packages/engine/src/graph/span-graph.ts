@@ -18,7 +18,7 @@
 // Weights are not in the graphs: a LayerWeights (prepared/layer-file.ts) names each initializer and
 // puts its bytes in the layer's weights file, which ORT reads itself as external data.
 import type { ModelConfig } from '../config.ts'
-import type { RowFormat } from '../quantize.ts'
+import { isRowFormat, type RowFormat } from '../quantize.ts'
 import { matMulInt8RowsNode, type RowInt8Tensors } from './matmul-int8-rows.ts'
 import { matMulNBitsNode, type NBitsTensors } from './matmul-nbits.ts'
 import { GraphBuilder, MS_DOMAIN } from './onnx.ts'
@@ -166,7 +166,7 @@ function makeMlp (g: GraphBuilder, w: LayerWeights, config: ModelConfig, l: stri
 export function linearNodes (g: GraphBuilder, name: string, input: string, weight: LinearTensors, bias: string | undefined, n: number, k: number): string {
   const out = weight.format == null
     ? g.node('MatMul', [input, weight.weight], {}, { name })[0]
-    : 'perRow' in weight.format
+    : isRowFormat(weight.format)
       ? matMulInt8RowsNode(g, name, input, weight as RowInt8Tensors)
       : matMulNBitsNode(g, name, input, weight as NBitsTensors, n, k)
   return bias == null ? out : g.node('Add', [out, bias])[0]
