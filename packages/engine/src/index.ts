@@ -17,7 +17,7 @@ export { generateTokens, planGeneration, untilDone, type GenerateOptions, type G
 export { createSampler, validateSampling, argmax, seededRandom, type Sampler, type SamplingOptions } from './sampler.ts'
 export { loadChatTemplate, parseChatTemplate, type ChatMessage, type ChatRenderOptions, type ChatTemplate } from './chat-template.ts'
 export { loadTokenizer, type TextTokenizer, type TextStream } from './tokenizer.ts'
-export { DEFAULT_QUANT, HEAD_QUANT_FORMATS, QUANT_FORMATS, QUANTIZATIONS, ROW_INT8, formatLabel, type BlockFormat, type QuantFormat, type Quantization, type RowFormat } from './quantize.ts'
+export { DEFAULT_QUANT, HEAD_QUANT_FORMATS, QUANT_FORMATS, QUANTIZATIONS, ROW_INT7, ROW_INT8, formatLabel, type BlockFormat, type QuantFormat, type Quantization, type RowFormat } from './quantize.ts'
 export {
   ModelLoadError, UnsupportedModelError, InvalidArgumentError, ContextLengthError, UnknownSessionError,
   SessionLimitError, ShapeError, PositionError, WorkerError, NoChatTemplateError

@@ -26,11 +26,19 @@ export interface BlockFormat {
 export interface RowFormat {
   bits: 8
   perRow: true
+  /**
+   * Weights as int8 within [-64, 63], run as uint8 × int8: VNNI and AMX have kernels for that pair
+   * whose cost barely grows with a batch's rows (uint8 × uint8's nearly doubles from 1 row to 8), and
+   * 7 bits keep the 16-bit pair sums of kernels without VNNI from saturating, so every CPU computes
+   * the same integers. Otherwise uint8 × uint8 over the full 8 bits.
+   */
+  int7?: true
 }
 
 export type QuantFormat = BlockFormat | RowFormat
 
 export const ROW_INT8: RowFormat = { bits: 8, perRow: true }
+export const ROW_INT7: RowFormat = { bits: 8, perRow: true, int7: true }
 
 export function isRowFormat (format: QuantFormat): format is RowFormat {
   return 'perRow' in format
@@ -72,7 +80,7 @@ export function quantFormat (quant: Quantization, format?: QuantFormat): QuantFo
 /** A short name of a format, e.g. `b128-sym`: part of the prepared folder's name, so formats never mix. */
 export function formatLabel (format: QuantFormat | undefined): string {
   if (format == null) return 'f32'
-  return isRowFormat(format) ? 'rows' : `b${format.blockSize}${format.zeroPoints ? '' : '-sym'}`
+  return isRowFormat(format) ? (format.int7 === true ? 'rows7' : 'rows') : `b${format.blockSize}${format.zeroPoints ? '' : '-sym'}`
 }
 
 /**
@@ -199,24 +207,30 @@ export function quantizedBytes (q: QuantizedWeight): number {
   return q.data.byteLength + q.scales.byteLength + (q.zeroPoints?.byteLength ?? 0)
 }
 
-/** ROW_INT8's rows: [rows, k] uint8 values, with a scale and a zero point per row. */
+/**
+ * A RowFormat's rows: [rows, k] values with a scale and a zero point per row, as bytes: uint8, or
+ * int8's two's complement for `int7` (an Int8Array over the same buffer reads them).
+ */
 export interface RowQuantized { data: Uint8Array, scales: Float32Array, zeroPoints: Uint8Array }
 
 /**
- * Quantizes `rows` rows of width `k` to 8 bits, one scale and zero point per row over its [min, max]
- * (which includes 0, so zeros stay exact), into the start of `into`; returns views of what was written.
+ * Quantizes `rows` rows of width `k` to 8 bits (uint8), or to 7 (int8 in [-64, 63]) with `int7`, one
+ * scale and zero point per row over its [min, max] (which includes 0, so zeros stay exact), into the
+ * start of `into`; returns views of what was written.
  */
-export function quantizePerRow (weight: Float32Array, rows: number, k: number, into: RowQuantized): RowQuantized {
+export function quantizePerRow (weight: Float32Array, rows: number, k: number, into: RowQuantized, int7 = false): RowQuantized {
   if (into.data.length < rows * k || into.scales.length < rows || into.zeroPoints.length < rows) throw new RangeError(`buffers too small for ${rows} rows of ${k}`)
+  const [low, high] = int7 ? [-64, 63] : [0, 255]
+  const clamp = (q: number): number => Math.min(high, Math.max(low, q)) & 0xff // & 0xff: int8 as its byte
   for (let row = 0; row < rows; row++) {
     let min = 0
     let max = 0
     for (let i = row * k; i < (row + 1) * k; i++) { min = Math.min(min, weight[i]); max = Math.max(max, weight[i]) }
-    const scale = max > min ? (max - min) / 255 : 1
-    const zeroPoint = Math.min(255, Math.max(0, Math.round(-min / scale)))
+    const scale = max > min ? (max - min) / (high - low) : 1
+    const zeroPoint = Math.min(high, Math.max(low, low + Math.round(-min / scale)))
     into.scales[row] = scale
-    into.zeroPoints[row] = zeroPoint
-    for (let i = row * k; i < (row + 1) * k; i++) into.data[i] = Math.min(255, Math.max(0, Math.round(weight[i] / scale) + zeroPoint))
+    into.zeroPoints[row] = zeroPoint & 0xff
+    for (let i = row * k; i < (row + 1) * k; i++) into.data[i] = clamp(Math.round(weight[i] / scale) + zeroPoint)
   }
   return { data: into.data.subarray(0, rows * k), scales: into.scales.subarray(0, rows), zeroPoints: into.zeroPoints.subarray(0, rows) }
 }

@@ -78,16 +78,17 @@ export async function waitFor (condition: () => boolean | Promise<boolean>, what
 
 /**
  * A model of one per-row int8 linear (`y` = `x` Wᵀ, `x` [rows, k]) over weights quantized by
- * quantizePerRow ([n, k]); the weight is transposed to the [k, n] the matmul packs, as prepared files hold it.
+ * quantizePerRow ([n, k], `int7` as it was quantized); the weight is transposed to the [k, n] the
+ * matmul packs, as prepared files hold it.
  */
-export function rowsLinearModel (weight: RowQuantized, k: number, n: number, rows: number | string): Uint8Array {
+export function rowsLinearModel (weight: RowQuantized, k: number, n: number, rows: number | string, int7 = false): Uint8Array {
   const transposed = new Uint8Array(k * n)
   for (let row = 0; row < n; row++) for (let c = 0; c < k; c++) transposed[c * n + row] = weight.data[row * k + c]
   const g = new GraphBuilder()
   const tensors = {
-    weight: g.initializer('w', 'uint8', [k, n], transposed),
+    weight: g.initializer('w', int7 ? 'int8' : 'uint8', [k, n], transposed),
     scales: g.initializer('w.scales', 'float32', [n], weight.scales),
-    zeroPoints: g.initializer('w.zero_points', 'uint8', [n], weight.zeroPoints)
+    zeroPoints: g.initializer('w.zero_points', int7 ? 'int8' : 'uint8', [n], weight.zeroPoints)
   }
   g.input('x', 'float32', [rows, k])
   g.node('Identity', [matMulInt8RowsNode(g, 'linear', 'x', tensors)], {}, { outputs: ['y'] })

@@ -7,7 +7,7 @@
 // --generate: greedy stories260k ids per quantization (layers and head both at that quantization).
 // --teacher-int4: the int4 model's top-1 at each step of decoding that sequence one token at a time.
 // --matmul-case: run the int4 MatMulNBits written by writeMatmulCase (real layer width, M = 1).
-// --rows-case: run the per-row int8 linear (the client's int8 head) written by writeRowsCase.
+// --rows-case: run the per-row int8 linears (uint8 and int7 weights) written by writeRowsCase.
 // Everything expensive in JavaScript (random weights, quantizing, the reference matmul) is done by
 // the host in writeMatmulCase: under emulation only onnxruntime's kernels run.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
@@ -25,8 +25,8 @@ export interface ProbeResult {
   ids: Partial<Record<Quantization, number[]>>
   teacherInt4?: number[]
   matmul?: { k: number, n: number, bits: number, y: number[], relativeError: number }
-  /** The per-row int8 linear's output for two rows (M = 2): integer arithmetic, so equal on every CPU. */
-  rows?: number[]
+  /** The per-row int8 linears' outputs for two rows (M = 2): integer arithmetic, so equal on every CPU. */
+  rows?: { uint8: number[], int7: number[] }
 }
 
 interface MatmulMeta { k: number, n: number, format: BlockFormat, blocksPerRow: number }
@@ -66,25 +66,33 @@ async function runMatmulCase (dir: string): Promise<NonNullable<ProbeResult['mat
   return { k: meta.k, n: meta.n, bits: meta.format.bits, y: Array.from(y), relativeError: worst / scale }
 }
 
-/** A per-row int8 linear at TinyLlama width (hidden 2048 → FFN 5632) and two input rows, written for runRowsCase. */
+/**
+ * Per-row int8 linears at TinyLlama width (hidden 2048 → FFN 5632), with uint8 weights (the client's
+ * int8 head) and int7 ones (int8 layers), and two input rows, written for runRowsCase.
+ */
 export function writeRowsCase (dir: string, k = 2048, n = 5632): void {
   const random = seededRandom(8)
   const weight = Float32Array.from({ length: n * k }, () => (random() * 2 - 1) * 0.05 + 0.01)
-  const rows = quantizePerRow(weight, n, k, { data: new Uint8Array(n * k), scales: new Float32Array(n), zeroPoints: new Uint8Array(n) })
   const x = Float32Array.from({ length: 2 * k }, () => random() * 2 - 1 + 0.2)
   mkdirSync(dir, { recursive: true })
   writeFileSync(join(dir, 'meta.json'), JSON.stringify({ k, n }))
-  writeFileSync(join(dir, 'model.onnx'), rowsLinearModel(rows, k, n, 2))
+  for (const int7 of [false, true]) {
+    const rows = quantizePerRow(weight, n, k, { data: new Uint8Array(n * k), scales: new Float32Array(n), zeroPoints: new Uint8Array(n) }, int7)
+    writeFileSync(join(dir, int7 ? 'int7.onnx' : 'uint8.onnx'), rowsLinearModel(rows, k, n, 2, int7))
+  }
   writeFileSync(join(dir, 'x'), new Uint8Array(x.buffer))
 }
 
-async function runRowsCase (dir: string): Promise<number[]> {
+async function runRowsCase (dir: string): Promise<NonNullable<ProbeResult['rows']>> {
   const { k } = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as { k: number }
   const x = new Uint8Array(readFileSync(join(dir, 'x')))
-  const session = await ort.InferenceSession.create(join(dir, 'model.onnx'), sessionOptions(1))
-  const y = (await session.run({ x: new ort.Tensor('float32', new Float32Array(x.buffer, x.byteOffset, x.byteLength / 4), [2, k]) })).y.data as Float32Array
-  await session.release()
-  return Array.from(y)
+  const run = async (model: string): Promise<number[]> => {
+    const session = await ort.InferenceSession.create(join(dir, model), sessionOptions(1))
+    const y = (await session.run({ x: new ort.Tensor('float32', new Float32Array(x.buffer, x.byteOffset, x.byteLength / 4), [2, k]) })).y.data as Float32Array
+    await session.release()
+    return Array.from(y)
+  }
+  return { uint8: await run('uint8.onnx'), int7: await run('int7.onnx') }
 }
 
 /** x · dequantized(W)ᵀ, accumulated in f64: what MatMulNBits approximates. */

@@ -64,11 +64,12 @@ describe.skipIf(qemu == null)('old CPUs under qemu-user', () => {
     expect(host.ids.int8).toHaveLength(TOKENS)
     expect(host.ids.int4).toHaveLength(TOKENS)
     expect(host.matmul!.relativeError).toBeLessThan(1e-2)
-    expect(host.rows).toHaveLength(2 * 5632)
+    expect(host.rows!.uint8).toHaveLength(2 * 5632)
+    expect(host.rows!.int7).toHaveLength(2 * 5632)
   })
 
   // Concurrently: each emulated process is mostly one busy thread.
-  it.concurrent.each(EMULATED_CPUS)('-cpu %s: f32 = reference, int8 = host, int4 agrees with the host, int4 matmul right, int8 rows matmul = host', async (cpu) => {
+  it.concurrent.each(EMULATED_CPUS)('-cpu %s: f32 = reference, int8 = host, int4 agrees with the host, int4 matmul right, int8 rows matmuls = host', async (cpu) => {
     const emulated = await probe(['--tokens', String(TOKENS), '--generate', 'none,int8', '--teacher-int4', host.ids.int4!.join(','), '--matmul-case', dir.path, '--rows-case', rowsDir], cpu)
     const agree = emulated.teacherInt4!.filter((id, i) => id === host.ids.int4![i]).length
     const { relativeError, y } = emulated.matmul!
@@ -80,6 +81,8 @@ describe.skipIf(qemu == null)('old CPUs under qemu-user', () => {
     expect(emulated.ids.int8).toEqual(host.ids.int8)
     expect(agree).toBeGreaterThanOrEqual(TOKENS - 2)
     expect(relativeError).toBeLessThan(1e-2)
-    expect(emulated.rows).toEqual(host.rows) // uint8 × uint8 at real width: no kernel may saturate
+    // integer matmuls at real width, uint8 × uint8 and uint8 × int7: no kernel may saturate
+    expect(emulated.rows!.uint8).toEqual(host.rows!.uint8)
+    expect(emulated.rows!.int7).toEqual(host.rows!.int7)
   }, 900_000)
 })

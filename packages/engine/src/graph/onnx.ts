@@ -7,13 +7,14 @@ export const MS_DOMAIN = 'com.microsoft'
 export const { TensorProto } = onnx
 
 export type AttributeValue = number | string | number[]
-export type DataType = 'float32' | 'int32' | 'int64' | 'uint8'
+export type DataType = 'float32' | 'int32' | 'int64' | 'uint8' | 'int8'
 
 const elementType: Record<DataType, number> = {
   float32: onnx.TensorProto.DataType.FLOAT,
   int32: onnx.TensorProto.DataType.INT32,
   int64: onnx.TensorProto.DataType.INT64,
-  uint8: onnx.TensorProto.DataType.UINT8
+  uint8: onnx.TensorProto.DataType.UINT8,
+  int8: onnx.TensorProto.DataType.INT8
 }
 
 /** A graph under construction: nodes in execution order, weights as initializers. */

@@ -23,7 +23,7 @@ type Recipe =
   | { kind: 'values', offset: number, data: Float32Array }
   | { kind: 'f32-linear', offset: number, sources: Source[], n: number, k: number }
   | { kind: 'quantized-linear', format: BlockFormat, qweight: number, scales: number, zeroPoints?: number, sources: Source[], k: number }
-  | { kind: 'int8-rows-linear', weight: number, scales: number, zeroPoints: number, sources: Source[], n: number, k: number }
+  | { kind: 'int8-rows-linear', int7: boolean, weight: number, scales: number, zeroPoints: number, sources: Source[], n: number, k: number }
 
 export class LayerFile implements LayerWeights {
   /** The graph being built (a layer has two: see startGraph). */
@@ -62,11 +62,13 @@ export class LayerFile implements LayerWeights {
     }
     if (isRowFormat(this.format)) {
       const names = { weight: `${name}.weight`, scales: `${name}.scales`, zeroPoints: `${name}.zero_points` }
+      const int7 = this.format.int7 === true
       this.recipes.push({
         kind: 'int8-rows-linear',
-        weight: this.place(names.weight, 'uint8', [k, n], k * n),
+        int7,
+        weight: this.place(names.weight, int7 ? 'int8' : 'uint8', [k, n], k * n),
         scales: this.place(names.scales, 'float32', [n], 4 * n),
-        zeroPoints: this.place(names.zeroPoints, 'uint8', [n], n),
+        zeroPoints: this.place(names.zeroPoints, int7 ? 'int8' : 'uint8', [n], n),
         sources,
         n,
         k
@@ -187,7 +189,7 @@ const ROWS_GROUP_VALUES = 1 << 22
  * each full group lands as k runs of its width, one per column of the checkpoint's rows (file
  * writes of a whole group's width, not of one slice's).
  */
-function writeInt8RowsLinear (checkpoint: SafetensorsCheckpoint, fd: number, { weight, scales, zeroPoints, sources, n, k }: Extract<Recipe, { kind: 'int8-rows-linear' }>): void {
+function writeInt8RowsLinear (checkpoint: SafetensorsCheckpoint, fd: number, { int7, weight, scales, zeroPoints, sources, n, k }: Extract<Recipe, { kind: 'int8-rows-linear' }>): void {
   const sliceRows = rowsPerSlice(k)
   const groupRows = Math.max(sliceRows, Math.floor(ROWS_GROUP_VALUES / k / sliceRows) * sliceRows)
   const group = { data: new Uint8Array(groupRows * k), scales: new Float32Array(groupRows), zeroPoints: new Uint8Array(groupRows) }
@@ -207,7 +209,7 @@ function writeInt8RowsLinear (checkpoint: SafetensorsCheckpoint, fd: number, { w
   for (const { row, count, values } of slices(checkpoint, sources, k)) {
     if (groupCount + count > groupRows) flush()
     if (groupCount === 0) groupStart = row
-    quantizePerRow(values, count, k, { data: group.data.subarray(groupCount * k), scales: group.scales.subarray(groupCount), zeroPoints: group.zeroPoints.subarray(groupCount) })
+    quantizePerRow(values, count, k, { data: group.data.subarray(groupCount * k), scales: group.scales.subarray(groupCount), zeroPoints: group.zeroPoints.subarray(groupCount) }, int7)
     groupCount += count
   }
   if (groupCount > 0) flush()
