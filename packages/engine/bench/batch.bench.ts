@@ -3,9 +3,10 @@
 // span runs (no head, no network): what one server delivers. 1 and N alternate, medians are printed.
 //
 //   pnpm bench:batch [--quant int4] [--sessions 8] [--decode-tokens 32] [--prompt-tokens 16]
-//                    [--rounds 3] [--threads 2] [--batch-wait 1] [--rows] [--workers N] [--json]
+//                    [--rounds 3] [--threads 2] [--batch-wait 1] [--rows | --rows7] [--workers N] [--json]
 //
-// --rows runs int8 layers in the per-row format (ROW_INT8) instead of MatMulNBits' blocks;
+// --rows runs int8 layers in the per-row format (ROW_INT8) instead of MatMulNBits' blocks, --rows7
+// in its 7-bit uint8 × int8 form (ROW_INT7);
 // --workers splits the span into N workers instead of defaultSpanWorkers' choice.
 // See README.md next to this file.
 import { readFileSync } from 'node:fs'
@@ -13,7 +14,7 @@ import { join } from 'node:path'
 import { availableParallelism, homedir, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { createSpanExecutor, DEFAULT_BATCH_WAIT_MS, defaultSpanWorkers, formatLabel, loadModelConfig, QUANTIZATIONS, ROW_INT8, seededRandom, type Quantization, type SpanExecutor } from '../src/index.ts'
+import { createSpanExecutor, DEFAULT_BATCH_WAIT_MS, defaultSpanWorkers, formatLabel, loadModelConfig, QUANTIZATIONS, ROW_INT7, ROW_INT8, seededRandom, type Quantization, type SpanExecutor } from '../src/index.ts'
 import { quantFormat } from '../src/quantize.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from './random-checkpoint.ts'
 
@@ -29,6 +30,7 @@ const { values: flags } = parseArgs({
     threads: { type: 'string', default: '2' },
     'batch-wait': { type: 'string', default: String(DEFAULT_BATCH_WAIT_MS) },
     rows: { type: 'boolean', default: false },
+    rows7: { type: 'boolean', default: false },
     workers: { type: 'string' },
     json: { type: 'boolean', default: false }
   }
@@ -36,8 +38,8 @@ const { values: flags } = parseArgs({
 
 const quant = flags.quant as Quantization
 if (!QUANTIZATIONS.includes(quant)) throw new Error(`--quant ${flags.quant} is not one of ${QUANTIZATIONS.join(', ')}`)
-if (flags.rows && quant !== 'int8') throw new Error(`--rows is a format of int8, not of ${quant}`)
-const format = flags.rows ? ROW_INT8 : undefined
+if ((flags.rows || flags.rows7) && quant !== 'int8') throw new Error(`--rows and --rows7 are formats of int8, not of ${quant}`)
+const format = flags.rows7 ? ROW_INT7 : flags.rows ? ROW_INT8 : undefined
 const FORMAT_LABEL = formatLabel(quantFormat(quant, format))
 const count = (name: keyof typeof flags): number => {
   const value = Number(flags[name])

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { createClientHead, createLogitsBuffer, QUANTIZATIONS, seededRandom, type BlockFormat, type Quantization } from '../src/index.ts'
+import { createClientHead, createLogitsBuffer, QUANTIZATIONS, ROW_INT7, ROW_INT8, seededRandom, type BlockFormat, type QuantFormat, type Quantization } from '../src/index.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from './random-checkpoint.ts'
 import { median } from './bench-helpers.ts'
 
@@ -35,6 +35,8 @@ interface HeadResult {
   /** embed one token + final norm + LM head on one hidden state, mean over the measured steps. */
   msPerToken: number
   embedMsPerToken: number
+  /** RSS just before the head is created: Node, tsx and this script, the same in every child. */
+  startRssBytes: number
   rssBytes: number
   peakRssBytes: number
 }
@@ -44,19 +46,22 @@ function procStatus (field: 'VmHWM' | 'VmRSS'): number {
   return match == null ? NaN : Number(match[1]) * 1024
 }
 
-/** `int8` or `int8:b128` (a block format with zero points instead of the head's own). */
-function parseHeadSpec (spec: string): { headQuant: Quantization, headFormat?: BlockFormat } {
+/** `int8`, `int8:b128` (a block format with zero points instead of the head's own), `int8:rows` or `int8:rows7`. */
+function parseHeadSpec (spec: string): { headQuant: Quantization, headFormat?: QuantFormat } {
   const [quant, block] = spec.split(':')
   if (!(QUANTIZATIONS as string[]).includes(quant)) throw new RangeError(`--quant: ${JSON.stringify(quant)} is not one of ${QUANTIZATIONS.join(', ')}`)
   const headQuant = quant as Quantization
   if (block == null) return { headQuant }
+  if (headQuant === 'int8' && block === 'rows') return { headQuant, headFormat: ROW_INT8 }
+  if (headQuant === 'int8' && block === 'rows7') return { headQuant, headFormat: ROW_INT7 }
   const blockSize = Number(block.replace(/^b/, ''))
-  if (headQuant === 'none' || ![16, 32, 64, 128, 256].includes(blockSize)) throw new RangeError(`--quant: ${JSON.stringify(spec)} is not int8|int4:bBLOCK (e.g. int8:b128)`)
+  if (headQuant === 'none' || ![16, 32, 64, 128, 256].includes(blockSize)) throw new RangeError(`--quant: ${JSON.stringify(spec)} is not int8|int4:bBLOCK (e.g. int8:b128), int8:rows or int8:rows7`)
   return { headQuant, headFormat: { bits: headQuant === 'int4' ? 4 : 8, blockSize: blockSize as BlockFormat['blockSize'], zeroPoints: true } }
 }
 
 async function measure (modelDir: string, spec: string, tokens: number, threads: number, cacheDir?: string): Promise<HeadResult> {
   const { headQuant, headFormat } = parseHeadSpec(spec)
+  const startRssBytes = procStatus('VmRSS')
   let t = performance.now()
   const head = await createClientHead({ modelDir, headQuant, headFormat, threads, cacheDir })
   const loadMs = performance.now() - t
@@ -87,6 +92,7 @@ async function measure (modelDir: string, spec: string, tokens: number, threads:
       preparedBytes: head.preparedBytes,
       msPerToken: totalMs / tokens,
       embedMsPerToken: embedMs / tokens,
+      startRssBytes,
       rssBytes: procStatus('VmRSS'),
       peakRssBytes: procStatus('VmHWM')
     }
@@ -153,13 +159,17 @@ async function main (): Promise<void> {
     return
   }
   const baselines = rounds.map(r => r.baseline)
-  process.stdout.write(`runtime baseline (stories260k head, ${baselines[0].preparedBytes} B of weights), median of ${repeats}: RSS ${mib(median(baselines.map(b => b.rssBytes)))}, peak ${mib(median(baselines.map(b => b.peakRssBytes)))}\n`)
-  process.stdout.write('head           load s  ms/token (embed)  prepared    RSS        peak RSS   RSS − baseline − prepared (each round)   peak − baseline − prepared\n')
+  process.stdout.write(`runtime baseline (stories260k head, ${baselines[0].preparedBytes} B of weights), median of ${repeats}: RSS ${mib(median(baselines.map(b => b.rssBytes)))}, peak ${mib(median(baselines.map(b => b.peakRssBytes)))}, before the head ${mib(median(baselines.map(b => b.startRssBytes)))}\n`)
+  process.stdout.write('over = growth since the child\'s start − the baseline\'s growth in the same round − prepared bytes\n')
+  process.stdout.write('head           load s  ms/token (embed)  prepared    RSS        peak RSS   over (each round)                        peak over\n')
   for (const [i, { quant, cold }] of configs.entries()) {
     const runs = rounds.map(r => r.results[i])
     const m = (f: (r: HeadResult) => number): number => median(runs.map(f))
-    const over = rounds.map(r => r.results[i].rssBytes - r.baseline.rssBytes - r.results[i].preparedBytes)
-    const peakOver = rounds.map(r => r.results[i].peakRssBytes - r.baseline.peakRssBytes - r.results[i].preparedBytes)
+    // growth from each child's own start: what runs before the head is the same code in every child,
+    // yet its RSS moves by a few MiB from process to process, which would otherwise swamp the figure
+    const grown = (r: HeadResult, bytes: number): number => bytes - r.startRssBytes
+    const over = rounds.map(({ baseline, results }) => grown(results[i], results[i].rssBytes) - grown(baseline, baseline.rssBytes) - results[i].preparedBytes)
+    const peakOver = rounds.map(({ baseline, results }) => grown(results[i], results[i].peakRssBytes) - grown(baseline, baseline.peakRssBytes) - results[i].preparedBytes)
     const overText = `${mib(median(over))} (${over.map(b => (b / 2 ** 20).toFixed(1)).join(', ')})`
     process.stdout.write(`${(quant + (cold ? ' cold' : '')).padEnd(14)} ${(m(r => r.loadMs) / 1000).toFixed(1).padStart(6)}  ${m(r => r.msPerToken).toFixed(2).padStart(8)} (${m(r => r.embedMsPerToken).toFixed(2)})   ${mib(runs[0].preparedBytes).padEnd(10)}  ${mib(m(r => r.rssBytes)).padEnd(10)} ${mib(m(r => r.peakRssBytes)).padEnd(10)} ${overText.padEnd(40)} ${mib(median(peakOver))}\n`)
   }

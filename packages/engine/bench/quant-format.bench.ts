@@ -16,7 +16,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
-  argmax, createClientHead, createSpanExecutor, formatLabel, loadModelConfig, prepareSpan, ROW_INT8, seededRandom,
+  argmax, createClientHead, createSpanExecutor, formatLabel, loadModelConfig, prepareSpan, ROW_INT7, ROW_INT8, seededRandom,
   type BlockFormat, type ClientHead, type QuantFormat, type Quantization, type SpanExecutor
 } from '../src/index.ts'
 import { agreementWith, median, textTable } from './bench-helpers.ts'
@@ -35,9 +35,10 @@ const ALL_FORMATS = ['int4', 'int8'].flatMap(q => [32, 64, 128].flatMap(b => [`$
 function parseVariant (text: string): Variant {
   const [quant, block, zp] = text.split(':')
   if (quant === 'int8' && block === 'rows' && zp == null) return { quant, format: ROW_INT8 }
+  if (quant === 'int8' && block === 'rows7' && zp == null) return { quant, format: ROW_INT7 }
   const blockSize = Number(block)
   if (!(quant === 'int4' || quant === 'int8') || ![16, 32, 64, 128, 256].includes(blockSize) || !(zp === 'zp' || zp === 'sym')) {
-    throw new Error(`--formats: ${JSON.stringify(text)} is not QUANT:BLOCK:zp|sym (e.g. int4:128:sym) or int8:rows`)
+    throw new Error(`--formats: ${JSON.stringify(text)} is not QUANT:BLOCK:zp|sym (e.g. int4:128:sym) or int8:rows|rows7`)
   }
   return { quant, format: { bits: quant === 'int4' ? 4 : 8, blockSize: blockSize as BlockFormat['blockSize'], zeroPoints: zp === 'zp' } }
 }
