@@ -105,6 +105,23 @@ describe('prepared spans', () => {
     // the other quantizations' folders are kept
     expect(readdirSync(models).sort()).toEqual([...kept, preparedDirName('none')].sort())
   })
+
+  it('preparing int8 removes the retired default\'s folder (block 128), but a caller naming that format keeps its own', async () => {
+    const own = tempDir('prepared-retired')
+    try {
+      const retired = join(own.path, 'prepared', computeModelId(STORIES), `int8-b128-v${PREPARED_FORMAT}`)
+      const b128 = { bits: 8, blockSize: 128, zeroPoints: true } as const
+      expect((await prepareSpan({ ...init, cacheDir: own.path, format: b128, start: 0, end: 1 })).built).toEqual([0])
+      expect((await prepareSpan({ ...init, cacheDir: own.path, format: b128, start: 0, end: 2 })).built).toEqual([1])
+      expect(existsSync(retired)).toBe(true)
+      const log: string[] = []
+      expect((await prepareSpan({ ...init, cacheDir: own.path, start: 0, end: 1, log: m => log.push(m) })).built).toEqual([0])
+      expect(existsSync(retired)).toBe(false)
+      expect(log.some(line => line.includes('no longer a default') && line.includes(retired))).toBe(true)
+    } finally {
+      own.remove()
+    }
+  })
 })
 
 function flipByte (path: string): void {

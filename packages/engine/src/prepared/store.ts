@@ -18,6 +18,13 @@ import { isProcessAlive } from '../process-alive.ts'
 export const PREPARED_FORMAT = 3
 
 /**
+ * Folders of formats that were a quantization's default and no longer are any (int8 layers were
+ * block 128 until per-row int7): nothing loads them unless a caller names that format, and they are
+ * as large as the span, so preparing that quantization anew removes them.
+ */
+const RETIRED_DEFAULTS = ['int8-b128-v3']
+
+/**
  * The folder of a quantization in its format, e.g. `int4-b32-v3` (`none-v3` for f32): entries of
  * another block size or zero-point choice live elsewhere, so changing a default never misreads them.
  */
@@ -133,7 +140,7 @@ export class PreparedStore {
   }
 
   /**
-   * Removes this model's folders of the same quantization in older formats, saying so in `log`:
+   * Removes this model's folders of the same quantization in older formats or retired defaults, saying so in `log`:
    * they are never read again, and a new version of minga would otherwise leave gigabytes behind.
    * Nodes starting together may all try: the one whose rename succeeds removes the folder.
    */
@@ -144,7 +151,9 @@ export class PreparedStore {
     const pattern = new RegExp(`^${this.quant}(?:-b\\d+(?:-sym)?)?-v(\\d+)(?:\\.removing-(\\d+))?$`)
     for (const name of readdirSync(parent)) {
       const match = pattern.exec(name)
-      if (match == null || Number(match[1]) >= PREPARED_FORMAT) continue
+      if (match == null || join(parent, name) === this.dir) continue // (a caller may name a retired format)
+      const retired = RETIRED_DEFAULTS.includes(name.replace(/\.removing-\d+$/, ''))
+      if (Number(match[1]) >= PREPARED_FORMAT && !retired) continue
       if (match[2] != null && isProcessAlive(Number(match[2]))) continue
       const claimed = join(parent, `${name.replace(/\.removing-\d+$/, '')}.removing-${process.pid}`)
       try {
@@ -155,7 +164,7 @@ export class PreparedStore {
       let bytes = 0
       for (const file of readdirSync(claimed)) bytes += statSync(join(claimed, file)).size
       rmSync(claimed, { recursive: true, force: true })
-      log?.(`removed ${(bytes / 2 ** 20).toFixed(0)} MB of prepared layers in an older format (${join(parent, name)})`)
+      log?.(`removed ${(bytes / 2 ** 20).toFixed(0)} MB of prepared layers in ${retired ? 'a format that is no longer a default' : 'an older format'} (${join(parent, name)})`)
     }
   }
 
