@@ -41,6 +41,7 @@ interface Options {
   sessions: number
   llama: boolean
   phases: string[]
+  swarms: string[]
   verbose: boolean
   readyTimeoutMs: number
 }
@@ -53,7 +54,8 @@ const USAGE = `usage: pnpm bench [options]
   --threads T         threads of every engine, llama.cpp and server (default 2)
   --sessions S        concurrent sessions of the sessions row, and llama.cpp's sequences beside it (default 8)
   --no-llama          skip llama.cpp (no install, no GGUF files)
-  --phases LIST       f32,int8,int4 (default all; the swarms and sessions run with int4)
+  --phases LIST       f32,int8,int4 (default all)
+  --swarms LIST       the phases that also run the swarm and sessions rows: int8,int4 (default both)
   --json              one JSON object on stdout instead of the table
   --verbose           the servers' logs on stderr
   --ready-timeout S   per process (default 900)`
@@ -70,6 +72,7 @@ function parseOptions (): Options {
       sessions: { type: 'string', default: '8' },
       'no-llama': { type: 'boolean', default: false },
       phases: { type: 'string', default: 'f32,int8,int4' },
+      swarms: { type: 'string', default: 'int8,int4' },
       verbose: { type: 'boolean', default: false },
       'ready-timeout': { type: 'string', default: '900' },
       help: { type: 'boolean', default: false }
@@ -94,6 +97,7 @@ function parseOptions (): Options {
     sessions: int('sessions'),
     llama: !values['no-llama'],
     phases: values.phases!.split(',').map(p => p.trim()).filter(p => p !== ''),
+    swarms: values.swarms!.split(',').map(p => p.trim()).filter(p => p !== ''),
     verbose: values.verbose!,
     readyTimeoutMs: int('ready-timeout') * 1000
   }
@@ -177,8 +181,8 @@ interface WeightBytes { layers: number, head: number }
 
 const BYTES_PER_WEIGHT: Record<Quantization | GgufFileType, number> = {
   none: 4,
-  int8: 1 + 4 / 32 + 1 / 32, // MatMulNBits blocks of 32: u8 values, an f32 scale and a u8 zero point
-  int4: 0.5 + 4 / 32 + 0.5 / 32, // 4-bit values, an f32 scale and a 4-bit zero point
+  int8: 1, // per row (layers and head): int8 values; a row's f32 scale and zero point are ~0.1 % more
+  int4: 0.5 + 4 / 128 + 0.5 / 128, // MatMulNBits blocks of 128: 4-bit values, an f32 scale and a 4-bit zero point
   F16: 2,
   Q8_0: 34 / 32, // GGML blocks of 32: int8 values and an f16 scale
   Q4_0: 18 / 32 // 4-bit values and an f16 scale
@@ -391,6 +395,7 @@ async function main (): Promise<void> {
   for (const phase of phases) {
     const label = phase.quant === 'none' ? 'f32' : phase.quant
     if (!opts.phases.includes(label)) continue
+    const withSwarms = phase.quant !== 'none' && opts.swarms.includes(label)
     const opened: RunnerProc[] = []
     const swarms: Swarm[] = []
     try {
@@ -407,7 +412,7 @@ async function main (): Promise<void> {
         if (reference.length > 0) await checkSanity(llama, `llama.cpp ${phase.gguf}`)
         phaseRows.push(localRow(llama, `llama.cpp ${phase.gguf}`, weightBytes(config, phase.gguf, phase.gguf === 'F16' ? 'F16' : 'Q8_0')))
         pids[`llama.cpp ${phase.gguf}`] = { local: llama.child.pid! }
-        if (phase.quant === 'int4' && opts.sessions > 1) {
+        if (withSwarms && opts.sessions > 1) {
           // llama.cpp's own batching (node-llama-cpp evaluates sequences that step at once as one batch): the anchor of the sessions row
           const name = `llama.cpp ${phase.gguf}, ${opts.sessions} sequences`
           const batched = await startRunner(name, { kind: 'llama', entry: llamaEntry, gguf: ggufs.get(phase.gguf)!, threads, contextSize, sequences: opts.sessions }, opts)
@@ -419,25 +424,25 @@ async function main (): Promise<void> {
           pids[name] = { local: batched.child.pid! }
         }
       }
-      if (phase.quant === 'int4') {
-        // the swarms, against the local int4 engine: one server of every layer, and three spans
+      if (withSwarms) {
+        // the swarms, against the local engine of the phase: one server of every layer, and three spans
         for (const spans of [[[0, 22]], [[0, 8], [8, 15], [15, 22]]] as Array<Array<[number, number]>>) {
           const name = `swarm ${spans.length} node${spans.length > 1 ? 's' : ''}`
           log(`${name}: starting ${spans.length} server${spans.length > 1 ? 's' : ''} and a client…`)
-          const swarm = await startSwarmRetrying({ dir: checkpoint.dir, quant: 'int4', spans }, threads, opts)
+          const swarm = await startSwarmRetrying({ dir: checkpoint.dir, quant: phase.quant, spans }, threads, opts)
           swarms.push(swarm)
           const client = await startRunner(`${name} client`, { kind: 'swarm', modelDir: checkpoint.dir, bootstrap: swarm.bootstrap, threads, servers: spans.length }, opts)
           opened.push(client)
           const procs: Record<string, number> = { client: client.child.pid! }
           for (const p of swarm.procs.slice(1)) procs[p.name] = p.child.pid!
-          const row = localRow(client, name, weightBytes(config, 'int4', 'int8'), `minga ${label}`)
+          const row = localRow(client, name, weightBytes(config, phase.quant, phase.head), `minga ${label}`)
           phaseRows.push(row)
           pids[name] = procs
           if (spans.length > 1) {
             // the same servers with the steps chained (`chains: true`): each server forwards to the next, and the last answers the client
             const chained = await startRunner(`${name}, chained client`, { kind: 'swarm', modelDir: checkpoint.dir, bootstrap: swarm.bootstrap, threads, servers: spans.length, chains: true }, opts)
             opened.push(chained)
-            phaseRows.push(localRow(chained, `${name}, chained`, weightBytes(config, 'int4', 'int8'), `minga ${label}`))
+            phaseRows.push(localRow(chained, `${name}, chained`, weightBytes(config, phase.quant, phase.head), `minga ${label}`))
             pids[`${name}, chained`] = { ...procs, client: chained.child.pid! }
           }
           if (spans.length === 1 && opts.sessions > 1) {
