@@ -1,12 +1,13 @@
-// y = x Wᵀ for an 8-bit weight with a scale and zero point per output row (ROW_INT8), as an integer
-// matmul. Each input row is quantized on its own, symmetrically (scale = max |x| / 127, shifted by
-// 128 into uint8 with one zero point of 128 for all rows), so a row's result never depends on the
-// rows batched with it. uint8 × uint8: onnxruntime's x86 kernels for uint8 × int8 add pairs of
-// products in 16 bits without VNNI (AVX2 and older), which can saturate; uint8 × uint8 is exact
-// everywhere, and was faster for one row too (4.9 against 6.7 ms for the TinyLlama-shaped head).
+// y = x Wᵀ for an 8-bit weight with a scale and zero point per output row (ROW_INT8, ROW_INT7), as
+// an integer matmul. Each input row is quantized on its own, symmetrically (scale = max |x| / 127,
+// shifted by 128 into uint8 with one zero point of 128 for all rows), so a row's result never
+// depends on the rows batched with it. onnxruntime's x86 kernels for uint8 × int8 add pairs of
+// products in 16 bits without VNNI (AVX2 and older), which saturates for full int8 weights: ROW_INT8
+// stores uint8 weights (uint8 × uint8 is exact everywhere), ROW_INT7 int8 ones within [-64, 63]
+// (2 × 255 × 64 fits in 16 bits), which gets the VNNI and AMX kernels (quantize.ts).
 import { MS_DOMAIN, type GraphBuilder } from './onnx.ts'
 
-/** A ROW_INT8 weight's initializers: uint8 [k, n] (transposed: what the matmul packs), f32 scales and uint8 zero points [n]. */
+/** A per-row weight's initializers: [k, n] (transposed: what the matmul packs), f32 scales and zero points [n]; uint8, or int8 for ROW_INT7. */
 export interface RowInt8Tensors { weight: string, scales: string, zeroPoints: string }
 
 export function matMulInt8RowsNode (g: GraphBuilder, name: string, input: string, weight: RowInt8Tensors): string {
