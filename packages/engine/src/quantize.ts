@@ -223,16 +223,17 @@ export interface RowQuantized { data: Uint8Array, scales: Float32Array, zeroPoin
 export function quantizePerRow (weight: Float32Array, rows: number, k: number, into: RowQuantized, int7 = false): RowQuantized {
   if (into.data.length < rows * k || into.scales.length < rows || into.zeroPoints.length < rows) throw new RangeError(`buffers too small for ${rows} rows of ${k}`)
   const [low, high] = int7 ? [-64, 63] : [0, 255]
-  const clamp = (q: number): number => Math.min(high, Math.max(low, q)) & 0xff // & 0xff: int8 as its byte
+  const inRange = (q: number): number => Math.min(high, Math.max(low, q))
   for (let row = 0; row < rows; row++) {
     let min = 0
     let max = 0
     for (let i = row * k; i < (row + 1) * k; i++) { min = Math.min(min, weight[i]); max = Math.max(max, weight[i]) }
     const scale = max > min ? (max - min) / (high - low) : 1
-    const zeroPoint = Math.min(high, Math.max(low, low + Math.round(-min / scale)))
+    const zeroPoint = inRange(low + Math.round(-min / scale))
     into.scales[row] = scale
+    // (& 0xff: an int8 as its byte)
     into.zeroPoints[row] = zeroPoint & 0xff
-    for (let i = row * k; i < (row + 1) * k; i++) into.data[i] = clamp(Math.round(weight[i] / scale) + zeroPoint)
+    for (let i = row * k; i < (row + 1) * k; i++) into.data[i] = inRange(Math.round(weight[i] / scale) + zeroPoint) & 0xff
   }
   return { data: into.data.subarray(0, rows * k), scales: into.scales.subarray(0, rows), zeroPoints: into.zeroPoints.subarray(0, rows) }
 }
