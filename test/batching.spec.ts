@@ -13,7 +13,7 @@ let server: MingaServer
 
 beforeAll(async () => {
   bootstrap = await createMingaNode({})
-  server = await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: bootstrap.addrs(), throughput: 1000, threads: 1, batchWaitMs: 2 })
+  server = await createServer({ modelDir: STORIES, blocks: { start: 0, end: 5 }, bootstrap: bootstrap.addrs(), throughput: 1000, threads: 1 })
 })
 afterAll(async () => {
   await server?.stop({ immediate: true })
@@ -37,7 +37,7 @@ it('three concurrent clients through one server each get the reference ids, thei
   } finally {
     await Promise.all(clients.map(async client => { await client.close() }))
   }
-  // 3 × 40 steps, waiting up to 2 ms for each other whenever the others are active: some share a batch
+  // 3 × 40 steps, each waiting for the others due back soon: some share a batch
   expect(await gauge('minga_server_forward_largest_batch')).toBeGreaterThan(1)
   expect(await gauge('minga_server_forward_batches')).toBeLessThan(3 * STORIES_REFERENCE_IDS.length)
 }, 120_000)

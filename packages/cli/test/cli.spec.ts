@@ -90,9 +90,9 @@ describe('minga prepare', () => {
 })
 
 describe('minga serve', () => {
-  it('rejects a --batch-wait over 2 ms before loading anything', async () => {
-    const { code, stderr } = await runMinga('serve', '--model', STORIES, '--blocks', '0:5', '--batch-wait', '5')
+  it('rejects a --batch-wait over 1000 ms before loading anything', async () => {
+    const { code, stderr } = await runMinga('serve', '--model', STORIES, '--blocks', '0:5', '--batch-wait', '5000')
     expect(code).not.toBe(0)
-    expect(stderr).toMatch(/'--batch-wait <ms>' argument '5' is invalid/)
+    expect(stderr).toMatch(/'--batch-wait <ms>' argument '5000' is invalid/)
   })
 })

@@ -3,7 +3,7 @@
 // span runs (no head, no network): what one server delivers. 1 and N alternate, medians are printed.
 //
 //   pnpm bench:batch [--quant int4] [--sessions 8] [--decode-tokens 32] [--prompt-tokens 16]
-//                    [--rounds 3] [--threads 2] [--batch-wait 1] [--rows | --rows7] [--workers N] [--json]
+//                    [--rounds 3] [--threads 2] [--batch-wait 50] [--rows | --rows7] [--workers N] [--json]
 //
 // --rows runs int8 layers in the per-row format (ROW_INT8) instead of MatMulNBits' blocks, --rows7
 // in its 7-bit uint8 × int8 form (ROW_INT7);

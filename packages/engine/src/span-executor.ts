@@ -7,6 +7,7 @@ import { loadModelConfig, type ModelConfig } from './config.ts'
 import { computeModelId } from './manifest.ts'
 import { InvalidArgumentError, UnknownSessionError } from './errors.ts'
 import { DEFAULT_QUANT, type QuantFormat, type Quantization } from './quantize.ts'
+import { sentNow } from './worker/batch-wait.ts'
 import { ownBuffer, WorkerClient } from './worker/rpc.ts'
 import type { SpanLoadArgs, SpanLoadEvent, SpanLoadResult, SpanPrepareArgs, SpanPrepareResult, SpanStats } from './worker/span-worker.ts'
 import { isSpanPrepared, preparedSpanBytes, type PrepareProgress, type PrepareSpanInit } from './prepared/prepare-span.ts'
@@ -20,9 +21,12 @@ export function kvBytesPerToken (config: ModelConfig, layers: number): number {
   return 2 * config.numKvHeads * config.headDim * Float32Array.BYTES_PER_ELEMENT * layers
 }
 
-/** A step's longest wait for companions, unless told otherwise, and the most it may be told. */
-export const DEFAULT_BATCH_WAIT_MS = 2
-export const MAX_BATCH_WAIT_MS = 2
+/**
+ * A step's longest wait for companions, unless told otherwise, and the most it may be told. Waits
+ * are shorter in practice: only for sessions due soon, and at most one batch's run (batch-wait.ts).
+ */
+export const DEFAULT_BATCH_WAIT_MS = 50
+export const MAX_BATCH_WAIT_MS = 1000
 
 /** The KV cache budget of a span unless told otherwise. */
 export const DEFAULT_CACHE_BYTES = 256 * 2 ** 20
@@ -36,9 +40,10 @@ export interface SpanExecutorInit extends Omit<PrepareSpanInit, 'onProgress'> {
   /** KV cache budget of all sessions together, in bytes (default 256 MiB). Caches grow as sessions fill them. */
   cacheBytes?: number
   /**
-   * How long a step may wait for other active sessions' steps to run with it as one batch, in ms
-   * (0 = never wait; at most MAX_BATCH_WAIT_MS; default DEFAULT_BATCH_WAIT_MS). Steps that are
-   * already queued batch either way.
+   * The longest a step may wait for other sessions' steps to run with it as one batch, in ms (0 =
+   * never wait; at most MAX_BATCH_WAIT_MS; default DEFAULT_BATCH_WAIT_MS). A step waits only for
+   * sessions whose next step is due (from the time each took to come back last time) within about
+   * one batch's run time. Steps that are already queued batch either way.
    */
   batchWaitMs?: number
   /** Each layer prepared on this load (the first load of a span prepares it). */
@@ -175,7 +180,7 @@ export async function createSpanExecutor (init: SpanExecutorInit): Promise<SpanE
         let states = ownBuffer(hidden)
         for (let n = 0; n < through.length; n++) {
           try {
-            states = await workers[through[n]].call<Float32Array<ArrayBuffer>>('forward', { sessionId, hidden: states, tokens, position }, [states.buffer])
+            states = await workers[through[n]].call<Float32Array<ArrayBuffer>>('forward', { sessionId, hidden: states, tokens, position, sentAt: sentNow() }, [states.buffer])
           } catch (err) {
             // The parts before this one hold the step's keys and values, this one does not: the
             // session can no longer go on, and is closed in every part.

@@ -80,8 +80,9 @@ export interface ServerInit {
   /** Worker threads the span is split into (default: the engine's defaultSpanWorkers). */
   workers?: number
   /**
-   * How long a step may wait for other active sessions' steps to run through the span with it as
-   * one batch, in ms (0 to 2; default the engine's DEFAULT_BATCH_WAIT_MS).
+   * The longest a step may wait for other sessions' steps to run through the span with it as one
+   * batch, in ms (0 to the engine's MAX_BATCH_WAIT_MS; default its DEFAULT_BATCH_WAIT_MS). It waits
+   * only for sessions due back within about one batch's run.
    */
   batchWaitMs?: number
   /** The swarm's pre-shared key (a key file's bytes, see loadSwarmKey): only peers with it can connect. */

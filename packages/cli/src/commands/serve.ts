@@ -1,7 +1,7 @@
 // `minga serve`: host a span of a model's layers for the swarm until SIGINT/SIGTERM (the first one
 // drains: withdraw, refuse new sessions, let open ones finish; a second one stops at once).
 import { InvalidArgumentError, type Command } from 'commander'
-import { DEFAULT_QUANT } from '@minga/engine'
+import { DEFAULT_BATCH_WAIT_MS, DEFAULT_QUANT, MAX_BATCH_WAIT_MS } from '@minga/engine'
 // (@minga/server loads libp2p itself once the span's worker is started: see createServer)
 import { createServer } from '@minga/server'
 import type { CliIo } from '../index.ts'
@@ -68,7 +68,7 @@ export function registerServe (program: Command, io: CliIo): void {
     .option('--session-idle <seconds>', 'close sessions idle this long', integer(1), 300)
     .option('--threads <n>', 'onnxruntime threads (default: all cores)', integer(1))
     .option('--workers <n>', 'worker threads the span is split into, to create its layers on several cores (default: one per 900 MiB of weights or part of it, at most one per core and 4)', integer(1, 64))
-    .option('--batch-wait <ms>', 'how long a step may wait for other sessions\' steps to run with it as one batch (0 to 2; default 2)', number(0, 2))
+    .option('--batch-wait <ms>', `the longest a step may wait for other sessions' steps to run with it as one batch; it waits only for sessions due back within about one batch's run (0 to ${MAX_BATCH_WAIT_MS}; default ${DEFAULT_BATCH_WAIT_MS})`, number(0, MAX_BATCH_WAIT_MS))
     .option('--swarm-key <file>', 'a private swarm: only nodes with this key (minga keygen) can connect')
     .option('--allow <peerid...>', 'only these peers may open sessions (default: anyone)')
     .option('--max-frame-mb <MiB>', 'largest inference frame accepted; bigger ones get TOO_LARGE (default 64)', number(0, 1024, { minExclusive: true }))

@@ -88,7 +88,7 @@ async function logitsBatch (batch: LogitsArgs[]): Promise<unknown[]> {
   return results.map(result => result ?? outputs.shift())
 }
 
-const logits: BatchedMethod<LogitsArgs> = { run: logitsBatch, maxWaitMs: 0, complete: () => true }
+const logits: BatchedMethod<LogitsArgs> = { run: logitsBatch, waitUntil: (_, since) => since }
 
 /** File descriptors belong to the process, not the worker: close them before the worker ends. */
 async function close (): Promise<void> {

@@ -85,17 +85,18 @@ export function emitEvent (event: unknown): void {
 /**
  * A method whose requests the worker runs together: when it becomes free it takes every queued
  * request of the method (up to the first request of another method, so that order across methods
- * holds; one per key, a second one waits for the next batch) and may wait a bounded time for more.
+ * holds; one per key, a second one waits for the next batch) and may wait a while for more.
  */
 export interface BatchedMethod<A = any> {
   /** Requests with the same key never share a batch (e.g. two steps of one session); without keys, any may. */
   key?: (args: A) => string
   /** One result (or Error: that request alone fails) per request, in order. */
   run: (batch: A[]) => Promise<unknown[]>
-  /** Longest wait for companions, in ms (0: a batch starts at once). */
-  maxWaitMs: number
-  /** Whether a batch should start without waiting further (every expected companion is in). */
-  complete: (batch: A[]) => boolean
+  /**
+   * Until when (performance.now()) a batch that began gathering at `since` waits for companions;
+   * asked again whenever a request arrives. A time not after now starts the batch.
+   */
+  waitUntil: (batch: A[], since: number) => number
 }
 
 /**
@@ -148,12 +149,13 @@ export function serveRequests (handlers: Record<string, (args: any) => unknown>,
     const firstKey = spec.key?.(first.args)
     if (firstKey != null) keys.add(firstKey)
     gather(method, spec, batch, keys)
-    const deadline = performance.now() + spec.maxWaitMs
-    while (!spec.complete(batch.map(r => r.args)) && performance.now() < deadline) {
+    const since = performance.now()
+    const waitLeft = (): number => spec.waitUntil(batch.map(r => r.args), since) - performance.now()
+    for (let wait = waitLeft(); wait > 0; wait = waitLeft()) {
       let timer: NodeJS.Timeout | undefined
       await new Promise<void>(resolve => {
         arrived = resolve
-        timer = setTimeout(resolve, deadline - performance.now())
+        timer = setTimeout(resolve, wait)
       })
       arrived = undefined
       clearTimeout(timer)

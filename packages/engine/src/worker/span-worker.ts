@@ -12,6 +12,7 @@ import type { QuantFormat, Quantization } from '../quantize.ts'
 import { KV_BLOCK_TOKENS, kvBytesPerToken } from '../span-executor.ts'
 import { beforeOutputs } from './garbage.ts'
 import { sessionOptions } from './ort-options.ts'
+import { BatchPacer } from './batch-wait.ts'
 import { emitEvent, serveRequests, type BatchedMethod, type Transfer } from './rpc.ts'
 import { splitRows, stackRows } from './rows.ts'
 
@@ -33,7 +34,7 @@ export interface SpanLoadArgs extends SpanPrepareArgs {
   maxSessions: number
   /** KV cache budget, all sessions together. */
   cacheBytes: number
-  /** Longest wait of a step for other active sessions' steps to batch with (ms, 0 = none). */
+  /** Longest wait of a step for other sessions' steps to batch with (ms, 0 = none; see batch-wait.ts). */
   batchWaitMs: number
 }
 
@@ -44,7 +45,14 @@ export type SpanLoadEvent = { type: 'progress', layer: number, done: number, tot
 
 export interface OpenArgs { sessionId: string, maxLength: number, start?: number, end?: number }
 
-export interface ForwardArgs { sessionId: string, hidden: Float32Array, tokens: number, position?: number }
+export interface ForwardArgs {
+  sessionId: string
+  hidden: Float32Array
+  tokens: number
+  position?: number
+  /** When the caller sent it (sentNow()): the session's pacing, for the batch wait. */
+  sentAt?: number
+}
 
 export interface SpanStats {
   sessions: number
@@ -73,14 +81,9 @@ interface Session {
   capacity: number
   length: number
   caches: Map<number, LayerCache>
-  /** When its last step ended (performance.now()): a session that stepped lately is worth waiting for. */
-  lastStep: number
   /** Its last one-token attention mask, moved on by a position each decode step (see attentionMask). */
   decodeMask?: { tensor: ort.Tensor, past: number }
 }
-
-/** A session stepping more often than this is active: a batch waits (briefly) for its next step. */
-const ACTIVE_MS = 1000
 
 let config: ModelConfig
 let limits: { maxSessions: number, cacheBytes: number, maxPositions: number }
@@ -88,7 +91,8 @@ let span: { start: number, end: number }
 /** Bytes of one token's keys and values in one layer. */
 let tokenLayerBytes: number
 let cacheBytesInUse = 0
-let batchWaitMs = 0
+/** When each session's next step is due, and the last batch's run time: how long a batch waits. */
+let pacer = new BatchPacer<string>(0)
 const batching = { steps: 0, batches: 0, largestBatch: 0 }
 const layers = new Map<number, { pre: ort.InferenceSession, post: ort.InferenceSession }>()
 /** Attention over one session's cache: no weights, so one session serves every layer. */
@@ -123,7 +127,7 @@ async function load (args: SpanLoadArgs): Promise<SpanLoadResult> {
   const maxPositions = config.maxPositionEmbeddings
   span = { start: args.start, end: args.end }
   limits = { maxSessions: args.maxSessions, cacheBytes: args.cacheBytes, maxPositions }
-  batchWaitMs = args.batchWaitMs
+  pacer = new BatchPacer(args.batchWaitMs)
   tokenLayerBytes = kvBytesPerToken(config, 1)
   const prepared = await prepareLayers(args)
   // ORT reads each layer's graph and its external weights from the files itself.
@@ -151,7 +155,7 @@ function open ({ sessionId, maxLength, start = span.start, end = span.end }: Ope
   if (cacheBytesInUse + firstBlock > limits.cacheBytes) {
     throw new SessionLimitError(`busy: the KV cache is full (${mb(cacheBytesInUse)} of ${mb(limits.cacheBytes)} MB in use)`)
   }
-  sessions.set(sessionId, { start, end, maxLength, capacity: 0, length: 0, caches: new Map(), lastStep: -Infinity })
+  sessions.set(sessionId, { start, end, maxLength, capacity: 0, length: 0, caches: new Map() })
   return stats()
 }
 
@@ -209,6 +213,8 @@ function prepareStep ({ sessionId, hidden, tokens, position }: ForwardArgs): Ste
  * wrong (unknown session, bad shape or position, no room) fails alone.
  */
 async function forwardBatch (batch: ForwardArgs[]): Promise<unknown[]> {
+  const started = performance.now()
+  for (const { sessionId, sentAt } of batch) pacer.arrived(sessionId, sentAt)
   const results: unknown[] = new Array(batch.length)
   const groups = new Map<string, Array<{ index: number, step: Step }>>()
   for (const [index, args] of batch.entries()) {
@@ -234,11 +240,7 @@ async function forwardBatch (batch: ForwardArgs[]): Promise<unknown[]> {
     batching.batches++
     batching.largestBatch = Math.max(batching.largestBatch, group.length)
   }
-  const now = performance.now()
-  for (const { sessionId } of batch) {
-    const session = sessions.get(sessionId)
-    if (session != null) session.lastStep = now
-  }
+  pacer.answered(batch.map(args => args.sessionId).filter(id => sessions.has(id)), started)
   return results
 }
 
@@ -334,6 +336,7 @@ function close ({ sessionId }: { sessionId: string }): SpanStats {
   if (session != null) {
     cacheBytesInUse -= session.capacity * (session.end - session.start) * tokenLayerBytes
     sessions.delete(sessionId)
+    pacer.forget(sessionId)
   }
   return stats()
 }
@@ -356,19 +359,13 @@ function mb (bytes: number): string {
   return (bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 2 : 0)
 }
 
-/** Steps of sessions stepping lately, other than the batch's own, are worth a short wait. */
-function batchComplete (batch: ForwardArgs[]): boolean {
-  const now = performance.now()
-  const inBatch = new Set(batch.map(args => args.sessionId))
-  for (const [id, session] of sessions) if (!inBatch.has(id) && now - session.lastStep < ACTIVE_MS) return false
-  return true
+/** A batch waits for the sessions over the same layers as its own steps that are due soon (batch-wait.ts). */
+function batchWaitUntil (batch: ForwardArgs[], since: number): number {
+  const range = (session?: Session): string => session != null ? `${session.start}:${session.end}` : ''
+  const ranges = new Set(batch.map(args => range(sessions.get(args.sessionId))))
+  return pacer.waitUntil(new Set(batch.map(args => args.sessionId)), since, id => ranges.has(range(sessions.get(id))))
 }
 
-const forward: BatchedMethod<ForwardArgs> = {
-  key: args => args.sessionId,
-  run: forwardBatch,
-  get maxWaitMs () { return batchWaitMs },
-  complete: batchComplete
-}
+const forward: BatchedMethod<ForwardArgs> = { key: args => args.sessionId, run: forwardBatch, waitUntil: batchWaitUntil }
 
 serveRequests({ prepare, load, open, close, stats }, { forward })
