@@ -2,7 +2,8 @@
 import type { ModelConfig } from './config.ts'
 import { InvalidArgumentError } from './errors.ts'
 import { QUANTIZATIONS, type QuantFormat, type Quantization } from './quantize.ts'
-import type { HeadLoadArgs, HeadLoadEvent, HeadLoadResult } from './worker/head-worker.ts'
+import { sentNow } from './worker/batch-wait.ts'
+import type { HeadLoadArgs, HeadLoadEvent, HeadLoadResult, LogitsArgs } from './worker/head-worker.ts'
 import { ownBuffer, WorkerClient } from './worker/rpc.ts'
 
 /**
@@ -37,10 +38,20 @@ export interface ClientHead {
    * Logits [tokens, vocab] for hidden states [tokens, hidden]; `hidden`'s buffer is handed over.
    * Into `into` if given (from createLogitsBuffer, reused from token to token): no new buffer per
    * call, which a loop over tokens would otherwise leave to the garbage collector, 128 KB a token
-   * for a 32000-token vocabulary.
+   * for a 32000-token vocabulary. Calls into one buffer are one generation's: concurrent ones'
+   * calls share a run when they come together, and a call waits briefly for the others due soon.
    */
   logits (hidden: Float32Array, tokens: number, into?: Float32Array): Promise<Float32Array>
   close (): Promise<void>
+}
+
+/** A number for each logits buffer: the head's worker paces calls by it (batch-wait.ts). */
+const callers = new WeakMap<ArrayBufferLike, number>()
+let lastCaller = 0
+function callerOf (buffer: ArrayBufferLike): number {
+  let caller = callers.get(buffer)
+  if (caller == null) callers.set(buffer, caller = ++lastCaller)
+  return caller
 }
 
 /** A buffer for `logits(…, into)`: [tokens, vocab] f32 the head's worker writes to directly. */
@@ -67,7 +78,7 @@ export async function createClientHead (init: ClientHeadInit): Promise<ClientHea
         if (!(into.buffer instanceof SharedArrayBuffer) || into.length < size) {
           throw new InvalidArgumentError(`logits for ${tokens} tokens need ${size} values in a SharedArrayBuffer (createLogitsBuffer), got ${into.length}${into.buffer instanceof SharedArrayBuffer ? '' : ' in an unshared buffer'}`)
         }
-        await worker.call('logits', { hidden: own, tokens, into }, [own.buffer])
+        await worker.call('logits', { hidden: own, tokens, into, caller: callerOf(into.buffer), sentAt: sentNow() } satisfies LogitsArgs, [own.buffer])
         return into.subarray(0, size)
       },
       close: async () => {

@@ -13,6 +13,7 @@ import type { QuantFormat, Quantization } from '../quantize.ts'
 import { SafetensorsCheckpoint } from '../safetensors.ts'
 import { beforeOutputs } from './garbage.ts'
 import { sessionOptions } from './ort-options.ts'
+import { BatchPacer } from './batch-wait.ts'
 import { emitEvent, serveRequests, Transfer, type BatchedMethod } from './rpc.ts'
 import { splitRows, stackRows } from './rows.ts'
 
@@ -65,15 +66,38 @@ function embed ({ ids }: { ids: number[] }): Transfer<Float32Array> {
  */
 const LOGITS_BYTES_BETWEEN_SCAVENGES = 512 * 2 ** 10
 
-/** `into`, if given, views a SharedArrayBuffer the logits are written to (nothing is sent back). */
-interface LogitsArgs { hidden: Float32Array, tokens: number, into?: Float32Array }
+/**
+ * `into`, if given, views a SharedArrayBuffer the logits are written to (nothing is sent back); its
+ * calls are one generation's, `caller`, stamped when sent (sentNow()) for the batch wait.
+ */
+export interface LogitsArgs { hidden: Float32Array, tokens: number, into?: Float32Array, caller?: number, sentAt?: number }
+
+/** The longest a logits call waits for other generations' calls due soon (a head run is a few ms). */
+const LOGITS_WAIT_CAP_MS = 20
+const pacer = new BatchPacer<number>(LOGITS_WAIT_CAP_MS)
 
 /**
  * Logits for the requests queued together, as one run over all their rows: a client with several
  * sessions gets their steps back from a server at once, and their heads then read the LM head's
- * weights once (and send their next steps together, so the server can batch those too).
+ * weights once (and send their next steps together, so the server can batch those too). Each
+ * generation's pacing is kept for the next batch's wait.
  */
 async function logitsBatch (batch: LogitsArgs[]): Promise<unknown[]> {
+  const started = performance.now()
+  for (const { caller, sentAt } of batch) if (caller != null) pacer.arrived(caller, sentAt)
+  try {
+    return await logitsRun(batch)
+  } finally {
+    pacer.answered(callersOf(batch), started)
+  }
+}
+
+function callersOf (batch: LogitsArgs[]): Set<number> {
+  return new Set(batch.flatMap(args => args.caller != null ? [args.caller] : []))
+}
+
+/** The run itself: each request's logits rows, or the ShapeError of a request that is wrong. */
+async function logitsRun (batch: LogitsArgs[]): Promise<unknown[]> {
   const { hiddenSize, vocabSize } = config
   const results: unknown[] = batch.map(({ hidden, tokens }) => hidden.length === tokens * hiddenSize && Number.isInteger(tokens) && tokens >= 1
     ? undefined
@@ -88,7 +112,7 @@ async function logitsBatch (batch: LogitsArgs[]): Promise<unknown[]> {
   return results.map(result => result ?? outputs.shift())
 }
 
-const logits: BatchedMethod<LogitsArgs> = { run: logitsBatch, waitUntil: (_, since) => since }
+const logits: BatchedMethod<LogitsArgs> = { run: logitsBatch, waitUntil: (batch, since) => pacer.waitUntil(callersOf(batch), since) }
 
 /** File descriptors belong to the process, not the worker: close them before the worker ends. */
 async function close (): Promise<void> {
