@@ -217,8 +217,11 @@ class SwarmClient implements MingaClient, HopConnector {
     return await Promise.all(route.map(async hop => ({ hop, channel: await this.channelTo(byPeer.get(hop.peerId)!), addr: dialAddr(byPeer.get(hop.peerId)!) })))
   }
 
-  async alternative (start: number, end: number, exclude: Set<string>): Promise<RemoteHop | undefined> {
-    const candidates = (await this.usableServers(Infinity)).filter(s => s.start <= start && end <= s.end && !exclude.has(s.peerId))
+  async alternative (start: number, end: number, exclude: Set<string>, like: string): Promise<RemoteHop | undefined> {
+    const usable = await this.usableServers(Infinity)
+    // (servers of other weights, e.g. int4 beside int8, compute other outputs: no use comparing)
+    const weights = this.known?.servers.find(s => s.peerId === like)?.weights
+    const candidates = usable.filter(s => s.start <= start && end <= s.end && !exclude.has(s.peerId) && s.weights === weights)
     await this.measureRoundTrips(candidates)
     const cost = (s: ServerEntry): number => hopCostMs(this.routeServer(s), end - start, this.rtt.get(s.peerId) ?? 1000)
     const best = candidates.sort((a, b) => cost(a) - cost(b))[0]

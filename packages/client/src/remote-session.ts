@@ -29,8 +29,11 @@ export interface HopConnector {
    * `urgent`: a session is waiting mid-generation, so use the servers already known if they can do it.
    */
   route (start: number, end: number, urgent: boolean): Promise<RemoteHop[]>
-  /** Another server holding all of [start, end), none of `exclude`; undefined if there is none. */
-  alternative (start: number, end: number, exclude: Set<string>): Promise<RemoteHop | undefined>
+  /**
+   * Another server holding all of [start, end) with the same weights as peer `like` (so that their
+   * outputs can be compared), none of `exclude`; undefined if there is none.
+   */
+  alternative (start: number, end: number, exclude: Set<string>, like: string): Promise<RemoteHop | undefined>
   /** The peer failed a request: avoid it for a while. */
   penalize (peerId: string, reason: unknown): void
   /** The peer returned wrong results: never use it again. */
@@ -289,7 +292,7 @@ export class RemoteSession implements LayerChain {
   /** Replays hop `like`'s history on another server holding its layers; its output for the last step. */
   private async replica (like: HopState, exclude: Set<string>): Promise<{ state: HopState, output: Float32Array } | undefined> {
     for (;;) {
-      const remote = await this.connector.alternative(like.hop.start, like.hop.end, exclude)
+      const remote = await this.connector.alternative(like.hop.start, like.hop.end, exclude, like.hop.peerId)
       if (remote == null) return undefined
       try {
         const state = await this.blame(remote, async () => await this.openOn(remote))

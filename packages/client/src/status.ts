@@ -10,7 +10,7 @@ import { createMingaNode, fetchInfo, findSpans, type MingaNode, type ServerEntry
  * is reached through a relay (it announces relayed addresses: it is behind NAT), and when it last
  * moved its span and why (asked from the server itself).
  */
-export type SwarmServer = Pick<ServerEntry, 'peerId' | 'name' | 'addrs' | 'start' | 'end' | 'throughput' | 'freeSessions' | 'freeCacheTokens' | 'version'> & {
+export type SwarmServer = Pick<ServerEntry, 'peerId' | 'name' | 'addrs' | 'start' | 'end' | 'throughput' | 'freeSessions' | 'freeCacheTokens' | 'version' | 'weights'> & {
   rttMs?: number
   relayed: boolean
   lastMove?: SpanMove
@@ -67,6 +67,7 @@ export function toSwarmServer (e: ServerEntry, rttMs?: number): SwarmServer {
     freeSessions: e.freeSessions,
     freeCacheTokens: e.freeCacheTokens,
     version: e.version,
+    ...(e.weights != null ? { weights: e.weights } : {}),
     relayed: e.addrs.some(a => a.includes('/p2p-circuit')),
     ...(rttMs != null ? { rttMs } : {})
   }

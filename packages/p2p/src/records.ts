@@ -65,6 +65,8 @@ export interface SpanInfo {
   version: string
   /** A public name chosen by the operator, shown by `minga status`. */
   name?: string
+  /** What its weights are: quantization and format, e.g. `int8-rows7-v3` (see ServerEntry.weights). */
+  weights?: string
   /** Multiaddrs to reach the server; default: the node's addresses (with /p2p/). */
   addrs?: string[]
 }
@@ -82,6 +84,12 @@ export interface ServerEntry {
   freeCacheTokens: number
   version: string
   name?: string
+  /**
+   * What its weights are (quantization and format): servers with other weights compute slightly
+   * other outputs, so a client verifies a server's step only on servers with the same. Absent in
+   * entries of servers from before it existed.
+   */
+  weights?: string
   /** ms epoch when signed; for one peer the newest entry wins. */
   issued: number
   /** ms epoch after which the entry is ignored. */
@@ -102,7 +110,7 @@ export interface BlockRecord {
   entries: ServerEntry[]
 }
 
-const ENTRY_KEYS = new Set(['v', 'modelId', 'peerId', 'addrs', 'start', 'end', 'throughput', 'freeSessions', 'freeCacheTokens', 'version', 'name', 'issued', 'expires', 'withdrawn', 'pubKey', 'sig'])
+const ENTRY_KEYS = new Set(['v', 'modelId', 'peerId', 'addrs', 'start', 'end', 'throughput', 'freeSessions', 'freeCacheTokens', 'version', 'name', 'weights', 'issued', 'expires', 'withdrawn', 'pubKey', 'sig'])
 const RECORD_KEYS = new Set(['v', 'modelId', 'block', 'entries'])
 
 // ---- keys -----------------------------------------------------------------------------------
@@ -150,7 +158,9 @@ function checkModelId (modelId: string): void {
 export function canonicalEntryBytes (e: Omit<ServerEntry, 'pubKey' | 'sig'>): Uint8Array {
   return utf8.encode(JSON.stringify([
     SIGNING_DOMAIN, e.v, e.modelId, e.peerId, e.addrs, e.start, e.end, e.throughput,
-    e.freeSessions, e.freeCacheTokens, e.version, e.issued, e.expires, e.withdrawn === true, e.name ?? null
+    e.freeSessions, e.freeCacheTokens, e.version, e.issued, e.expires, e.withdrawn === true, e.name ?? null,
+    // (only when present, so that entries signed before the field existed still verify)
+    ...(e.weights != null ? [e.weights] : [])
   ]))
 }
 
@@ -168,6 +178,7 @@ export async function signEntry (privateKey: PrivateKey, fields: Omit<ServerEntr
     freeCacheTokens: fields.freeCacheTokens,
     version: fields.version,
     ...(fields.name != null ? { name: fields.name } : {}),
+    ...(fields.weights != null ? { weights: fields.weights } : {}),
     issued: fields.issued,
     expires: fields.expires,
     ...(fields.withdrawn === true ? { withdrawn: true as const } : {})
@@ -212,6 +223,7 @@ function checkEntryShape (e: unknown, now: number): asserts e is ServerEntry {
   if (!isInt(o.freeSessions, 0, 2 ** 31) || !isInt(o.freeCacheTokens, 0, 2 ** 40)) throw new InvalidRecordError('entry freeSessions/freeCacheTokens must be integers ≥ 0')
   if (!isShortString(o.version, 0, 64)) throw new InvalidRecordError('entry version must be a string of at most 64 characters')
   if (o.name !== undefined && !isShortString(o.name, 0, 64)) throw new InvalidRecordError('entry name must be a string of at most 64 characters')
+  if (o.weights !== undefined && !isShortString(o.weights, 1, 64)) throw new InvalidRecordError('entry weights must be a string of 1..64 characters')
   if (!isInt(o.issued, 0, Number.MAX_SAFE_INTEGER) || !isInt(o.expires, 0, Number.MAX_SAFE_INTEGER)) throw new InvalidRecordError('entry issued/expires must be integer ms timestamps')
   if (o.expires <= o.issued) throw new InvalidRecordError('entry expires before it was issued')
   if (o.expires - o.issued > MAX_TTL_MS) throw new InvalidRecordError(`entry lives ${o.expires - o.issued} ms, more than ${MAX_TTL_MS}`)
@@ -530,6 +542,7 @@ export async function announceSpan (node: MingaNode, info: SpanInfo, ttlMs = DEF
     freeCacheTokens: info.freeCacheTokens,
     version: info.version,
     name: info.name,
+    weights: info.weights,
     issued,
     expires: issued + ttlMs
   })

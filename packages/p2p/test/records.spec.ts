@@ -122,12 +122,18 @@ describe('DHT span records', () => {
       ['issued in the future', record([await signedBy({ issued: now + 3600_000, expires: now + 3600_000 + TTL })]), /future/],
       ['duplicate peer', record([entryA, await signedBy({ throughput: 99 })]), /twice/],
       ['bad address', record([await signedBy({ addrs: ['not a multiaddr'] })]), /not a multiaddr/],
+      ['empty weights', record([{ ...(await signedBy({})), weights: '' }]), /weights must be/],
+      ['weights added after signing', record([{ ...entryA, weights: 'int4-b128-v3' }]), /bad signature/],
       // forgeries
       ['tampered after signing', record([{ ...entryA, throughput: 1e9 }]), /bad signature/],
       ['signed by another key', record([{ ...(await signedBy({}, x)), peerId: a.peerId.toString() }]), /another peer's public key|bad signature/],
       ['another key, claimed peer', record([{ ...(await signedBy({}, x)), pubKey: entryA.pubKey }]), /another peer's public key|bad signature/],
       ['garbage signature', record([{ ...entryA, sig: 'AAAA' }]), /bad signature|unreadable/]
     ]
+    // what a server's weights are is signed with the rest; entries without it (older servers) still verify
+    const withWeights = await signedBy({ weights: 'int8-rows7-v3' })
+    expect((await decodeBlockRecord(key, record([withWeights]))).entries[0].weights).toBe('int8-rows7-v3')
+    expect(entryA.weights).toBeUndefined()
     for (const [name, value, message] of cases) {
       const err = await validateMingaRecord(key, value).then(() => undefined, (e: Error) => e)
       expect(err, name).toBeDefined()

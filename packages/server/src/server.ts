@@ -1,5 +1,6 @@
 // A minga node: joins the swarm, picks its blocks, loads them, measures itself, serves sessions and
 // keeps its announcement fresh until it stops.
+import { basename } from 'node:path'
 import type { PrivateKey } from '@libp2p/interface'
 import {
   createSpanExecutor, DEFAULT_CACHE_BYTES, DEFAULT_QUANT, kvBytesPerToken, loadManifest, loadModelConfig, parseModelConfig,
@@ -365,7 +366,9 @@ export async function createServer (init: ServerInit): Promise<MingaServer> {
         freeSessions: span.sessions.accepting ? stats.freeSessions : 0,
         freeCacheTokens: stats.freeCacheTokens,
         version: MINGA_VERSION,
-        name: init.publicName
+        name: init.publicName,
+        // (the prepared folder's name: quantization, format and its version, e.g. int8-rows7-v3)
+        weights: basename(span.executor.prepared.dir)
       }
     }
     span.announcer = startAnnouncer(node, info, { ttlMs, onError: (err: any) => { log(`announce failed: ${err?.message ?? err}`) } })

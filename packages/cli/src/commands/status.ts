@@ -27,12 +27,12 @@ export function registerStatus (program: Command, io: CliIo): void {
 
 function formatStatus (status: SwarmStatus): string {
   const lines = [`model ${status.modelId} (${status.numBlocks} blocks)`]
-  const rows = [['peer', 'name', 'blocks', 'tokens/s', 'free sessions', 'free cache tokens', 'via', 'last moved']]
+  const rows = [['peer', 'name', 'blocks', 'weights', 'tokens/s', 'free sessions', 'free cache tokens', 'via', 'last moved']]
   for (const s of status.servers) {
     const moved = s.lastMove != null
       ? `${Math.max(0, Math.round((Date.now() - s.lastMove.at) / 1000))} s ago from ${s.lastMove.from.join(':')}: ${s.lastMove.reason}`
       : ''
-    rows.push([s.peerId, s.name ?? '', `${s.start}:${s.end}`, s.throughput.toFixed(1), String(s.freeSessions), String(s.freeCacheTokens), s.relayed ? 'relay' : 'direct', moved])
+    rows.push([s.peerId, s.name ?? '', `${s.start}:${s.end}`, s.weights ?? '', s.throughput.toFixed(1), String(s.freeSessions), String(s.freeCacheTokens), s.relayed ? 'relay' : 'direct', moved])
   }
   const widths = rows[0].map((_, c) => Math.max(...rows.map(r => r[c].length)))
   for (const row of rows) lines.push('  ' + row.map((cell, c) => cell.padEnd(widths[c])).join('  ').trimEnd())
