@@ -229,7 +229,7 @@ async function forwardBatch (batch: ForwardArgs[]): Promise<unknown[]> {
   for (const [index, args] of batch.entries()) {
     try {
       const step = prepareStep(args)
-      const key = `${step.session.start}:${step.session.end}`
+      const key = layersOf(step.session)
       const group = groups.get(key) ?? []
       group.push({ index, step })
       groups.set(key, group)
@@ -370,9 +370,13 @@ function mb (bytes: number): string {
 
 /** A batch waits for the sessions over the same layers as its own steps that are due soon (batch-wait.ts). */
 function batchWaitUntil (batch: ForwardArgs[], since: number): number {
-  const range = (session?: Session): string => session != null ? `${session.start}:${session.end}` : ''
-  const ranges = new Set(batch.map(args => range(sessions.get(args.sessionId))))
-  return pacer.waitUntil(new Set(batch.map(args => args.sessionId)), since, id => ranges.has(range(sessions.get(id))))
+  const ranges = new Set(batch.map(args => layersOf(sessions.get(args.sessionId))))
+  return pacer.waitUntil(new Set(batch.map(args => args.sessionId)), since, id => ranges.has(layersOf(sessions.get(id))))
+}
+
+/** Which layers a session runs, as a key: steps over the same ones share a batch. */
+function layersOf (session: Session | undefined): string {
+  return session != null ? `${session.start}:${session.end}` : ''
 }
 
 const forward: BatchedMethod<ForwardArgs> = { key: args => args.sessionId, run: forwardBatch, waitUntil: batchWaitUntil }
