@@ -9,13 +9,13 @@
 // in its 7-bit uint8 × int8 form (ROW_INT7);
 // --workers splits the span into N workers instead of defaultSpanWorkers' choice.
 // See README.md next to this file.
-import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { availableParallelism, homedir, loadavg } from 'node:os'
+import { homedir, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { createSpanExecutor, DEFAULT_BATCH_WAIT_MS, defaultSpanWorkers, formatLabel, loadModelConfig, QUANTIZATIONS, ROW_INT7, ROW_INT8, seededRandom, type Quantization, type SpanExecutor } from '../src/index.ts'
 import { quantFormat } from '../src/quantize.ts'
+import { cpuInfo } from './bench-helpers.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from './random-checkpoint.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
@@ -87,16 +87,9 @@ function median (values: number[]): number {
   return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
 }
 
-function cpu (): { model: string, cores: number, flags: string[] } {
-  const info = readFileSync('/proc/cpuinfo', 'utf8')
-  const all = /^flags\s*:\s*(.*)$/m.exec(info)?.[1].split(' ') ?? []
-  const flags = all.filter(f => /^(sse4_2|avx|avx2|fma|f16c|avx512f|avx512bw|avx512vl|avx512_vnni|avx_vnni|avx512_bf16|amx_\w+)$/.test(f))
-  return { model: /^model name\s*:\s*(.*)$/m.exec(info)?.[1] ?? 'unknown', cores: availableParallelism(), flags }
-}
-
 const checkpoint = ensureRandomCheckpoint(defaultCheckpointDir(), REPO_ROOT)
 const config = loadModelConfig(checkpoint.dir)
-const machine = cpu()
+const machine = cpuInfo()
 const loadBefore = loadavg()
 log(`${checkpoint.reused ? 'reusing' : 'built'} ${checkpoint.dir}; ${machine.model}, ${machine.cores} cores, ${machine.flags.join(' ')}; load ${loadBefore.map(l => l.toFixed(2)).join(' ')}`)
 // its own prepared cache: preparing the layers once, kept for the next run

@@ -1,5 +1,6 @@
 // Small helpers shared by the benchmarks of every package (engine, client, `pnpm bench`).
 import { readFileSync } from 'node:fs'
+import { availableParallelism, cpus } from 'node:os'
 import { argmax } from '../src/sampler.ts'
 
 /** log softmax of one row of logits, in f64 so that KL divergences of close rows stay meaningful. */
@@ -58,4 +59,12 @@ export function textTable (header: string[], rows: string[][]): string[] {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
   const line = (cells: string[]): string => '  ' + cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ')
   return [line(header), '  ' + widths.map(w => '-'.repeat(w)).join('  '), ...rows.map(line)]
+}
+
+/** The CPU model, core count and SIMD flags (/proc/cpuinfo): onnxruntime picks its kernels by them, so every figure names them. */
+export function cpuInfo (): { model: string, cores: number, flags: string[] } {
+  const info = readFileSync('/proc/cpuinfo', 'utf8')
+  const all = /^flags\s*:\s*(.*)$/m.exec(info)?.[1].split(' ') ?? []
+  const flags = all.filter(f => /^(sse4_2|avx|avx2|fma|f16c|avx512f|avx512bw|avx512vl|avx512_vnni|avx_vnni|avx512_bf16|amx_\w+)$/.test(f))
+  return { model: cpus()[0]?.model ?? 'unknown', cores: availableParallelism(), flags }
 }
