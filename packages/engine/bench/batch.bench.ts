@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { createSpanExecutor, DEFAULT_BATCH_WAIT_MS, defaultSpanWorkers, formatLabel, loadModelConfig, QUANTIZATIONS, ROW_INT7, ROW_INT8, seededRandom, type Quantization, type SpanExecutor } from '../src/index.ts'
 import { quantFormat } from '../src/quantize.ts'
-import { cpuInfo } from './bench-helpers.ts'
+import { cpuInfo, median } from './bench-helpers.ts'
 import { defaultCheckpointDir, ensureRandomCheckpoint } from './random-checkpoint.ts'
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url))
@@ -79,12 +79,6 @@ async function decodeTogether (span: SpanExecutor, sessions: number, round: numb
   } finally {
     for (const id of ids) await span.closeSession(id)
   }
-}
-
-function median (values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
 }
 
 const checkpoint = ensureRandomCheckpoint(defaultCheckpointDir(), REPO_ROOT)
